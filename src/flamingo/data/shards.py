@@ -1,0 +1,529 @@
+"""Writers and fault-tolerant readers of WebDataset shards (interleaved documents and image-text pairs).
+
+Writers produce byte-identical tars for the same input: fixed member order (the JSON first, then the images
+by index), fixed mtimes, owners and modes; each shard is written to a temporary file in the output folder and
+renamed when complete, so a reader never sees half a shard.
+
+Readers never stop on bad input. A corrupt image, bad JSON, a schema error, a missing member, a truncated or
+unreadable file: the sample (or the rest of the file) is skipped, counted per reason in :class:`ReadStats`, and
+each file with problems gives ONE warning on the ``flamingo.data`` logger.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import tarfile
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from PIL import Image
+
+from flamingo.data.mmc4 import decode_base64_images, document_from_mmc4, is_mmc4_dict, sniff_image_ext
+from flamingo.data.paths import PathSpec, expand_paths
+from flamingo.data.schema import (
+    IMAGE_EXTENSIONS,
+    EncodedImage,
+    ImageInfo,
+    ImageTextPair,
+    InterleavedDocument,
+    SchemaError,
+    check_document_dict,
+    check_pair_dict,
+    is_valid_key,
+)
+
+logger = logging.getLogger("flamingo.data")
+
+
+# ----------------------------------------------------------------------------------------------- stats
+
+
+@dataclass
+class ReadStats:
+    """What a reader did: files opened, samples yielded, samples skipped and images dropped, per reason."""
+
+    files: int = 0
+    samples: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Samples (or whole files: ``missing_file``, ``unreadable_file``, ``truncated_tar``) skipped, per reason."""
+    images_dropped: Counter[str] = field(default_factory=Counter)
+    """Images removed from kept documents (``drop_bad_images=True``), per reason."""
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "samples": self.samples,
+            "skipped": dict(self.skipped),
+            "images_dropped": dict(self.images_dropped),
+        }
+
+
+class FileReadLog:
+    """Counts one file's problems into a :class:`ReadStats` and logs them as one warning when finished."""
+
+    def __init__(self, path: Path | str, stats: ReadStats):
+        self.path = str(path)
+        self.stats = stats
+        self.reasons: Counter[str] = Counter()
+        self.first_detail = ""
+        stats.files += 1
+
+    def skip(self, reason: str, detail: str = "") -> None:
+        self.stats.skipped[reason] += 1
+        self._note(reason, detail)
+
+    def drop_image(self, reason: str, detail: str = "") -> None:
+        self.stats.images_dropped[reason] += 1
+        self._note(f"image_{reason}", detail)
+
+    def _note(self, reason: str, detail: str) -> None:
+        self.reasons[reason] += 1
+        if detail and not self.first_detail:
+            self.first_detail = detail
+
+    def finish(self) -> None:
+        if self.reasons:
+            counts = ", ".join(f"{reason}={count}" for reason, count in sorted(self.reasons.items()))
+            logger.warning("%s: skipped bad input (%s); first: %s", self.path, counts, self.first_detail)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+class _TarShardWriter:
+    """Rolls samples over tar shards ``{prefix}-{index:06d}.tar``, each written atomically."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        prefix: str = "shard",
+        max_samples_per_shard: int = 1000,
+        start_index: int = 0,
+        mtime: int = 0,
+    ):
+        if max_samples_per_shard < 1:
+            raise ValueError(f"max_samples_per_shard must be at least 1, got {max_samples_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.max_samples_per_shard = max_samples_per_shard
+        self.mtime = mtime
+        self.shard_paths: list[Path] = []
+        self.num_samples = 0
+        self._next_index = start_index
+        self._tar: tarfile.TarFile | None = None
+        self._tmp_path: Path | None = None
+        self._keys: set[str] = set()
+
+    def _open_shard(self) -> tarfile.TarFile:
+        name = f"{self.prefix}-{self._next_index:06d}.tar"
+        self._tmp_path = self.out_dir / f".{name}.tmp{os.getpid()}"
+        # The tar stays open across write() calls; close() or abort() ends it.
+        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._keys = set()
+        return self._tar
+
+    def _add_sample(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        tar = self._tar or self._open_shard()
+        if key in self._keys:
+            raise ValueError(f"key {key!r} is written twice to one shard; give each sample a unique key")
+        self._keys.add(key)
+        for name, data in members:
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+        self.num_samples += 1
+        if len(self._keys) >= self.max_samples_per_shard:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        if self._tar is None or self._tmp_path is None:
+            return
+        self._tar.close()
+        final = self.out_dir / f"{self.prefix}-{self._next_index:06d}.tar"
+        os.replace(self._tmp_path, final)
+        self.shard_paths.append(final)
+        self._tar, self._tmp_path = None, None
+        self._next_index += 1
+
+    def close(self) -> None:
+        """Finish the open shard; the written shards are in ``shard_paths``."""
+        self._finish_shard()
+
+    def abort(self) -> None:
+        """Discard the shard being written (finished shards stay)."""
+        if self._tar is not None and self._tmp_path is not None:
+            self._tar.close()
+            self._tmp_path.unlink(missing_ok=True)
+        self._tar, self._tmp_path = None, None
+
+    def __enter__(self) -> _TarShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class InterleavedShardWriter(_TarShardWriter):
+    """Writes :class:`InterleavedDocument` objects (with their ``images``) to interleaved shards.
+
+    Example::
+
+        with InterleavedShardWriter("out/", prefix="mmc4", max_samples_per_shard=1000) as writer:
+            for document in documents:
+                writer.write(document)
+        print(writer.shard_paths)
+    """
+
+    def write(self, document: InterleavedDocument, key: str | None = None) -> str:
+        """Write one document under ``key`` (default: its id); fills missing sha256/width/height."""
+        key = key if key is not None else document.id
+        shard = f"{self.prefix}-{self._next_index:06d}.tar"
+        if not is_valid_key(key):
+            raise ValueError(
+                f"{shard}: key {key!r} (document id {document.id!r}) is not a WebDataset key; "
+                "use letters, digits, '_' and '-' only, or pass key=..."
+            )
+        if len(document.images) != len(document.image_info):
+            raise ValueError(
+                f"{shard} [{key}]: {len(document.image_info)} image_info entries but {len(document.images)} "
+                "images; attach one EncodedImage per image_info entry to document.images"
+            )
+        infos = [
+            _complete_image_info(info, image, shard, key)
+            for info, image in zip(document.image_info, document.images)
+        ]
+        data = replace(document, image_info=infos).to_dict()
+        issues = check_document_dict(data)
+        if issues:
+            raise SchemaError(issues[0], shard, key)
+        members = [("json", _json_bytes(data))]
+        members += [(info.member, image.data) for info, image in zip(infos, document.images)]
+        self._add_sample(key, members)
+        return key
+
+
+def _complete_image_info(info: ImageInfo, image: EncodedImage, shard: str, key: str) -> ImageInfo:
+    if not image.data:
+        raise ValueError(
+            f"{shard} [{key}]: image {info.member} has no encoded bytes; "
+            "encode it first (flamingo.data.synthetic.encode_image)"
+        )
+    digest = image.sha256()
+    if info.sha256 and info.sha256 != digest:
+        raise ValueError(
+            f"{shard} [{key}]: image {info.member} has sha256 {digest} but image_info says {info.sha256}; "
+            "clear the stored hash or attach the right bytes"
+        )
+    width, height = info.width, info.height
+    if not width or not height:
+        width, height = image.decode().size
+    return replace(info, sha256=digest, width=width, height=height)
+
+
+class PairShardWriter(_TarShardWriter):
+    """Writes :class:`ImageTextPair` objects in the img2dataset layout (``.jpg``, ``.txt``, ``.json``)."""
+
+    def write(self, pair: ImageTextPair, key: str | None = None) -> str:
+        """Write one pair under ``key`` (default: ``pair.key``); fills width/height when unknown."""
+        key = key if key is not None else pair.key
+        if not is_valid_key(key):
+            raise ValueError(f"pair key {key!r} is not a WebDataset key; use letters, digits, '_' and '-'")
+        if pair.image.ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"[{key}]: image extension {pair.image.ext!r} is not one of {IMAGE_EXTENSIONS}")
+        if not pair.width or not pair.height:
+            width, height = pair.image.decode().size
+            pair = replace(pair, width=width, height=height)
+        members = [
+            (pair.image.ext, pair.image.data),
+            ("json", _json_bytes(pair.to_json_dict())),
+            ("txt", pair.caption.encode("utf-8")),
+        ]
+        self._add_sample(key, sorted(members))
+        return key
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset's key convention: ``dir/doc7.0.jpg`` -> (``dir/doc7``, ``0.jpg``)."""
+    folder, _, base = name.rpartition("/")
+    stem, _, suffix = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), suffix
+
+
+def iter_tar_samples(path: Path, log: FileReadLog) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) for each group of consecutive members with one key; errors go to ``log``.
+
+    A file that cannot be opened counts as ``missing_file`` or ``unreadable_file``. A read error part-way (a
+    truncated tar) counts once as ``truncated_tar``; the members read before it are still yielded, so the
+    sample being read shows up without its lost members and its parser counts it. (A tar cut exactly at a
+    member boundary cannot be told from a complete one: tar has no index.)
+    """
+    if not path.is_file():
+        log.skip("missing_file", f"{path} does not exist")
+        return
+    try:
+        tar = tarfile.open(path, "r|*")  # noqa: SIM115 - closed by the with block below
+    except (tarfile.TarError, OSError, EOFError) as error:
+        log.skip("unreadable_file", f"{path}: {error}")
+        return
+    key, members = None, {}
+    with tar:
+        try:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name_key, suffix = split_member_name(member.name)
+                if name_key != key:
+                    if key is not None:
+                        yield key, members
+                    key, members = name_key, {}
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                members.setdefault(suffix, data)
+        except (tarfile.TarError, OSError, EOFError) as error:
+            log.skip("truncated_tar", f"{path}: {error}")
+    if key is not None:
+        yield key, members
+
+
+def _parse_json(raw: bytes | None, key: str, log: FileReadLog) -> Any:
+    if raw is None:
+        log.skip("missing_member", f"[{key}] has no .json member")
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.skip("bad_json", f"[{key}].json: {error}")
+        return None
+
+
+def _check_images(
+    document: InterleavedDocument, missing: Iterable[int], log: FileReadLog, verify: bool, drop_bad: bool
+) -> InterleavedDocument | None:
+    """Decode (when ``verify``) and check the images; skip the document or drop the bad images."""
+    bad: dict[int, str] = {index: "missing_member" for index in missing}
+    for index, (info, image) in enumerate(zip(document.image_info, document.images)):
+        if index in bad or not verify:
+            continue
+        if info.sha256 and info.sha256 != image.sha256():
+            bad[index] = "sha256_mismatch"
+            continue
+        try:
+            width, height = image.decode().size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad[index] = "corrupt_image"
+            continue
+        if not info.width or not info.height:
+            document.image_info[index] = replace(info, width=width, height=height)
+    if not bad:
+        return document
+    detail = f"[{document.id}] image {min(bad)}: {bad[min(bad)]}"
+    if not drop_bad:
+        log.skip(bad[min(bad)], detail)
+        return None
+    for reason in bad.values():
+        log.drop_image(reason, detail)
+    return document.without_images(set(bad))
+
+
+def _document_from_sample(
+    key: str, members: dict[str, bytes], path: Path, log: FileReadLog, verify: bool, drop_bad: bool
+) -> InterleavedDocument | None:
+    data = _parse_json(members.get("json"), key, log)
+    if data is None:
+        return None
+    try:
+        if is_mmc4_dict(data):
+            images, missing = decode_base64_images(data)
+            document = document_from_mmc4(data, key, images)
+        else:
+            document = InterleavedDocument.from_dict(data, source=str(path), key=key)
+            images = [
+                EncodedImage(members.get(i.member, b""), i.member.rsplit(".", 1)[1])
+                for i in document.image_info
+            ]
+            missing = [index for index, info in enumerate(document.image_info) if info.member not in members]
+            document.images = images
+    except SchemaError as error:
+        log.skip("schema_error", str(error))
+        return None
+    return _check_images(document, missing, log, verify, drop_bad)
+
+
+def read_interleaved(
+    paths: PathSpec,
+    *,
+    stats: ReadStats | None = None,
+    verify_images: bool = True,
+    drop_bad_images: bool = False,
+) -> Iterator[InterleavedDocument]:
+    """Documents from interleaved tar shards: ours, or OpenFlamingo's MMC4 shards (``image_base64``).
+
+    Args:
+        paths: files, globs, brace patterns (``shard-{000000..000009}.tar``) or folders.
+        stats: counts of what was read and skipped (per reason); pass one to inspect it afterwards.
+        verify_images: decode every image (cached on the document) so corrupt ones are caught here;
+            with False, images are decoded lazily by ``EncodedImage.decode``.
+        drop_bad_images: keep a document without its missing or corrupt images instead of skipping it.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for path in expand_paths(paths):
+        log = FileReadLog(path, stats)
+        for key, members in iter_tar_samples(path, log):
+            document = _document_from_sample(key, members, path, log, verify_images, drop_bad_images)
+            if document is not None:
+                stats.samples += 1
+                yield document
+        log.finish()
+
+
+def _open_text_lines(path: Path) -> Iterator[str]:
+    """Lines of a ``.jsonl``, ``.jsonl.gz`` or ``.zip`` (first member) file, decoded as UTF-8."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as handle:
+            yield from io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
+    elif path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+            yield from handle
+    else:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            yield from handle
+
+
+def _mmc4_line_document(
+    line: str, doc_id: str, image_dir: Path, log: FileReadLog, verify: bool, drop_bad: bool
+) -> InterleavedDocument | None:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        log.skip("bad_json", f"{doc_id}: {error}")
+        return None
+    if not is_mmc4_dict(data):
+        log.skip("schema_error", f"{doc_id}: not an MMC4 document (needs text_list and image_info)")
+        return None
+    images, missing = [], []
+    for index, info in enumerate(data["image_info"] if isinstance(data["image_info"], list) else []):
+        name = info.get("image_name") if isinstance(info, dict) else None
+        file = image_dir / name if isinstance(name, str) and name else None
+        if file is None or not file.is_file():
+            missing.append(index)
+        images.append(
+            EncodedImage(file.read_bytes() if index not in missing else b"", sniff_image_ext(b"", name))
+        )
+    try:
+        document = document_from_mmc4(data, doc_id, images)
+    except SchemaError as error:
+        log.skip("schema_error", str(error))
+        return None
+    return _check_images(document, missing, log, verify, drop_bad)
+
+
+def read_mmc4_jsonl(
+    paths: PathSpec,
+    image_dir: str | os.PathLike[str],
+    *,
+    stats: ReadStats | None = None,
+    verify_images: bool = True,
+    drop_bad_images: bool = False,
+) -> Iterator[InterleavedDocument]:
+    """Documents from MMC4 JSONL files (one document per line) with images in ``image_dir``.
+
+    Images are found by ``image_info[i]["image_name"]``; document ids are ``<file stem>-<line number>``.
+    Missing images are common in MMC4 (link rot), so ``drop_bad_images=True`` is usually wanted here.
+    """
+    stats = stats if stats is not None else ReadStats()
+    image_root = Path(image_dir)
+    for path in expand_paths(paths, suffixes=(".jsonl", ".jsonl.gz", ".zip")):
+        log = FileReadLog(path, stats)
+        if not path.is_file():
+            log.skip("missing_file", f"{path} does not exist")
+            log.finish()
+            continue
+        stem = path.name.split(".", 1)[0]
+        try:
+            for number, line in enumerate(_open_text_lines(path)):
+                if not line.strip():
+                    continue
+                document = _mmc4_line_document(
+                    line, f"{stem}-{number:07d}", image_root, log, verify_images, drop_bad_images
+                )
+                if document is not None:
+                    stats.samples += 1
+                    yield document
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            log.skip("unreadable_file", f"{path}: {error}")
+        log.finish()
+
+
+def _pair_from_sample(
+    key: str, members: dict[str, bytes], log: FileReadLog, verify: bool
+) -> ImageTextPair | None:
+    ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+    if ext is None:
+        log.skip("missing_member", f"[{key}] has no image member ({'/'.join(IMAGE_EXTENSIONS)})")
+        return None
+    meta = _parse_json(members["json"], key, log) if "json" in members else {}
+    if meta is None:
+        return None
+    caption = members["txt"].decode("utf-8", errors="replace") if "txt" in members else meta.get("caption")
+    issues = check_pair_dict({**meta, "caption": caption})
+    if issues:
+        log.skip("schema_error", issues[0].describe(key=key))
+        return None
+    image = EncodedImage(members[ext], ext)
+    if verify:
+        try:
+            image.decode()
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            log.skip("corrupt_image", f"[{key}].{ext}: {error}")
+            return None
+    extra = {k: v for k, v in meta.items() if k not in ("caption", "url", "width", "height")}
+    width, height = meta.get("width") or 0, meta.get("height") or 0
+    if verify and (not width or not height):
+        width, height = image.decode().size
+    return ImageTextPair(key, caption, image, meta.get("url"), width, height, extra)
+
+
+def read_pairs(
+    paths: PathSpec, *, stats: ReadStats | None = None, verify_images: bool = True
+) -> Iterator[ImageTextPair]:
+    """Image-text pairs from img2dataset tar shards (``<key>.jpg|png|jpeg|webp``, ``.txt``, ``.json``).
+
+    The caption comes from ``.txt``, else from the JSON's ``caption``.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for path in expand_paths(paths):
+        log = FileReadLog(path, stats)
+        for key, members in iter_tar_samples(path, log):
+            pair = _pair_from_sample(key, members, log, verify_images)
+            if pair is not None:
+                stats.samples += 1
+                yield pair
+        log.finish()

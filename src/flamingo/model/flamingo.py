@@ -1,0 +1,389 @@
+"""The Flamingo model: a frozen vision encoder and a stock causal LM joined by a Perceiver Resampler and gated
+cross-attention blocks.
+
+How it attaches without touching ``transformers``: the LM keeps its own class and modules. Four module hooks
+do the rest, each reading a per-call media state that :meth:`Flamingo.forward` / :meth:`Flamingo.generate` set
+up and always tear down (a ``ContextVar``, so threads never share it and an exception leaves nothing behind):
+
+1. a forward pre-hook on the LM computes, once per LM call, which image each token sees;
+2. a forward pre-hook on decoder layer i applies gated cross-attention block i to the layer's input;
+3. a forward hook on the input embedding swaps in the trainable rows of the added tokens;
+4. a forward hook on the output head computes the added tokens' logits from those rows (or from separate
+   trainable output rows when the head is not tied).
+
+Axis letters: b batch, t image slot, f frame, n patch tokens, l latents, s text length, d width.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from flamingo.model.config import FlamingoConfig
+from flamingo.model.cross_attention import GatedCrossAttentionBlock, media_positions
+from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
+from flamingo.model.perceiver import PerceiverResampler
+from flamingo.model.vision import VisionAdapter
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class _MediaState:
+    """What the hooks need during one Flamingo call; discarded when the call returns."""
+
+    media: torch.Tensor | None  # (b, t, l, d_vis) resampled latents, or None for text only
+    base_offset: torch.Tensor  # (b,) <image> tokens before input_ids when an LM call starts without a cache
+    offset: torch.Tensor  # (b,) <image> tokens consumed so far, for LM calls that continue a cache
+    cache_kv: bool  # keep each block's media keys/values across LM calls (generation)
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    positions: torch.Tensor | None = None  # (b*e, s) media index of each token of the current LM call
+
+
+_ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar("flamingo_media", default=None)
+
+
+@dataclass
+class FlamingoOutput(ModelOutput):
+    """``logits`` (b, s, vocab); ``loss`` when labels were given; the LM's ``past_key_values``; ``media``."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Any = None
+    media: torch.Tensor | None = None
+
+
+class Flamingo(nn.Module):
+    """Flamingo over any Hugging Face causal LM and any :class:`VisionAdapter`.
+
+    Build with :meth:`from_config` / :meth:`from_pretrained` (``flamingo.model.checkpoint``) rather than by hand:
+    they load the backbones, add the special tokens to the tokenizer and resize the LM's embeddings first.
+    """
+
+    def __init__(
+        self, config: FlamingoConfig, lm: nn.Module, vision: VisionAdapter, tokenizer: Any = None
+    ) -> None:
+        super().__init__()
+        tokens = config.tokens
+        if tokens.image_id is None or tokens.first_new_id is None:
+            raise ValueError(
+                "config.tokens has no ids: prepare the tokenizer with add_special_tokens() first"
+            )
+        self.config = config
+        self.tokenizer = tokenizer
+        self.lm = lm
+        self.vision = vision
+        self.perceiver = PerceiverResampler(vision.width, config.perceiver)
+        self.layers_path = decoder_layers_path(lm, config.lm.decoder_layers_attr)
+        layers = _get_path(lm, self.layers_path)
+        self.xattn_indices = cross_attn_layer_indices(len(layers), config.cross_attn.every_n)
+        width = lm_width(lm)
+        self.cross_attn = nn.ModuleDict(
+            {
+                str(i): GatedCrossAttentionBlock(width, vision.width, config.cross_attn)
+                for i in self.xattn_indices
+            }
+        )
+        config.tokens.tied_output = is_tied(lm)
+        self._new = slice(tokens.first_new_id, tokens.first_new_id + tokens.num_new)
+        self.new_token_embeddings = nn.Parameter(lm.get_input_embeddings().weight[self._new].detach().clone())
+        head = lm.get_output_embeddings()
+        untied = head is not None and not config.tokens.tied_output
+        self.new_token_output = nn.Parameter(head.weight[self._new].detach().clone()) if untied else None
+        self._hooks: list[Any] = []
+        self.attach()
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self) -> None:
+        """(Re)register the hooks on whatever modules sit in the LM now.
+
+        Call again after replacing decoder layers (for example with activation-checkpoint wrappers) so the
+        cross-attention runs outside the replaced module.
+        """
+        for handle in self._hooks:
+            handle.remove()
+        layers = _get_path(self.lm, self.layers_path)
+        self._hooks = [self.lm.register_forward_pre_hook(self._before_lm, with_kwargs=True)]
+        for i in self.xattn_indices:
+            hook = _LayerHook(self, str(i))
+            self._hooks.append(layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+        self._hooks.append(self.lm.get_input_embeddings().register_forward_hook(self._after_embedding))
+        head = self.lm.get_output_embeddings()
+        if head is not None:
+            self._hooks.append(head.register_forward_hook(self._after_head))
+
+    def _state(self) -> _MediaState | None:
+        return (_ACTIVE.get() or {}).get(id(self))
+
+    def _before_lm(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self._state()
+        if state is None or state.media is None:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise ValueError(
+                "Flamingo needs input_ids: inputs_embeds alone do not say where <image> tokens are"
+            )
+        expand = ids.shape[0] // state.offset.shape[0]  # beams / returned sequences / continuations per row
+        continuing = _cache_length(kwargs.get("past_key_values")) > 0
+        offset = state.offset if continuing else state.base_offset
+        offset = offset.repeat_interleave(expand) if expand > 1 else offset
+        state.positions = media_positions(ids, self.config.tokens.image_id, offset)
+        state.offset = state.positions[::expand, -1]
+
+    def _cross_attend(self, key: str, hidden: torch.Tensor) -> torch.Tensor:
+        state = self._state()
+        block = self.cross_attn[key]
+        if state is None or state.media is None:
+            return block(hidden, None, None)[0]
+        hidden, kv = block(hidden, state.positions, state.media, state.kv.get(key))
+        if state.cache_kv:
+            state.kv[key] = kv
+        return hidden
+
+    def _after_embedding(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        rel = args[0] - self._new.start
+        is_new = (rel >= 0) & (rel < self.new_token_embeddings.shape[0])
+        rows = self.new_token_embeddings.to(output.dtype)[
+            rel.clamp(0, self.new_token_embeddings.shape[0] - 1)
+        ]
+        scale = getattr(
+            module, "embed_scale", None
+        )  # scaled embeddings (Gemma, ...) multiply inside the module
+        if scale is not None:
+            rows = rows * torch.as_tensor(scale, dtype=output.dtype, device=output.device)
+        return torch.where(is_new[..., None], rows, output)
+
+    def _after_head(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        rows = self.new_token_embeddings if self.new_token_output is None else self.new_token_output
+        bias = module.bias[self._new] if getattr(module, "bias", None) is not None else None
+        new = F.linear(args[0], rows.to(args[0].dtype), bias).to(output.dtype)
+        return torch.cat([output[..., : self._new.start], new, output[..., self._new.stop :]], dim=-1)
+
+    @contextmanager
+    def _media_state(
+        self, media: torch.Tensor | None, offset: torch.Tensor, cache_kv: bool
+    ) -> Iterator[None]:
+        token = _ACTIVE.set({**(_ACTIVE.get() or {}), id(self): _MediaState(media, offset, offset, cache_kv)})
+        try:
+            yield
+        finally:
+            _ACTIVE.reset(token)
+
+    # ------------------------------------------------------------------ media
+    def encode_media(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images (b, t, f, c, h, w) [or (b, t, c, h, w)], image_mask (b, t) -> latents (b, t, l, d_vis).
+
+        Empty slots (``image_mask`` False) are not run through the encoder; their latents are zeros.
+        """
+        images = _with_frames(images)
+        b, t, f = images.shape[:3]
+        flat = images.flatten(0, 1) if image_mask is None else images[image_mask.bool()]  # (N, f, c, h, w)
+        if flat.shape[0] == 0:
+            return images.new_zeros(b, t, self.config.perceiver.num_latents, self.vision.width)
+        pixels = flat.flatten(0, 1).to(next(self.perceiver.parameters()).dtype)
+        features = self.vision(pixels).unflatten(0, (flat.shape[0], f))  # (N, f, n, d)
+        latents = self.perceiver(features)  # (N, l, d)
+        if image_mask is None:
+            return latents.unflatten(0, (b, t))
+        out = latents.new_zeros(b, t, *latents.shape[1:])
+        out[image_mask.bool()] = latents
+        return out
+
+    def _prepare_media(
+        self,
+        images: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+        media: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        image_offset: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Encode (unless ``media`` is given) and check that no row has more <image> tokens than images."""
+        if media is None and images is not None:
+            media = self.encode_media(images, image_mask)
+        b = input_ids.shape[0] if media is None else media.shape[0]
+        offset = torch.zeros(b, dtype=torch.long, device=input_ids.device)
+        if image_offset is not None:
+            offset = offset + image_offset.to(input_ids.device)
+        counts = (input_ids == self.config.tokens.image_id).sum(1)
+        expand = input_ids.shape[0] // b
+        counts = counts.view(b, expand).max(1).values + offset
+        if media is None:
+            available = torch.zeros_like(counts)
+        elif image_mask is not None:
+            available = image_mask.sum(1).to(counts.device)
+        else:
+            available = torch.full_like(counts, media.shape[1])
+        bad = (counts > available).nonzero().flatten().tolist()
+        if bad:
+            r = bad[0]
+            raise ValueError(
+                f"row {r} has {counts[r].item()} <image> tokens but {available[r].item()} images: give one image "
+                "per <image> token, in the order the tokens appear"
+            )
+        return media, offset
+
+    # ------------------------------------------------------------------ calls
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        image_mask: torch.Tensor | None = None,
+        media: torch.Tensor | None = None,
+        image_offset: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        **lm_kwargs: Any,
+    ) -> FlamingoOutput:
+        """images (b, t, f, c, h, w) or precomputed ``media`` (b, t, l, d_vis); input_ids (b*e, s).
+
+        ``e > 1`` rows per media row share its images (continuations scored against one prompt).
+        ``image_offset`` (b,) counts <image> tokens already in ``past_key_values``. ``labels`` (b, s) gives the
+        mean next-token cross-entropy over labels != -100 (0 when there are none, never NaN).
+        """
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        media, offset = self._prepare_media(images, image_mask, media, input_ids, image_offset)
+        with self._media_state(media, offset, cache_kv=False):
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **lm_kwargs,
+            )
+        loss = None if labels is None else next_token_loss(out.logits, labels)
+        return FlamingoOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values, media=media)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        image_mask: torch.Tensor | None = None,
+        media: torch.Tensor | None = None,
+        generation_config: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Hugging Face ``generate`` on the LM with images: every argument it takes works here.
+
+        Each image is encoded once; each block's media keys/values are computed once and shared by every step
+        and every beam; the LM uses its own KV cache. Stops at ``<|endofchunk|>`` unless ``eos_token_id`` is
+        given; ``<image>`` is never generated. Returns what the LM's ``generate`` returns (prompt included).
+        """
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        media, offset = self._prepare_media(images, image_mask, media, input_ids, None)
+        tokens = self.config.tokens
+        user_eos = kwargs.get("eos_token_id", getattr(generation_config, "eos_token_id", None))
+        if user_eos is None:
+            kwargs["eos_token_id"] = tokens.eoc_id
+        if kwargs.get("pad_token_id", getattr(generation_config, "pad_token_id", None)) is None:
+            kwargs["pad_token_id"] = tokens.pad_id
+        suppress = kwargs.get("suppress_tokens") or getattr(generation_config, "suppress_tokens", None) or []
+        kwargs["suppress_tokens"] = sorted({*suppress, tokens.image_id})
+        if kwargs.get("stop_strings") and "tokenizer" not in kwargs:
+            kwargs["tokenizer"] = self.tokenizer
+        if generation_config is not None:
+            generation_config = copy.deepcopy(generation_config)
+        with self._media_state(media, offset, cache_kv=True):
+            return self.lm.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **kwargs,
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_config(cls, config: FlamingoConfig, **parts: Any) -> Flamingo:
+        """New adapters on the backbones the config names (or those passed as ``lm``/``tokenizer``/``vision``)."""
+        from flamingo.model.checkpoint import build_flamingo
+
+        return build_flamingo(config, **parts)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, **kwargs: Any) -> Flamingo:
+        """Load a checkpoint directory or hub id written by :meth:`save_pretrained`."""
+        from flamingo.model.checkpoint import from_pretrained
+
+        return from_pretrained(path_or_id, **kwargs)
+
+    def save_pretrained(
+        self, directory: str, save_backbones: bool = False, push_to_hub: str | None = None
+    ) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer; optionally upload to a hub repo."""
+        from flamingo.model.checkpoint import save_pretrained
+
+        path = save_pretrained(self, directory, save_backbones)
+        if push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(push_to_hub, exist_ok=True)
+            api.upload_folder(repo_id=push_to_hub, folder_path=str(path))
+
+    # ------------------------------------------------------------------ parameters
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained tensors only: Perceiver, cross-attention blocks and the added tokens' rows."""
+        prefixes = ("perceiver.", "cross_attn.", "new_token_")
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        prefixes = ("perceiver.", "cross_attn.", "new_token_")
+        return ((n, p) for n, p in self.named_parameters() if n.startswith(prefixes))
+
+
+class _LayerHook:
+    """Forward pre-hook of one decoder layer: hidden states in -> gated cross-attention applied."""
+
+    def __init__(self, model: Flamingo, key: str) -> None:
+        self.model, self.key = model, key
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (self.model._cross_attend(self.key, args[0]), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = self.model._cross_attend(self.key, kwargs["hidden_states"])
+        return args, kwargs
+
+
+def _cache_length(past: Any) -> int:
+    """Tokens already held by an LM cache (a ``Cache`` object or legacy tuples); 0 for none."""
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return int(past[0][0].shape[-2]) if len(past) else 0
+
+
+def _with_frames(images: torch.Tensor) -> torch.Tensor:
+    if images.ndim == 5:
+        return images.unsqueeze(2)  # (b, t, c, h, w) -> (b, t, 1, c, h, w)
+    if images.ndim != 6:
+        raise ValueError(
+            f"images must be (b, t, f, c, h, w) or (b, t, c, h, w), got shape {tuple(images.shape)}"
+        )
+    return images
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits[:, :-1] against labels[:, 1:] over labels != -100; 0 (not NaN) if none."""
+    shift_logits = logits[:, :-1].flatten(0, 1).float()
+    shift_labels = labels[:, 1:].flatten().to(logits.device)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)

@@ -1,0 +1,158 @@
+"""Attaching to a stock Hugging Face causal LM: where its decoder layers are, and the added tokens.
+
+Nothing here patches or swaps a ``transformers`` class or function: the LM keeps its own class, and Flamingo
+reaches it only through module hooks (see ``flamingo.model.flamingo``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from torch import nn
+
+from flamingo.model.config import TokenConfig
+
+# Dotted path of the decoder layer list, by ``config.model_type``.
+DECODER_LAYERS: dict[str, str] = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "mixtral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "phi": "model.layers",
+    "phi3": "model.layers",
+    "olmo": "model.layers",
+    "gpt2": "transformer.h",
+    "gptj": "transformer.h",
+    "falcon": "transformer.h",
+    "bloom": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "opt": "model.decoder.layers",
+    "mpt": "transformer.blocks",
+    "mosaic_gpt": "transformer.blocks",  # MPT-1B RedPajama (remote code), OpenFlamingo-3B's LM
+}
+
+
+class LayerLookupError(LookupError):
+    """The decoder layer list of an LM could not be found."""
+
+
+def _get_path(root: nn.Module, path: str) -> Any:
+    return functools.reduce(getattr, path.split("."), root)
+
+
+def _num_layers(lm: nn.Module) -> int | None:
+    cfg = lm.config
+    for name in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _fallback_layers(lm: nn.Module) -> str | None:
+    """The largest ``ModuleList`` whose length equals the configured number of layers (must be unique)."""
+    expected = _num_layers(lm)
+    found = [
+        name
+        for name, module in lm.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and (expected is None or len(module) == expected)
+    ]
+    if expected is None:
+        found = [n for n in found if len(_get_path(lm, n)) == max(len(_get_path(lm, m)) for m in found)]
+    return found[0] if len(found) == 1 else None
+
+
+def decoder_layers_path(lm: nn.Module, override: str | None = None) -> str:
+    """Where the decoder layer list is: ``override``, else the registry, else a unique-ModuleList fallback."""
+    model_type = getattr(lm.config, "model_type", None)
+    candidates = [override] if override else []
+    if not override and model_type in DECODER_LAYERS:
+        candidates.append(DECODER_LAYERS[model_type])
+    if not override:
+        fallback = _fallback_layers(lm)
+        if fallback:
+            candidates.append(fallback)
+    for path in candidates:
+        try:
+            layers = _get_path(lm, path)
+        except AttributeError as err:
+            if override:
+                raise LayerLookupError(
+                    f"lm.decoder_layers_attr={path!r} does not exist on {type(lm).__name__}"
+                ) from err
+            continue
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return path
+    raise LayerLookupError(
+        f"cannot find the decoder layer list of {type(lm).__name__} (model_type={model_type!r}). "
+        "Set lm.decoder_layers_attr in the model config to its dotted path (for example 'model.layers'; "
+        "print(model) shows it), or add the model type to flamingo.model.lm.DECODER_LAYERS."
+    )
+
+
+def cross_attn_layer_indices(num_layers: int, every_n: int) -> list[int]:
+    """Decoder layers that get a gated cross-attention block before them: (i + 1) % every_n == 0."""
+    return [i for i in range(num_layers) if (i + 1) % every_n == 0]
+
+
+def lm_width(lm: nn.Module) -> int:
+    return int(lm.get_input_embeddings().embedding_dim)
+
+
+def add_special_tokens(tokenizer: Any, tokens: TokenConfig) -> TokenConfig:
+    """Add ``<|endofchunk|>``, ``<image>`` (and a pad token when missing), in OpenFlamingo's order.
+
+    Returns a TokenConfig with the ids filled in. Idempotent: a tokenizer that already has them keeps its ids.
+    """
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [tokens.eoc_token, tokens.image_token]})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": tokens.pad_token})
+    ids = {
+        "eoc_id": tokenizer.convert_tokens_to_ids(tokens.eoc_token),
+        "image_id": tokenizer.convert_tokens_to_ids(tokens.image_token),
+        "pad_id": tokenizer.pad_token_id,
+    }
+    after = len(tokenizer)
+    if tokens.first_new_id is not None:  # a known checkpoint: its ids must come back unchanged
+        first_new, num_new = tokens.first_new_id, tokens.num_new
+    else:
+        first_new, num_new = before, after - before
+    if num_new == 0:  # the tokenizer already had every token (a saved Flamingo tokenizer, new checkpoint)
+        first_new = min(ids["eoc_id"], ids["image_id"])
+        num_new = after - first_new
+    return TokenConfig(
+        eoc_token=tokens.eoc_token,
+        image_token=tokens.image_token,
+        pad_token=tokens.pad_token,
+        **ids,
+        first_new_id=first_new,
+        num_new=num_new,
+        vocab_size=after,
+        tied_output=tokens.tied_output,
+    )
+
+
+def check_token_ids(found: TokenConfig, expected: TokenConfig, where: str) -> None:
+    """The tokenizer must give the ids a checkpoint was trained with; say which base tokenizer it needs."""
+    if expected.first_new_id is None:  # a new model: nothing to check against
+        return
+    for name in ("eoc_id", "image_id", "pad_id", "first_new_id", "num_new", "vocab_size"):
+        want, got = getattr(expected, name), getattr(found, name)
+        if want is not None and want != got:
+            raise ValueError(
+                f"{where}: tokens.{name} is {want} in the checkpoint but {got} with this tokenizer. The checkpoint "
+                "was trained with a different base tokenizer: load the tokenizer saved with the checkpoint, or "
+                "the base LM named in its config.json (lm.name_or_path / lm.tokenizer)."
+            )
+
+
+def is_tied(lm: nn.Module) -> bool:
+    out = lm.get_output_embeddings()
+    return out is not None and out.weight is lm.get_input_embeddings().weight

@@ -1,0 +1,190 @@
+"""Vision adapters: any CLIP-like encoder behind one narrow interface.
+
+An adapter maps pixels ``(N, c, h, w)`` to patch features ``(N, n, d_vis)`` and owns the preprocessing that
+turns PIL images into those pixels. ``Flamingo`` handles the ``(b, t, f)`` axes and skips empty slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from flamingo.model.config import VisionConfig
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class VisionAdapter(nn.Module):
+    """Interface: ``forward(pixels (N, c, h, w)) -> (N, n, width)`` and ``preprocess(images) -> pixels``."""
+
+    width: int
+    image_size: int
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_backbone(self, directory: Path) -> dict[str, Any]:
+        """Write the frozen encoder into ``directory``; return the VisionConfig fields that point at it."""
+        raise NotImplementedError
+
+
+def _clip_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """Resize shortest side (bicubic), centre crop, RGB, [0, 1], normalise: the CLIP/OpenFlamingo recipe."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose(
+        [
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.PILToTensor(),
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(image_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+class OpenClipAdapter(VisionAdapter):
+    """An open_clip vision tower. ``legacy_tokens`` reproduces open_clip < 2.23: the last block's patch tokens,
+    class token dropped, without ``ln_post`` or projection (what the released OpenFlamingo weights saw)."""
+
+    def __init__(self, visual: nn.Module, config: VisionConfig, transform: Callable | None = None) -> None:
+        super().__init__()
+        self.visual = visual
+        self.legacy_tokens = config.legacy_tokens
+        self.width = int(visual.transformer.width)
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        self.transform = transform or _clip_transform(self.image_size, OPENAI_MEAN, OPENAI_STD)
+
+    @classmethod
+    def from_config(cls, config: VisionConfig) -> OpenClipAdapter:
+        import open_clip
+
+        if config.model_cfg is not None:
+            _register_open_clip_config(config.name, config.model_cfg)
+        weights_file = config.pretrained if _is_weights_file(config.pretrained) else None
+        tag = None if weights_file else config.pretrained
+        model, _, transform = open_clip.create_model_and_transforms(config.name, pretrained=tag)
+        if weights_file:
+            _load_visual_weights(model.visual, Path(weights_file))
+        return cls(model.visual, config, transform)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(im) for im in images])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (N, 3, H, W) -> (N, n, width)."""
+        if self.legacy_tokens:
+            out = self.visual.forward_intermediates(
+                pixels, indices=1, intermediates_only=True, output_fmt="NLC", normalize_intermediates=False
+            )
+            return out["image_intermediates"][-1]
+        was = self.visual.output_tokens
+        self.visual.output_tokens = True
+        try:
+            _, tokens = self.visual(pixels)
+        finally:
+            self.visual.output_tokens = was
+        return tokens
+
+    def save_backbone(self, directory: Path) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {f"visual.{k}": v.contiguous() for k, v in self.visual.state_dict().items()}
+        save_file(state, str(directory / "open_clip_visual.safetensors"))
+        return {"pretrained": "open_clip_visual.safetensors"}
+
+
+def _is_weights_file(pretrained: str | None) -> bool:
+    return bool(pretrained) and (
+        pretrained.endswith((".safetensors", ".pt", ".bin")) or Path(pretrained).is_file()
+    )
+
+
+def _load_visual_weights(visual: nn.Module, path: Path) -> None:
+    """Load a vision tower saved by :meth:`OpenClipAdapter.save_backbone` (keys ``visual.*``), strictly."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"vision weights {path} not found: check vision.pretrained in the model config"
+        )
+    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.") or "." in k}
+    visual.load_state_dict(state, strict=True)
+
+
+def _register_open_clip_config(name: str, model_cfg: dict[str, Any]) -> None:
+    """Make a custom architecture dict known to open_clip under ``name`` through its public registry."""
+    import json
+    import tempfile
+
+    import open_clip
+
+    global _OPEN_CLIP_CONFIG_DIR
+    if _OPEN_CLIP_CONFIG_DIR is None:
+        # open_clip rescans every registered folder on each addition, so this one must outlive the call.
+        _OPEN_CLIP_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="flamingo-open-clip-"))
+    path = _OPEN_CLIP_CONFIG_DIR / f"{name}.json"
+    path.write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(path)
+
+
+_OPEN_CLIP_CONFIG_DIR: Path | None = None
+
+
+class HFVisionAdapter(VisionAdapter):
+    """A Hugging Face vision tower (``CLIPVisionModel``, ``SiglipVisionModel``, ...): ``last_hidden_state``,
+    class token dropped when the model has one. For CLIP this equals OpenFlamingo's legacy tokens."""
+
+    def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.width = int(cfg.hidden_size)
+        self.image_size = int(cfg.image_size)
+        self.has_cls = cfg.model_type in ("clip_vision_model", "clip")
+        mean = getattr(processor, "image_mean", None) or OPENAI_MEAN
+        std = getattr(processor, "image_std", None) or OPENAI_STD
+        self.transform = _clip_transform(self.image_size, mean, std)
+
+    @classmethod
+    def from_config(cls, config: VisionConfig) -> HFVisionAdapter:
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(config.name, revision=config.revision)
+        if hasattr(model, "vision_model") and not hasattr(model.config, "image_size"):
+            model = model.vision_model  # a full CLIP/SigLIP checkpoint: keep the vision tower only
+        try:
+            processor = AutoImageProcessor.from_pretrained(config.name, revision=config.revision)
+        except (OSError, ValueError):
+            processor = None
+        return cls(model, processor)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(im) for im in images])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(pixel_values=pixels).last_hidden_state  # (N, 1 + n or n, width)
+        return hidden[:, 1:] if self.has_cls else hidden
+
+    def save_backbone(self, directory: Path) -> dict[str, Any]:
+        self.model.save_pretrained(directory)
+        return {"name": directory.name}
+
+
+def build_vision_adapter(config: VisionConfig) -> VisionAdapter:
+    """The adapter registry: ``config.kind`` picks the family."""
+    builders: dict[str, Callable[[VisionConfig], VisionAdapter]] = {
+        "open_clip": OpenClipAdapter.from_config,
+        "hf": HFVisionAdapter.from_config,
+    }
+    return builders[config.kind](config)

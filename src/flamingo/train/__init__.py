@@ -1,0 +1,1 @@
+"""Training: configs, the trainer, and the techniques it applies to a model in one documented order."""

@@ -1,0 +1,108 @@
+"""Checkpoints: round trips, training only the adapters, readable errors, and no pickle execution."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from conftest import make_images
+
+from flamingo.model.checkpoint import CheckpointError
+from flamingo.model.convert import read_openflamingo_checkpoint
+from flamingo.model.flamingo import Flamingo
+from flamingo.model.tiny import build_tiny_flamingo
+from flamingo.train.freeze import freeze_backbones
+
+PROMPT = "<image>Output: a red circle.<|endofchunk|><image>Output: two"
+
+
+@pytest.mark.parametrize(("family", "vision"), [("llama", "open_clip"), ("gpt2", "clip"), ("mpt", "siglip")])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, family, vision):
+    model = build_tiny_flamingo(family, vision=vision, gate_init=0.6, every_n=2)
+    with torch.no_grad():  # make the adapters non-trivial so the round trip is meaningful
+        for p in model.adapter_parameters():
+            p[1].add_(0.01 * torch.randn_like(p[1]))
+    model.save_pretrained(tmp_path / "ckpt", save_backbones=True)
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["tokens"]["image_id"] == model.config.tokens.image_id and saved["format_version"] == 1
+    loaded = Flamingo.from_pretrained(str(tmp_path / "ckpt"))
+    ids = model.tokenizer([PROMPT], return_tensors="pt").input_ids
+    images = make_images(1, 2)
+    with torch.no_grad():
+        assert torch.equal(model(images, ids).logits, loaded(images, ids).logits)
+
+
+def test_optimizer_step_changes_only_adapters_and_new_rows():
+    model = build_tiny_flamingo("llama", gate_init=0.6)
+    trainable = freeze_backbones(model)
+    assert trainable == sum(p.numel() for _, p in model.adapter_parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = model.tokenizer([PROMPT], return_tensors="pt").input_ids
+    out = model(make_images(1, 2), ids, labels=ids)
+    out.loss.backward()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(model.get_parameter(n).grad is None for n in frozen)
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("perceiver.", "cross_attn.", "new_token_")) for k in changed)
+    assert "new_token_embeddings" in changed
+    # The LM's own embedding matrix, including its rows for the added ids, is untouched.
+    assert torch.equal(model.lm.get_input_embeddings().weight, before["lm.model.embed_tokens.weight"])
+
+
+def test_loss_with_no_supervised_token_is_zero_not_nan():
+    model = build_tiny_flamingo("llama", gate_init=0.6)
+    ids = model.tokenizer([PROMPT], return_tensors="pt").input_ids
+    loss = model(make_images(1, 2), ids, labels=torch.full_like(ids, -100)).loss
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+
+
+def test_wrong_every_n_gets_a_readable_error(tmp_path):
+    build_tiny_flamingo("llama", every_n=1).save_pretrained(tmp_path / "a", save_backbones=True)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["cross_attn"]["every_n"] = 2
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        Flamingo.from_pretrained(str(tmp_path / "a"))
+    message = str(err.value)
+    assert "cross-attention before decoder layers [0, 1, 2, 3]" in message and "every_n" in message
+
+
+def test_wrong_base_lm_width_gets_a_readable_error(tmp_path):
+    from safetensors.torch import load_file
+
+    from flamingo.model.checkpoint import load_adapter_state
+
+    build_tiny_flamingo("llama", width=64).save_pretrained(tmp_path / "w64")
+    other = build_tiny_flamingo("llama", width=32)
+    with pytest.raises(CheckpointError, match=r"trained on an LM of width 64, this LM .* has width 32"):
+        load_adapter_state(other, load_file(str(tmp_path / "w64" / "model.safetensors")), "w64")
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    build_tiny_flamingo("llama").save_pretrained(tmp_path / "c", save_backbones=True)
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    config["cross_attn"]["every_m"] = 3
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"cross_attn: unknown field\(s\) \['every_m'\]"):
+        Flamingo.from_pretrained(str(tmp_path / "c"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"perceiver.latents": _Exploit(marker)}, f)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_openflamingo_checkpoint(path)
+    assert not marker.exists()
