@@ -49,7 +49,9 @@ class _MediaState:
     positions: torch.Tensor | None = None  # (b*e, s) media index of each token of the current LM call
 
 
-_ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar("flamingo_media", default=None)
+_ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar(
+    "flamingo_media", default=None
+)
 
 
 @dataclass
@@ -167,7 +169,9 @@ class Flamingo(nn.Module):
         rows = self.new_token_embeddings if self.new_token_output is None else self.new_token_output
         bias = module.bias[self._new] if getattr(module, "bias", None) is not None else None
         new = F.linear(args[0], rows.to(args[0].dtype), bias).to(output.dtype)
-        return torch.cat([output[..., : self._new.start], new, output[..., self._new.stop :]], dim=-1)
+        # Written in place: a concatenation would copy the whole (b, s, vocab) logits forward and backward.
+        output[..., self._new] = new
+        return output
 
     @contextmanager
     def _media_state(

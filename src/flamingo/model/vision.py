@@ -6,7 +6,9 @@ turns PIL images into those pixels. ``Flamingo`` handles the ``(b, t, f)`` axes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,10 @@ class OpenClipAdapter(VisionAdapter):
             _register_open_clip_config(config.name, config.model_cfg)
         weights_file = config.pretrained if _is_weights_file(config.pretrained) else None
         tag = None if weights_file else config.pretrained
-        model, _, transform = open_clip.create_model_and_transforms(config.name, pretrained=tag)
+        with _quiet_open_clip(
+            weights_file is not None
+        ):  # it warns "no pretrained weights"; we load them next
+            model, _, transform = open_clip.create_model_and_transforms(config.name, pretrained=tag)
         if weights_file:
             _load_visual_weights(model.visual, Path(weights_file))
         return cls(model.visual, config, transform)
@@ -101,6 +106,17 @@ class OpenClipAdapter(VisionAdapter):
         state = {f"visual.{k}": v.contiguous() for k, v in self.visual.state_dict().items()}
         save_file(state, str(directory / "open_clip_visual.safetensors"))
         return {"pretrained": "open_clip_visual.safetensors"}
+
+
+@contextmanager
+def _quiet_open_clip(quiet: bool) -> Iterator[None]:
+    previous = logging.root.manager.disable
+    if quiet:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _is_weights_file(pretrained: str | None) -> bool:

@@ -1,0 +1,352 @@
+"""Ours vs the reference open-flamingo==2.0.1 on the same architecture and weights, in one run.
+
+Measures (each in its own subprocess, so peak memory is per measurement):
+  * a training step: forward + backward + gradient clipping + AdamW step, batch 4, 4 images, 256 tokens
+    (the reference step also masks the embedding gradient to the new rows, as its training loop does);
+  * 32-shot generation: 32 demonstration images + the query image, 20 new tokens, greedy and 3 beams.
+
+    .venv/bin/python bench/bench_model.py                 # CPU, writes bench/results/model_cpu.json
+    .venv/bin/python bench/bench_model.py --device cuda   # GPU (bf16 autocast off: both run fp32 unless --bf16)
+
+Both implementations get identical weights through the real OpenFlamingo converter, and the generated token
+ids are compared (they must be equal for greedy decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {
+    # An OpenFlamingo-3B-shaped model scaled down: cross-attention before every layer, reference Perceiver.
+    "small": {
+        "lm_width": 256,
+        "lm_layers": 4,
+        "vocab": 32000,
+        "vis_width": 256,
+        "vis_layers": 4,
+        "image": 112,
+    },
+    # Closer to real proportions, for GPUs.
+    "large": {
+        "lm_width": 2048,
+        "lm_layers": 24,
+        "vocab": 50280,
+        "vis_width": 1024,
+        "vis_layers": 24,
+        "image": 224,
+    },
+}
+
+
+def make_tokenizer(vocab: int):
+    """A word-level tokenizer with ``vocab`` entries (no downloads), with an eos token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<|endoftext|>": 0, "<unk>": 1, "Output:": 2}
+    words.update({f"w{i}": i for i in range(3, vocab)})
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>")
+
+
+def build_models(size: dict, workdir: Path):
+    """The reference and ours with the same weights (the reference's, imported through the converter)."""
+    import torch
+    from open_flamingo import create_model_and_transforms
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from flamingo.model.config import CrossAttnConfig, FlamingoConfig, LMConfig, PerceiverConfig, VisionConfig
+    from flamingo.model.convert import import_openflamingo_state
+    from flamingo.model.flamingo import Flamingo
+    from flamingo.model.vision import _register_open_clip_config
+
+    tokenizer = make_tokenizer(size["vocab"])
+    lm_cfg = LlamaConfig(
+        hidden_size=size["lm_width"],
+        intermediate_size=4 * size["lm_width"],
+        num_hidden_layers=size["lm_layers"],
+        num_attention_heads=size["lm_width"] // 64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    lm_dir = workdir / "lm"
+    if not lm_dir.exists():
+        AutoModelForCausalLM.from_config(lm_cfg).save_pretrained(lm_dir)
+        tokenizer.save_pretrained(lm_dir)
+    vis = {
+        "embed_dim": 256,
+        "vision_cfg": {
+            "image_size": size["image"],
+            "layers": size["vis_layers"],
+            "width": size["vis_width"],
+            "patch_size": 14,
+            "head_width": 64,
+        },
+        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1},
+    }
+    _register_open_clip_config("bench-vit", vis)
+    torch.manual_seed(0)
+    ref, _, ref_tok = create_model_and_transforms("bench-vit", None, str(lm_dir), str(lm_dir), 1, True)
+    with torch.no_grad():
+        for layer in ref.lang_encoder.gated_cross_attn_layers:
+            layer.attn_gate.fill_(0.5)
+            layer.ff_gate.fill_(0.5)
+    config = FlamingoConfig(
+        lm=LMConfig(name_or_path=str(lm_dir)),
+        vision=VisionConfig(
+            kind="open_clip", name="bench-vit", pretrained=None, model_cfg=vis, legacy_tokens=False
+        ),
+        perceiver=PerceiverConfig(),
+        cross_attn=CrossAttnConfig(every_n=1),
+    )
+    ours = Flamingo.from_config(config)
+    import_openflamingo_state(ours, ref.state_dict(), include_backbones=True)
+    return ref, ours, ref_tok
+
+
+def batch_inputs(tokenizer, batch: int, images: int, tokens: int, size: dict, seed: int = 0):
+    """Random text with ``images`` <image> chunks per row, exactly ``tokens`` long, plus random pixels."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    eoc_id = tokenizer.convert_tokens_to_ids("<|endofchunk|>")
+    ids = torch.randint(3, 30000, (batch, tokens), generator=g)
+    chunk = tokens // images
+    for k in range(images):
+        ids[:, k * chunk] = image_id
+        ids[:, (k + 1) * chunk - 1] = eoc_id
+    pixels = torch.randn(batch, images, 1, 3, size["image"], size["image"], generator=g)
+    return pixels, ids, torch.ones_like(ids)
+
+
+def few_shot_prompt(tokenizer, shots: int, size: dict):
+    import torch
+
+    demo = "<image>Output: " + " ".join(f"w{i}" for i in range(100, 108)) + "<|endofchunk|>"
+    text = demo * shots + "<image>Output:"
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    # One left pad token: under transformers 5.x, generate() drops an all-ones attention mask and the
+    # reference's LM forward then fails for lack of one. Both implementations get the same padded prompt.
+    ids = torch.cat([torch.full((1, 1), tokenizer.pad_token_id), ids], dim=1)
+    mask = torch.ones_like(ids)
+    mask[:, 0] = 0
+    pixels = torch.randn(
+        1, shots + 1, 1, 3, size["image"], size["image"], generator=torch.Generator().manual_seed(1)
+    )
+    return pixels, ids, mask
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step_fn(impl: str, ref, ours, tokenizer, device: str, bf16: bool):
+    """One optimizer step of each implementation's recipe."""
+    import torch
+
+    model = ref if impl == "reference" else ours
+    if impl == "reference":
+        params = [p for p in ref.parameters() if p.requires_grad]
+        embedding = ref.lang_encoder.get_input_embeddings()
+        keep = torch.zeros(embedding.weight.shape[0], 1, device=device)
+        keep[[tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<|endofchunk|>")]] = 1
+    else:
+        from flamingo.train.freeze import freeze_backbones
+
+        freeze_backbones(ours)
+        params = [p for p in ours.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step(pixels, ids, mask):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device == "cuda"):
+            if impl == "reference":
+                loss = model(pixels, ids, attention_mask=mask, labels=ids)[0]
+            else:
+                loss = model(pixels, ids, mask, labels=ids).loss
+        loss.backward()
+        if impl == "reference":  # its training loop trains only the new rows by masking the whole matrix
+            embedding.weight.grad = embedding.weight.grad * keep
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def run_one(args) -> dict:
+    """Runs inside the child process: one (implementation, task) measurement."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    size = SIZES[args.size]
+    ref, ours, tok = build_models(size, Path(args.workdir))
+    model = (ref if args.impl == "reference" else ours).to(args.device)
+    other = ours if args.impl == "reference" else ref
+    del other  # only the measured implementation stays in memory
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if args.task == "train":
+        model.train()
+        (
+            ref if args.impl == "reference" else ours
+        ).vision_encoder.eval() if args.impl == "reference" else ours.vision.eval()
+        step = train_step_fn(args.impl, ref, ours, tok, args.device, args.bf16)
+        inputs = [t.to(args.device) for t in batch_inputs(tok, 4, 4, 256, size)]
+        times = _timed(lambda: step(*inputs), args.iters, args.device)
+        result = {"tokens": None}
+    else:
+        model.eval()
+        pixels, ids, mask = (t.to(args.device) for t in few_shot_prompt(tok, 32, size))
+        kwargs = {"max_new_tokens": 20, "min_new_tokens": 20, "num_beams": args.beams, "do_sample": False}
+        if args.impl == "reference":
+            kwargs["suppress_tokens"] = [tok.convert_tokens_to_ids("<image>")]
+        out = {}
+
+        def generate():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and args.device == "cuda"):
+                out["ids"] = model.generate(pixels, ids, attention_mask=mask, **kwargs)
+
+        times = _timed(generate, args.iters, args.device)
+        result = {"tokens": out["ids"][0, ids.shape[1] :].tolist(), "prompt_tokens": ids.shape[1]}
+    result |= {
+        "impl": args.impl,
+        "task": args.task if args.task == "train" else f"generate_beams{args.beams}",
+        "seconds": min(times),
+        "seconds_median": sorted(times)[len(times) // 2],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+    }
+    if args.device == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _timed(fn, iters: int, device: str) -> list[float]:
+    fn()  # warm-up
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="small", choices=sorted(SIZES))
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    parser.add_argument("--task", default="train", help=argparse.SUPPRESS)
+    parser.add_argument("--beams", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_one(args)))
+        return
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="flamingo-bench-"))
+    rows = []
+    for task, beams in (("train", 1), ("generate", 1), ("generate", 3)):
+        for impl in ("reference", "ours"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--impl",
+                impl,
+                "--task",
+                task,
+                "--beams",
+                str(beams),
+                "--device",
+                args.device,
+                "--size",
+                args.size,
+                "--iters",
+                str(args.iters),
+                "--threads",
+                str(args.threads),
+                "--workdir",
+                str(workdir),
+            ] + (["--bf16"] if args.bf16 else [])
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{impl} {task} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(line[7:]))
+            print(f"  {rows[-1]['impl']:9s} {rows[-1]['task']:18s} {rows[-1]['seconds']:.3f}s", flush=True)
+    report(rows, args, workdir)
+
+
+def report(rows: list[dict], args, workdir: Path) -> None:
+    import torch
+
+    by = {(r["impl"], r["task"]): r for r in rows}
+    mem = "peak_cuda_mb" if args.device == "cuda" else "peak_rss_mb"
+    table = []
+    print(f"\n| task | reference s | ours s | speed-up | reference {mem} | ours {mem} | same tokens |")
+    print("|---|---|---|---|---|---|---|")
+    for task in ("train", "generate_beams1", "generate_beams3"):
+        ref, ours = by[("reference", task)], by[("ours", task)]
+        same = "n/a" if task == "train" else str(ref["tokens"] == ours["tokens"])
+        entry = {
+            "task": task,
+            "reference_s": ref["seconds"],
+            "ours_s": ours["seconds"],
+            "speedup": ref["seconds"] / ours["seconds"],
+            f"reference_{mem}": ref[mem],
+            f"ours_{mem}": ours[mem],
+            "same_tokens": same,
+        }
+        table.append(entry)
+        print(
+            f"| {task} | {ref['seconds']:.3f} | {ours['seconds']:.3f} | {entry['speedup']:.2f}x | "
+            f"{ref[mem]:.0f} | {ours[mem]:.0f} | {same} |"
+        )
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    out = Path(args.out or f"bench/results/model_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "device": device,
+                "size": SIZES[args.size],
+                "iters": args.iters,
+                "bf16": args.bf16,
+                "rows": table,
+                "raw": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {out} ({device})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Typed configuration of the interleaved dataset builder; defaults follow the MMC4 recipe.
+
+Each stage reads only its own section, so a stage function can be called with e.g. a ``FetchConfig``
+alone. ``BuildConfig.to_dict`` / ``from_dict`` round-trip through JSON (the engine stores it beside
+the output as ``config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _check(ok: bool, section: str, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"build config: {section}.{name} {message}")
+
+
+@dataclass
+class ReadConfig:
+    """How pages are read and turned into sentences and image references."""
+
+    max_html_bytes: int = 5_000_000
+    """Pages larger than this (bytes) are skipped as unlikely to be articles."""
+    short_block_chars: int = 200
+    """Blocks with fewer characters than this are dropped when link-dense (menus, tag clouds)."""
+    max_link_density: float = 0.5
+    """Share of a short block's characters inside links above which it is boilerplate."""
+    min_sentences: int = 1
+    """Documents with fewer sentences than this are not emitted."""
+    max_images_per_document: int = 100
+    """Only the first this-many images of a page are kept (guards against image galleries)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_html_bytes > 0, "read", "max_html_bytes", "must be positive")
+        _check(0.0 < self.max_link_density <= 1.0, "read", "max_link_density", "must be in (0, 1]")
+        _check(self.min_sentences >= 0, "read", "min_sentences", "must be >= 0")
+
+
+@dataclass
+class FetchConfig:
+    """How images are downloaded or read; safe by default (public addresses only, no local files)."""
+
+    threads: int = 16
+    """Concurrent downloads per worker process."""
+    timeout_s: float = 10.0
+    """Socket timeout for connecting and for each read; also bounds a whole download at 3x."""
+    retries: int = 2
+    """Extra attempts after a timeout, connection error or 5xx/429 (never after other 4xx)."""
+    backoff_s: float = 0.5
+    """First back-off delay; attempt k waits backoff_s * 2**k."""
+    max_bytes: int = 10_000_000
+    """Largest image accepted, enforced while streaming."""
+    max_pixels: int = 50_000_000
+    """Largest width*height accepted before decoding (decompression-bomb guard)."""
+    max_redirects: int = 5
+    """Redirect hops followed; every hop is checked like the first URL."""
+    allow_loopback: bool = False
+    """Allow 127.0.0.0/8 and ::1 (for tests and local mirrors)."""
+    allow_private: bool = False
+    """Allow private, shared and link-local ranges (10/8, 192.168/16, 169.254/16, fc00::/7, ...)."""
+    local_root: str | None = None
+    """Folder that local paths and file:// URLs may be read from; None refuses all local files."""
+    user_agent: str = "flamingo-vlm-builder/0.1"
+    """User-Agent header sent with every request."""
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 1, "fetch", "threads", "must be >= 1")
+        _check(self.timeout_s > 0, "fetch", "timeout_s", "must be positive")
+        _check(self.retries >= 0, "fetch", "retries", "must be >= 0")
+        _check(self.max_bytes > 0, "fetch", "max_bytes", "must be positive")
+        _check(self.max_pixels > 0, "fetch", "max_pixels", "must be positive")
+        _check(0 <= self.max_redirects <= 20, "fetch", "max_redirects", "must be in [0, 20]")
+
+
+@dataclass
+class FilterConfig:
+    """Which images are dropped; MMC4 drops small, ad-like, duplicated, NSFW and face images."""
+
+    min_side: int = 150
+    """Images narrower or shorter than this (pixels) are dropped (MMC4: 150)."""
+    max_aspect_ratio: float = 2.0
+    """Images whose long/short side ratio exceeds this are dropped (MMC4: 2)."""
+    min_bytes: int = 10_000
+    """Images smaller than this on disk are dropped (OpenFlamingo: about 10 KB)."""
+    drop_ads: bool = True
+    """Drop tracking pixels and ad-like images (ad-server URLs, banner URLs at standard ad sizes)."""
+    dedup_exact: bool = True
+    """Drop later copies of byte-identical images across the whole corpus."""
+    dedup_perceptual: bool = True
+    """Drop later near-copies (pHash within ``phash_max_distance``) across the whole corpus."""
+    phash_max_distance: int = 4
+    """Largest Hamming distance between 64-bit pHashes counted as the same image."""
+    decontaminate_folders: list[str] = field(default_factory=list)
+    """Folders of evaluation images; pHash near-copies of them are dropped."""
+    decontaminate_max_distance: int = 4
+    """Largest pHash Hamming distance to an evaluation image counted as contamination."""
+    max_faces: int = 1
+    """Images with at least this many detected faces are dropped (MMC4 fewer-faces: 1); 0 disables."""
+    face_backend: str = "auto"
+    """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's Haar cascade when it is installed)."""
+    nsfw_threshold: float = 0.5
+    """Images with NSFW probability at or above this are dropped; needs a scorer or an embedder."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_side >= 0, "filter", "min_side", "must be >= 0")
+        _check(self.max_aspect_ratio >= 1.0, "filter", "max_aspect_ratio", "must be >= 1")
+        _check(0 <= self.phash_max_distance <= 32, "filter", "phash_max_distance", "must be in [0, 32]")
+        _check(
+            0 <= self.decontaminate_max_distance <= 32,
+            "filter",
+            "decontaminate_max_distance",
+            "must be in [0, 32]",
+        )
+        _check(self.max_faces >= 0, "filter", "max_faces", "must be >= 0 (0 disables face filtering)")
+        _check(
+            self.face_backend in ("auto", "opencv-haar", "skimage-lbp"),
+            "filter",
+            "face_backend",
+            f"is {self.face_backend!r}; use auto, opencv-haar or skimage-lbp",
+        )
+        _check(0.0 <= self.nsfw_threshold <= 1.0, "filter", "nsfw_threshold", "must be in [0, 1]")
+
+
+@dataclass
+class InterleaveConfig:
+    """How images are placed among sentences (one-to-one assignment on CLIP similarities)."""
+
+    similarity_threshold: float = 0.24
+    """Pairs with cosine similarity below this are dropped (MMC4, CLIP ViT-L/14; depends on the model)."""
+    no_image_policy: str = "drop"
+    """What to do with a document left without images: drop, or keep_text."""
+    batch_size: int = 64
+    """Images or sentences per embedding call (batched across documents)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.no_image_policy in ("drop", "keep_text"),
+            "interleave",
+            "no_image_policy",
+            f"is {self.no_image_policy!r}; use drop or keep_text",
+        )
+        _check(self.batch_size >= 1, "interleave", "batch_size", "must be >= 1")
+
+
+@dataclass
+class BuildConfig:
+    """The whole builder: one section per stage."""
+
+    read: ReadConfig = field(default_factory=ReadConfig)
+    """Reading pages and splitting sentences."""
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    """Downloading images."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Dropping images."""
+    interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
+    """Placing images among sentences."""
+    max_documents_per_tar: int = 1000
+    """Documents per output tar; each input file gives its own series of tars."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_documents_per_tar >= 1, "build", "max_documents_per_tar", "must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
+        """Inverse of ``to_dict``; unknown keys are an error naming the section and key."""
+        sections = {
+            "read": ReadConfig,
+            "fetch": FetchConfig,
+            "filter": FilterConfig,
+            "interleave": InterleaveConfig,
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                known = {f.name for f in dataclasses.fields(sections[key])}
+                unknown = set(value) - known
+                if unknown:
+                    raise ValueError(f"build config: unknown keys {sorted(unknown)} in section {key!r}")
+                kwargs[key] = sections[key](**value)
+            elif key in ("progress", "max_documents_per_tar"):
+                kwargs[key] = value
+            else:
+                raise ValueError(
+                    f"build config: unknown section {key!r}; expected one of {[*sections, 'max_documents_per_tar', 'progress']}"
+                )
+        return cls(**kwargs)

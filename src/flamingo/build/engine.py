@@ -1,0 +1,291 @@
+"""Engines that run the builder's stages over input files: local processes or Ray Data.
+
+Each input file is one shard (``shard-00000`` for the first input, ...). A build has three phases:
+
+1. **prepare** (parallel, per shard): read -> fetch -> per-image filters and hashes -> decontaminate.
+   Documents come back without image bytes (those are stored under ``images/`` by content hash).
+2. **plan dedup** (driver, serial): the slim hash records ``(shard, doc, image, sha256, pHash)`` of all
+   shards are sorted into input order and run through ONE ``DedupIndex``; the first occurrence is kept.
+   Because the order is fixed by the inputs, not by which worker finished first, the local and Ray
+   engines (and any number of workers) drop exactly the same images.
+3. **finish** (parallel, per shard): apply the dedup decisions -> faces -> NSFW -> interleave -> write.
+
+With Ray, phase 1 output stays in the object store (a materialised dataset); only the hash records go
+to the driver, and the decisions go back to the workers with the finish tasks. The global index is the
+one thing that is not distributed: at MMC4 scale (~571M images) it needs a machine with tens of GB of
+memory, or a hash-partitioned exact pass plus a banded pHash pass (``dedup.PHashIndex``'s bands are
+natural partition keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from flamingo.build.config import BuildConfig, FilterConfig
+from flamingo.build.dedup import DedupIndex, PHashIndex, build_eval_index, decontaminate, image_key
+from flamingo.build.document import WebDocument
+from flamingo.build.faces import FaceDetector, filter_faces
+from flamingo.build.fetch import fetch_documents
+from flamingo.build.filters import filter_images, hash_images
+from flamingo.build.interleave import interleave_documents
+from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
+from flamingo.build.read import input_kind, read_input
+from flamingo.build.stats import BuildStats
+from flamingo.build.write import write_shard
+
+logger = logging.getLogger(__name__)
+
+HashRecord = tuple[int, int, int, str, str, str]  # (shard, doc position, image index, name, sha256, phash)
+# Per shard: (doc position, image index) -> (drop reason, name of the kept original). Positions, not ids:
+# ids need only be unique within one input file.
+Decisions = dict[tuple[int, int], tuple[str, str]]
+
+
+class Embedder(Protocol):
+    """A CLIP-like model: images and texts to embeddings in one space."""
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Embeddings, shape (n, d)."""
+        ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Embeddings, shape (n, d)."""
+        ...
+
+
+@dataclass
+class ShardTask:
+    """One input file and where its outputs go."""
+
+    index: int
+    path: str
+    out_dir: str
+    config: BuildConfig
+
+    @property
+    def name(self) -> str:
+        """The shard name used for the manifest and the output tars."""
+        return f"shard-{self.index:05d}"
+
+
+@dataclass
+class Models:
+    """The scorers handed to every worker (pickled once per task)."""
+
+    embedder: Embedder
+    nsfw_scorer: NSFWScorer | None = None
+    face_detector: FaceDetector | None = None
+    eval_index: PHashIndex | None = None
+
+
+@dataclass
+class BuildResult:
+    """What ``run_pipeline`` produced."""
+
+    stats: BuildStats
+    shard_paths: list[Path] = field(default_factory=list)
+
+
+def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 1: read, fetch, filter and hash one input file."""
+    cfg = task.config
+    stats = BuildStats(shards=1)
+    docs = read_input(task.path, cfg.read)
+    stats.record("read", [], docs)
+    fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
+    stats.record("fetch", docs, fetched)
+    filtered = hash_images(filter_images(fetched, cfg.filter))
+    stats.record("filter", fetched, filtered)
+    if eval_index is not None:
+        clean = decontaminate(filtered, eval_index)
+        stats.record("decontaminate", filtered, clean)
+        filtered = clean
+    return [doc.release_bytes() for doc in filtered], stats
+
+
+def hash_records(shard: int, docs: list[WebDocument]) -> list[HashRecord]:
+    """The slim records the dedup planner needs, in page order."""
+    return [
+        (shard, d, i, f"shard-{shard:05d}/{image_key(doc, i)}", im.sha256 or "", im.phash or "")
+        for d, doc in enumerate(docs)
+        for i, im in enumerate(doc.images)
+        if im.alive
+    ]
+
+
+def plan_dedup(records: Sequence[HashRecord], config: FilterConfig) -> dict[int, Decisions]:
+    """Which images are later copies, over the whole corpus, keeping the first in input order; by shard."""
+    if not (config.dedup_exact or config.dedup_perceptual):
+        return {}
+    index = DedupIndex(
+        config.phash_max_distance, exact=config.dedup_exact, perceptual=config.dedup_perceptual
+    )
+    decisions: dict[int, Decisions] = {}
+    for shard, doc, img, name, sha, phash in sorted(records):
+        result = index.check_and_add(sha or None, phash or None, name)
+        if result.reason is not None:
+            decisions.setdefault(shard, {})[(doc, img)] = (result.reason, result.original or "")
+    return decisions
+
+
+def apply_dedup(docs: list[WebDocument], decisions: Decisions) -> list[WebDocument]:
+    """Drop the images named in ``decisions`` (keyed by document position and image index)."""
+    out = []
+    for d, doc in enumerate(docs):
+        images = []
+        for i, image in enumerate(doc.images):
+            decision = decisions.get((d, i)) if image.alive else None
+            if decision is not None:
+                image = image.annotate(duplicate_of=decision[1]).drop(decision[0])
+            images.append(image)
+        out.append(doc.with_images(images))
+    return out
+
+
+def finish_shard(
+    task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
+) -> tuple[BuildStats, list[Path]]:
+    """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
+    cfg = task.config
+    stats = BuildStats()
+    deduped = apply_dedup(docs, decisions)
+    stats.record("dedup", docs, deduped)
+    faced = filter_faces(deduped, cfg.filter, models.face_detector)
+    stats.record("faces", deduped, faced)
+    if models.nsfw_scorer is not None:
+        safe = filter_nsfw(faced, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
+        stats.record("nsfw", faced, safe)
+        faced = safe
+    embedder = models.embedder
+    placed = interleave_documents(faced, embedder.embed_images, embedder.embed_texts, cfg.interleave)
+    stats.record("interleave", faced, placed, doc_reason="no_image_left")
+    paths = write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
+    stats.record("write", placed, placed)
+    stats.record_output(placed)
+    return stats, paths
+
+
+def _map(fn: Any, workers: int, progress: bool, desc: str, *iterables: Any) -> list[Any]:
+    """``map`` in this process (workers=1) or in a process pool, results in input order."""
+    total = len(iterables[0])
+    if workers == 1:
+        return [fn(*args) for args in tqdm(zip(*iterables), total=total, desc=desc, disable=not progress)]
+    with ProcessPoolExecutor(max_workers=min(workers, max(total, 1))) as pool:
+        return list(tqdm(pool.map(fn, *iterables), total=total, desc=desc, disable=not progress))
+
+
+def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: bool) -> BuildResult:
+    prepared = _map(
+        prepare_shard, workers, progress, "prepare", tasks, list(repeat(models.eval_index, len(tasks)))
+    )
+    records = [r for task, (docs, _) in zip(tasks, prepared) for r in hash_records(task.index, docs)]
+    decisions = plan_dedup(records, tasks[0].config.filter)
+    finished = _map(
+        finish_shard,
+        workers,
+        progress,
+        "finish",
+        tasks,
+        [docs for docs, _ in prepared],
+        [decisions.get(t.index, {}) for t in tasks],
+        list(repeat(models, len(tasks))),
+    )
+    stats = BuildStats()
+    for _, shard_stats in prepared:
+        stats.merge(shard_stats)
+    paths: list[Path] = []
+    for shard_stats, shard_paths in finished:
+        stats.merge(shard_stats)
+        paths += shard_paths
+    return BuildResult(stats, paths)
+
+
+def _check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    paths = [str(p) for p in inputs]
+    if not paths:
+        raise ValueError("run_pipeline: no input files; pass WARC, HTML or JSONL files")
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"run_pipeline: input {p} does not exist or is not a file")
+        input_kind(p)
+    return paths
+
+
+def _default_models(
+    config: BuildConfig,
+    embedder: Embedder | None,
+    nsfw_scorer: NSFWScorer | None,
+    face_detector: FaceDetector | None,
+) -> Models:
+    if embedder is None or not (
+        callable(getattr(embedder, "embed_images", None)) and callable(getattr(embedder, "embed_texts", None))
+    ):
+        raise ValueError(
+            "run_pipeline: embedder must have embed_images(list[PIL.Image]) and embed_texts(list[str]) "
+            "returning (n, d) arrays (a CLIP-like model); it places images among sentences"
+        )
+    if nsfw_scorer is None:
+        nsfw_scorer = PromptNSFWScorer(embedder.embed_images, embedder.embed_texts)
+    folders = config.filter.decontaminate_folders
+    eval_index = (
+        build_eval_index(folders, config.filter.decontaminate_max_distance, config.fetch.max_pixels)
+        if folders
+        else None
+    )
+    return Models(embedder, nsfw_scorer, face_detector, eval_index)
+
+
+def run_pipeline(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: BuildConfig | None = None,
+    engine: str = "local",
+    workers: int = 1,
+    embedder: Embedder | None = None,
+    nsfw_scorer: NSFWScorer | None = None,
+    face_detector: FaceDetector | None = None,
+) -> BuildResult:
+    """Build interleaved shards from ``inputs`` into ``out_dir`` (``shards/``, ``stats.json``, ``report.md``).
+
+    Input ``i`` becomes ``shard-<i>``; keep the input order when resuming an interrupted build, so the
+    per-shard fetch manifests are found again. ``nsfw_scorer`` defaults to a zero-shot scorer on
+    ``embedder``; ``face_detector`` to ``filter.face_backend``.
+    """
+    config = config or BuildConfig()
+    if engine not in ("local", "ray"):
+        raise ValueError(f"run_pipeline: engine={engine!r}; use 'local' or 'ray'")
+    if workers < 1:
+        raise ValueError(f"run_pipeline: workers={workers}; use 1 or more")
+    paths = _check_inputs(inputs)
+    models = _default_models(config, embedder, nsfw_scorer, face_detector)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tasks = [ShardTask(i, p, str(out), config) for i, p in enumerate(paths)]
+    if engine == "ray":
+        from flamingo.build.ray_engine import run_ray
+
+        result = run_ray(tasks, models, workers, config.progress)
+    else:
+        result = _run_local(tasks, models, workers, config.progress)
+    result.stats.save(out)
+    logger.info("build finished: %s", json.dumps(result.stats.to_dict()["stages"].get("write", {})))
+    return result
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle for passing documents through Ray Data columns."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)

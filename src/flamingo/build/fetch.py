@@ -1,0 +1,328 @@
+"""Fetch stage: download (or read) every image, check it, and store it under its content hash.
+
+Safe by default: only http(s) to public addresses (``netguard``), redirects followed by hand and each
+hop re-checked, bodies capped while streaming, formats sniffed from magic bytes, pixel counts checked
+before decoding (``imagecheck``), local files only inside ``FetchConfig.local_root``. Stored files are
+named ``images/<sha[:2]>/<sha256>.<ext>``, so nothing in a page or URL chooses a file name.
+
+Each shard keeps a manifest (``manifests/<shard>.jsonl``: url -> status, reason, sha256, size), written
+line by line, so a build that is interrupted and started again fetches nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+from tqdm.auto import tqdm
+
+from flamingo.build import netguard
+from flamingo.build.config import FetchConfig
+from flamingo.build.document import ImageRef, WebDocument
+from flamingo.build.imagecheck import EXTENSIONS, ImageRejected, inspect_image
+
+logger = logging.getLogger(__name__)
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CHUNK = 65536
+
+
+class FetchError(Exception):
+    """A failed fetch; ``reason`` is recorded per image, ``retryable`` drives the back-off loop."""
+
+    def __init__(self, reason: str, detail: str = "", retryable: bool = False) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class _GuardedHTTP(http.client.HTTPConnection):
+    """HTTP connection to an address checked by ``netguard`` (the Host header keeps the name)."""
+
+    def __init__(self, target: netguard.Target, timeout: float, config: FetchConfig) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._target, self._config = target, config
+
+    def connect(self) -> None:
+        self.sock = netguard.connect(self._target, self.timeout, self._config)
+
+
+class _GuardedHTTPS(http.client.HTTPSConnection):
+    """HTTPS connection to a checked address; the certificate is verified against the host name."""
+
+    def __init__(self, target: netguard.Target, timeout: float, config: FetchConfig) -> None:
+        self._tls = ssl.create_default_context()
+        super().__init__(target.host, target.port, timeout=timeout, context=self._tls)
+        self._target, self._config = target, config
+
+    def connect(self) -> None:
+        sock = netguard.connect(self._target, self.timeout, self._config)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self._target.host)
+
+
+def _read_body(
+    conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, config: FetchConfig, deadline: float
+) -> bytes:
+    """Stream the body with the size cap; refuse a body longer than its declared Content-Length."""
+    declared_text = resp.getheader("Content-Length")
+    declared = None
+    if declared_text is not None and not resp.chunked:
+        try:
+            declared = int(declared_text)
+        except ValueError as e:
+            raise FetchError("bad_content_length", repr(declared_text)) from e
+        if declared > config.max_bytes:
+            raise FetchError("too_large", f"declared {declared} bytes > fetch.max_bytes={config.max_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise FetchError("timeout", "download exceeded 3x fetch.timeout_s", retryable=True)
+        if declared is not None and size >= declared and conn.sock is not None:
+            conn.sock.settimeout(0.2)  # a keep-alive server sends nothing more; wait briefly for extra bytes
+        try:
+            # Read the socket directly (not resp.read) so bytes beyond Content-Length are seen, not cut.
+            chunk = resp.read(_CHUNK) if resp.chunked or resp.fp is None else resp.fp.read1(_CHUNK)
+        except TimeoutError:
+            if declared is not None and size >= declared:
+                break
+            raise
+        if not chunk:
+            break
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > config.max_bytes:
+            raise FetchError("too_large", f"body exceeds fetch.max_bytes={config.max_bytes}")
+        if declared is not None and size > declared:
+            raise FetchError("body_exceeds_content_length", f"more than the declared {declared} bytes")
+    if declared is not None and size < declared:
+        raise FetchError("truncated", f"{size} of {declared} bytes", retryable=True)
+    return b"".join(chunks)
+
+
+def _get_once(url: str, config: FetchConfig, deadline: float) -> tuple[int, str | None, bytes, str]:
+    """One GET without following redirects: (status, Location, body, content type)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError("unsupported_url", url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise FetchError("unsupported_url", str(e)) from e
+    try:
+        target = netguard.resolve(parts.hostname, port, config)
+    except netguard.RefusedAddress as e:
+        raise FetchError("refused_address", str(e)) from e
+    conn_class = _GuardedHTTPS if parts.scheme == "https" else _GuardedHTTP
+    conn = conn_class(target, config.timeout_s, config)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {
+        "User-Agent": config.user_agent,
+        "Accept": "image/*",
+        "Accept-Encoding": "identity",
+        "Connection": "close",
+    }
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        content_type = resp.getheader("Content-Type") or ""
+        if resp.status in _REDIRECTS:
+            return resp.status, resp.getheader("Location"), b"", content_type
+        if resp.status != 200:
+            retryable = resp.status >= 500 or resp.status == 429
+            raise FetchError(f"http_{resp.status}", url, retryable=retryable)
+        return resp.status, None, _read_body(conn, resp, config, deadline), content_type
+    finally:
+        conn.close()
+
+
+def _http_get(url: str, config: FetchConfig) -> tuple[bytes, dict[str, Any]]:
+    """GET ``url``, following at most ``max_redirects`` redirects, each hop checked like the first."""
+    deadline = time.monotonic() + 3 * config.timeout_s
+    current = url
+    for _hop in range(config.max_redirects + 1):
+        try:
+            status, location, body, content_type = _get_once(current, config, deadline)
+        except FetchError:
+            raise
+        except netguard.RefusedAddress as e:
+            raise FetchError("refused_address", str(e)) from e
+        except TimeoutError as e:
+            raise FetchError("timeout", current, retryable=True) from e
+        except ssl.SSLError as e:
+            raise FetchError("tls_error", str(e)) from e
+        except (OSError, http.client.HTTPException) as e:
+            raise FetchError("connection_error", f"{type(e).__name__}: {e}", retryable=True) from e
+        if location is None and status in _REDIRECTS:
+            raise FetchError("bad_redirect", f"{status} without Location")
+        if location is None:
+            return body, {"content_type": content_type, "final_url": current}
+        current = urljoin(current, location)
+    raise FetchError("too_many_redirects", f"more than fetch.max_redirects={config.max_redirects}")
+
+
+def _read_local(location: str, config: FetchConfig) -> bytes:
+    """Bytes of a local path or file:// URL, which must resolve inside ``config.local_root``."""
+    if config.local_root is None:
+        raise FetchError("local_files_disabled", "set fetch.local_root to the folder images may be read from")
+    raw = url2pathname(urlsplit(location).path) if location.startswith("file:") else location
+    root = Path(config.local_root).resolve()
+    path = (root / raw).resolve()  # follows symlinks, so a link pointing outside is caught too
+    if not path.is_relative_to(root):
+        raise FetchError("outside_local_root", f"{location} is not inside {root}")
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > config.max_bytes:
+                raise FetchError("too_large", f"file larger than fetch.max_bytes={config.max_bytes}")
+            return f.read(config.max_bytes + 1)
+    except FileNotFoundError as e:
+        raise FetchError("not_found", str(path)) from e
+    except IsADirectoryError as e:
+        raise FetchError("not_found", f"{path} is a folder") from e
+
+
+def with_retries(attempt: Callable[[], Any], config: FetchConfig) -> Any:
+    """Call ``attempt`` until it succeeds, retrying retryable ``FetchError``s with exponential back-off."""
+    for k in range(config.retries + 1):
+        try:
+            return attempt()
+        except FetchError as e:
+            if not e.retryable or k == config.retries:
+                raise
+            time.sleep(config.backoff_s * 2**k)
+    raise AssertionError("unreachable")
+
+
+def fetch_bytes(location: str, config: FetchConfig) -> tuple[bytes, dict[str, Any]]:
+    """Bytes and metadata of an image URL or local path; raises ``FetchError`` with a reason."""
+    scheme = urlsplit(location).scheme.lower()
+    if scheme in ("http", "https"):
+        return with_retries(lambda: _http_get(location, config), config)
+    if scheme in ("", "file"):
+        return _read_local(location, config), {}
+    raise FetchError("unsupported_url", f"scheme {scheme!r} in {location}")
+
+
+def store_image(data: bytes, fmt: str, images_dir: Path) -> tuple[str, Path]:
+    """Write ``data`` as ``<sha[:2]>/<sha256>.<ext>`` under ``images_dir`` (atomically); return (sha, path)."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = images_dir / sha[:2] / f"{sha}.{EXTENSIONS[fmt]}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return sha, path
+
+
+def fetch_one(location: str, config: FetchConfig, images_dir: Path) -> dict[str, Any]:
+    """Fetch, check and store one image; return its manifest entry (never raises for a bad image)."""
+    entry: dict[str, Any] = {"url": location}
+    try:
+        data, meta = fetch_bytes(location, config)
+        fmt, width, height = inspect_image(data, config.max_pixels)
+    except (FetchError, ImageRejected) as e:
+        logger.debug("image %s refused: %s", location, e)
+        return {**entry, "status": "failed", "reason": e.reason}
+    sha, path = store_image(data, fmt, images_dir)
+    entry.update(status="ok", sha256=sha, format=fmt, width=width, height=height, bytes=len(data))
+    entry.update(path=str(path.relative_to(images_dir)), **meta)
+    return entry
+
+
+class Manifest:
+    """A shard's url -> fetch result log, appended one JSON line per image (safe to interrupt)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._cut_short = False
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 1))
+                self._cut_short = f.read(1) not in (b"", b"\n")  # the next line must not join the cut one
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut short by an interruption: that image is fetched again
+                    self.entries[entry["url"]] = entry
+
+    def done(self, url: str, images_dir: Path) -> bool:
+        """Whether ``url`` has a final result (a failure, or a success whose file is still there)."""
+        entry = self.entries.get(url)
+        if entry is None:
+            return False
+        return entry["status"] != "ok" or (images_dir / entry["path"]).exists()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Remember ``entry`` and append it to the file."""
+        with self._lock:
+            self.entries[entry["url"]] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(("\n" if self._cut_short else "") + json.dumps(entry) + "\n")
+            self._cut_short = False
+
+
+def _apply(image: ImageRef, entry: dict[str, Any] | None, images_dir: Path) -> ImageRef:
+    if not image.alive:
+        return image
+    if entry is None:
+        return image.drop("not_fetched")
+    if entry["status"] != "ok":
+        return image.drop(entry["reason"])
+    meta = {**image.metadata, "bytes": entry["bytes"], "content_type": entry.get("content_type", "")}
+    return replace(
+        image,
+        path=str(images_dir / entry["path"]),
+        sha256=entry["sha256"],
+        format=entry["format"],
+        width=entry["width"],
+        height=entry["height"],
+        metadata=meta,
+    )
+
+
+def fetch_documents(
+    docs: list[WebDocument],
+    config: FetchConfig,
+    out_dir: str | os.PathLike[str],
+    shard: str,
+    progress: bool = False,
+) -> list[WebDocument]:
+    """Fetch every kept image of ``docs`` (each distinct URL once) into ``out_dir/images``.
+
+    Results are recorded in ``out_dir/manifests/<shard>.jsonl``; URLs already there are not fetched
+    again. Failed images are marked with their reason; every document is returned.
+    """
+    images_dir = Path(out_dir) / "images"
+    manifest = Manifest(Path(out_dir) / "manifests" / f"{shard}.jsonl")
+    urls = list(dict.fromkeys(im.url for doc in docs for im in doc.images if im.alive))
+    todo = [url for url in urls if not manifest.done(url, images_dir)]
+    logger.info("shard %s: %d images, %d already in the manifest", shard, len(urls), len(urls) - len(todo))
+    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+        futures = [pool.submit(fetch_one, url, config, images_dir) for url in todo]
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc=f"fetch {shard}", disable=not progress
+        ):
+            manifest.record(future.result())
+    return [
+        doc.with_images([_apply(im, manifest.entries.get(im.url), images_dir) for im in doc.images])
+        for doc in docs
+    ]

@@ -1,0 +1,98 @@
+"""Which network addresses the fetcher may talk to (server-side request forgery protection).
+
+A host name is resolved once, every resolved address is checked, and the connection is then made to
+a checked address (never re-resolved), so DNS rebinding cannot swap in a private address between the
+check and the connection. The address actually connected to is checked again after connecting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from flamingo.build.config import FetchConfig
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class RefusedAddress(Exception):
+    """The URL's host resolves to an address the configuration does not allow."""
+
+
+def _unwrap(ip: IPAddress) -> IPAddress:
+    """The IPv4 address inside IPv4-mapped, 6to4 and Teredo IPv6 forms (so ::ffff:10.0.0.1 is 10.0.0.1)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip.teredo is not None:
+            return ip.teredo[1]
+    return ip
+
+
+def address_refusal(address: str, config: FetchConfig) -> str | None:
+    """Why ``address`` may not be contacted (a short reason), or None when it may."""
+    try:
+        ip = _unwrap(ipaddress.ip_address(address.split("%")[0]))
+    except ValueError:
+        return f"not an IP address: {address!r}"
+    if ip.is_loopback:
+        return None if config.allow_loopback else "loopback"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_reserved:
+        return "reserved"
+    private = ip.is_private or ip.is_link_local or (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED)
+    if private:
+        return None if config.allow_private else "private"
+    if not ip.is_global:
+        return "reserved"  # documentation, benchmarking and other special-purpose ranges
+    return None
+
+
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; not "private" in the stdlib
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked place to connect to: the name for Host/SNI and the address for the socket."""
+
+    host: str
+    port: int
+    address: str
+    family: int
+
+
+def resolve(host: str, port: int, config: FetchConfig) -> Target:
+    """Resolve ``host`` and return a permitted address; raise ``RefusedAddress`` if any address is refused.
+
+    Refusing when *any* resolved address is forbidden (not only the first) keeps a name that resolves
+    to both a public and a private address from being used to reach the private one.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConnectionError(f"cannot resolve {host!r}: {e}") from e
+    if not infos:
+        raise ConnectionError(f"cannot resolve {host!r}: no addresses")
+    for _family, _type, _proto, _name, sockaddr in infos:
+        reason = address_refusal(str(sockaddr[0]), config)
+        if reason is not None:
+            raise RefusedAddress(f"{host} resolves to {sockaddr[0]} ({reason})")
+    family, _, _, _, sockaddr = infos[0]
+    return Target(host=host, port=port, address=str(sockaddr[0]), family=family)
+
+
+def connect(target: Target, timeout: float, config: FetchConfig) -> socket.socket:
+    """Open a TCP connection to ``target.address`` and check the peer address once connected."""
+    sock = socket.create_connection((target.address, target.port), timeout=timeout)
+    peer = str(sock.getpeername()[0])
+    reason = address_refusal(peer, config)
+    if reason is not None:
+        sock.close()
+        raise RefusedAddress(f"connected peer {peer} is refused ({reason})")
+    return sock

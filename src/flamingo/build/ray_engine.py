@@ -1,0 +1,115 @@
+"""The Ray Data engine: the same phase functions as the local engine, as ``map_batches`` steps.
+
+Rows are one shard each: ``{"index", "task", "docs", "stats"}`` with pickled values (documents carry no
+image bytes at this point, so rows are small). See ``engine.py`` for how global dedup stays exact: only
+the hash records come to the driver, which plans the drops in input order and sends them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flamingo.build.engine import (
+    BuildResult,
+    Decisions,
+    Models,
+    ShardTask,
+    dumps,
+    finish_shard,
+    hash_records,
+    plan_dedup,
+    prepare_shard,
+)
+from flamingo.build.stats import BuildStats
+
+logger = logging.getLogger(__name__)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _prepare_batch(batch: dict[str, np.ndarray], models: Models) -> dict[str, np.ndarray]:
+    docs, stats = [], []
+    for raw in batch["task"]:
+        shard_docs, shard_stats = prepare_shard(pickle.loads(raw), models.eval_index)
+        docs.append(dumps(shard_docs))
+        stats.append(dumps(shard_stats))
+    return {"index": batch["index"], "task": batch["task"], "docs": _objects(docs), "stats": _objects(stats)}
+
+
+def _hash_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    records = [
+        r
+        for index, raw in zip(batch["index"], batch["docs"])
+        for r in hash_records(int(index), pickle.loads(raw))
+    ]
+    return {"record": _objects([dumps(r) for r in records])}
+
+
+def _finish_batch(
+    batch: dict[str, np.ndarray], decisions: dict[int, Decisions], models: Models
+) -> dict[str, np.ndarray]:
+    stats, paths = [], []
+    for index, raw_task, raw_docs in zip(batch["index"], batch["task"], batch["docs"]):
+        shard_stats, shard_paths = finish_shard(
+            pickle.loads(raw_task), pickle.loads(raw_docs), decisions.get(int(index), {}), models
+        )
+        stats.append(dumps(shard_stats))
+        paths.append(dumps([str(p) for p in shard_paths]))
+    return {"index": batch["index"], "stats": _objects(stats), "paths": _objects(paths)}
+
+
+def _ensure_ray(workers: int) -> bool:
+    """Start a local Ray if none is running (returns True when this call started it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    import flamingo
+
+    # Workers must import flamingo even when it is not installed (a source checkout on PYTHONPATH).
+    src = str(Path(flamingo.__file__).resolve().parents[1])
+    ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": src}})
+    return True
+
+
+def run_ray(tasks: list[ShardTask], models: Models, workers: int, progress: bool) -> BuildResult:
+    """Run the three phases with Ray Data; same outputs as the local engine."""
+    import ray
+    import ray.data
+
+    started = _ensure_ray(workers)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        items = [{"index": t.index, "task": dumps(t)} for t in tasks]
+        prepared = (
+            ray.data.from_items(items)
+            .map_batches(_prepare_batch, batch_size=1, fn_kwargs={"models": models})
+            .materialize()
+        )
+        records = [
+            pickle.loads(row["record"]) for row in prepared.map_batches(_hash_batch, batch_size=1).take_all()
+        ]
+        decisions = plan_dedup(records, tasks[0].config.filter)
+        finished = prepared.map_batches(
+            _finish_batch, batch_size=1, fn_kwargs={"decisions": decisions, "models": models}
+        ).take_all()
+        stats = BuildStats()
+        for row in sorted(prepared.select_columns(["index", "stats"]).take_all(), key=lambda r: r["index"]):
+            stats.merge(pickle.loads(row["stats"]))
+        paths: list[Path] = []
+        for row in sorted(finished, key=lambda r: r["index"]):
+            stats.merge(pickle.loads(row["stats"]))
+            paths += [Path(p) for p in pickle.loads(row["paths"])]
+        return BuildResult(stats, paths)
+    finally:
+        if started:
+            ray.shutdown()

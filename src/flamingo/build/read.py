@@ -1,0 +1,314 @@
+"""Read stage: WARC files, HTML files and JSONL documents -> ``WebDocument``s.
+
+HTML extraction (selectolax/lexbor) keeps the main text and the images in page order:
+
+1. boilerplate elements are removed (nav, header, footer, aside, script, style, forms, ...);
+2. the remaining text is grouped into blocks by its nearest block-level ancestor (p, div, li, h1, ...);
+3. short blocks whose characters are mostly inside links (menus, tag clouds) are dropped, with their images;
+4. each block is split into sentences, and each image is placed before the sentence that follows it.
+
+Image URLs are resolved against ``<base href>`` or the page URL; ``data:`` and other schemes are skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
+
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from flamingo.build.config import ReadConfig
+from flamingo.build.document import ImageRef, WebDocument
+from flamingo.build.sentences import split_sentences
+
+logger = logging.getLogger(__name__)
+
+_BOILERPLATE = (
+    "script, style, noscript, template, svg, canvas, iframe, nav, header, footer, aside, form, button, "
+    "select, textarea, input, menu, dialog, [role=navigation], [role=banner], [role=contentinfo], "
+    "[role=complementary], [role=search], [aria-hidden=true], [hidden]"
+)
+_BLOCK_TAGS = frozenset(
+    {
+        "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "table", "tr",
+        "td", "th", "tbody", "thead", "blockquote", "pre", "article", "section", "main", "figure",
+        "figcaption", "body", "address", "center", "details", "summary",
+    }
+)  # fmt: skip
+_MAX_ANCESTOR_WALK = 64  # bounds the work per node on pathologically deep pages
+_IMAGE_SCHEMES = ("http", "https", "file")
+
+
+@dataclass
+class _Block:
+    text: list[str] = field(default_factory=list)
+    link_chars: int = 0
+    images: list[tuple[int, ImageRef]] = field(default_factory=list)  # (chars of text before it, image)
+
+    def joined(self) -> str:
+        return " ".join("".join(self.text).split())
+
+
+def _block_and_link(node: LexborNode) -> tuple[int, bool]:
+    """The mem_id of the nearest block-level ancestor, and whether ``node`` sits inside a link."""
+    in_link = False
+    parent = node.parent
+    for _ in range(_MAX_ANCESTOR_WALK):
+        if parent is None:
+            break
+        if parent.tag == "a":
+            in_link = True
+        if parent.tag in _BLOCK_TAGS:
+            return parent.mem_id, in_link
+        parent = parent.parent
+    return 0, in_link
+
+
+def _image_from_node(node: LexborNode, base_url: str) -> ImageRef | None:
+    attrs = node.attributes
+    src = attrs.get("src") or attrs.get("data-src") or ""
+    if not src and attrs.get("srcset"):
+        src = (attrs.get("srcset") or "").split(",")[0].strip().split(" ")[0]
+    src = src.strip()
+    if not src or src.startswith("data:"):
+        return None
+    url = urljoin(base_url, src) if base_url else src
+    if urlsplit(url).scheme not in _IMAGE_SCHEMES:
+        return None
+    return ImageRef(url=url, alt=" ".join((attrs.get("alt") or "").split()))
+
+
+def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
+    """Text and images grouped into blocks, in document order."""
+    blocks: list[_Block] = []
+    current_id: int | None = None
+    for node in root.traverse(include_text=True):
+        if node.tag not in ("-text", "img", "br"):
+            continue
+        block_id, in_link = _block_and_link(node)
+        if block_id != current_id:
+            blocks.append(_Block())
+            current_id = block_id
+        block = blocks[-1]
+        if node.tag == "-text":
+            text = node.text_content or ""
+            block.text.append(text)
+            if in_link:
+                block.link_chars += len(text.strip())
+        elif node.tag == "br":
+            block.text.append(" ")
+        else:
+            image = _image_from_node(node, base_url)
+            if image is not None:
+                block.images.append((len(block.joined()), image))
+    return blocks
+
+
+def _is_boilerplate(block: _Block, text: str, config: ReadConfig) -> bool:
+    if not text or len(text) >= config.short_block_chars:
+        return False
+    return block.link_chars / len(text) > config.max_link_density
+
+
+def extract_html(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
+    """Main-text sentences and images (with ``position`` and ``alt``) of one HTML page."""
+    tree = LexborHTMLParser(html)
+    base = tree.css_first("base[href]")
+    base_url = urljoin(page_url, base.attributes.get("href") or "") if base is not None else page_url
+    root = tree.body
+    if root is None:
+        return [], []
+    for node in root.css(_BOILERPLATE):
+        node.decompose()
+    sentences: list[str] = []
+    images: list[ImageRef] = []
+    for block in _collect_blocks(root, base_url):
+        text = block.joined()
+        if _is_boilerplate(block, text, config):
+            continue
+        for offset, image in block.images:
+            before = len(split_sentences(text[:offset])) if offset else 0
+            image.position = len(sentences) + before
+            images.append(image)
+        sentences.extend(split_sentences(text))
+    return sentences, images[: config.max_images_per_document]
+
+
+def _document_id(source: str, key: str) -> str:
+    return hashlib.sha1(f"{source}\0{key}".encode()).hexdigest()[:20]
+
+
+def _charset(content_type: str | None) -> str | None:
+    match = re.search(r"charset=([\w.-]+)", content_type or "", re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _decode_html(raw: bytes, content_type: str | None) -> str:
+    """Decode with the declared charset, then a <meta charset>, then UTF-8 (errors replaced)."""
+    charset = _charset(content_type)
+    if charset is None:
+        meta = re.search(rb"<meta[^>]+charset=[\"']?([\w.-]+)", raw[:4096], re.IGNORECASE)
+        charset = meta.group(1).decode("ascii", "replace") if meta else "utf-8"
+    try:
+        return raw.decode(charset, errors="replace")
+    except LookupError:
+        return raw.decode("utf-8", errors="replace")
+
+
+def _make_document(
+    doc_id: str, url: str, html: str, source: str, config: ReadConfig, metadata: dict[str, Any]
+) -> WebDocument | None:
+    sentences, images = extract_html(html, url, config)
+    if len(sentences) < config.min_sentences:
+        return None
+    return WebDocument(
+        id=doc_id, url=url, sentences=sentences, images=images, source=source, metadata=metadata
+    )
+
+
+def read_warc(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebDocument]:
+    """Documents from the HTML ``response`` records of a (gzipped) WARC file, in file order."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    source = Path(path).name
+    with open(path, "rb") as stream:
+        for record in ArchiveIterator(stream):
+            if record.rec_type != "response" or record.http_headers is None:
+                continue
+            content_type = record.http_headers.get_header("Content-Type") or ""
+            if "html" not in content_type.lower():
+                continue
+            if not (record.http_headers.get_statuscode() or "").startswith("2"):
+                continue
+            raw = record.content_stream().read(config.max_html_bytes + 1)
+            url = record.rec_headers.get_header("WARC-Target-URI") or ""
+            if len(raw) > config.max_html_bytes:
+                logger.info("skipping %s in %s: page larger than read.max_html_bytes", url, source)
+                continue
+            record_id = record.rec_headers.get_header("WARC-Record-ID") or url
+            doc = _make_document(
+                _document_id(source, record_id),
+                url,
+                _decode_html(raw, content_type),
+                source,
+                config,
+                {"warc_record_id": record_id, "warc_date": record.rec_headers.get_header("WARC-Date")},
+            )
+            if doc is not None:
+                yield doc
+
+
+def read_html_file(
+    path: str | os.PathLike[str], config: ReadConfig, url: str | None = None
+) -> list[WebDocument]:
+    """One document from an HTML file; relative image URLs resolve against ``url`` or the file itself."""
+    file_path = Path(path).resolve()
+    raw = file_path.read_bytes()[: config.max_html_bytes]
+    page_url = url or file_path.as_uri()
+    doc = _make_document(
+        _document_id(file_path.name, page_url), page_url, _decode_html(raw, None), file_path.name, config, {}
+    )
+    return [doc] if doc is not None else []
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _jsonl_images(value: Any, where: str) -> list[ImageRef]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: field 'images' must be a list of URLs, paths or {{'url', 'alt'}} objects")
+    images = []
+    for item in value:
+        if isinstance(item, str):
+            images.append(ImageRef(url=item))
+        elif isinstance(item, dict) and isinstance(item.get("url") or item.get("path"), str):
+            images.append(ImageRef(url=item.get("url") or item["path"], alt=str(item.get("alt", ""))))
+        else:
+            raise ValueError(f"{where}: each entry of 'images' must be a string or an object with 'url'")
+    return images
+
+
+def read_jsonl(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebDocument]:
+    """Documents from JSONL lines ``{"text" or "text_list", "images": [...], "id"?, "url"?}``.
+
+    Image positions are unknown (None): JSONL has no page layout. Relative image paths are resolved by
+    the fetch stage against ``fetch.local_root``.
+    """
+    file_path = Path(path)
+    with _open_text(file_path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{file_path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{where}: not valid JSON ({e.msg}); each line must be one document object"
+                ) from e
+            if "text_list" in record:
+                sentences = [" ".join(str(s).split()) for s in record["text_list"]]
+            elif isinstance(record.get("text"), str):
+                sentences = split_sentences(record["text"])
+            else:
+                raise ValueError(f"{where}: needs a string field 'text' (or a list 'text_list')")
+            if len(sentences) < config.min_sentences:
+                continue
+            yield WebDocument(
+                id=str(record.get("id") or _document_id(file_path.name, str(line_no))),
+                url=str(record.get("url", "")),
+                sentences=[s for s in sentences if s],
+                images=_jsonl_images(record.get("images", []), where)[: config.max_images_per_document],
+                source=file_path.name,
+                metadata={
+                    k: v for k, v in record.items() if k not in ("text", "text_list", "images", "id", "url")
+                },
+            )
+
+
+def input_kind(path: str | os.PathLike[str]) -> str:
+    """``warc``, ``html`` or ``jsonl``, from the file name; an error names the supported suffixes."""
+    name = Path(path).name.lower()
+    if name.endswith((".warc", ".warc.gz", ".arc.gz")):
+        return "warc"
+    if name.endswith((".html", ".htm")):
+        return "html"
+    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        return "jsonl"
+    raise ValueError(f"input {path}: unknown kind; use .warc(.gz), .html/.htm or .jsonl(.gz)")
+
+
+def read_input(path: str | os.PathLike[str], config: ReadConfig) -> list[WebDocument]:
+    """All documents of one input file, in file order."""
+    kind = input_kind(path)
+    if kind == "warc":
+        docs = list(read_warc(path, config))
+    elif kind == "html":
+        docs = read_html_file(path, config)
+    else:
+        docs = list(read_jsonl(path, config))
+    return _unique_ids(docs)
+
+
+def _unique_ids(docs: list[WebDocument]) -> list[WebDocument]:
+    """Suffix repeated ids (``x``, ``x~1``, ...): later stages and the accounting key documents by id."""
+    seen: dict[str, int] = {}
+    for doc in docs:
+        n = seen.get(doc.id, 0)
+        seen[doc.id] = n + 1
+        if n:
+            doc.id = f"{doc.id}~{n}"
+    return docs

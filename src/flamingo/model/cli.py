@@ -1,0 +1,96 @@
+"""Model subcommands: ``generate``, ``tiny-model`` and ``convert``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser(
+        "generate", help="generate text from a prompt with <image> markers and images"
+    )
+    gen.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    gen.add_argument("--image", action="append", default=[], help="an image file; repeat once per <image>")
+    gen.add_argument("--prompt", required=True, help='text with one "<image>" per --image, in order')
+    gen.add_argument("--max-new-tokens", type=int, default=20)
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(func=_generate)
+
+    tiny = subparsers.add_parser("tiny-model", help="build and save a tiny random model (no downloads)")
+    tiny.add_argument("--out", required=True, help="directory to write the checkpoint to")
+    tiny.add_argument("--family", default="llama", help="LM family: llama, gpt2, gpt_neox, opt, mpt, ...")
+    tiny.add_argument("--vision", default="open_clip", help="open_clip, clip or siglip")
+    tiny.add_argument("--gate-init", type=float, default=0.5, help="initial tanh gate value")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_tiny_model)
+
+    conv = subparsers.add_parser("convert", help="import or export OpenFlamingo checkpoint.pt files")
+    conv.add_argument("direction", choices=["from-openflamingo", "to-openflamingo"])
+    conv.add_argument(
+        "--preset", help="OpenFlamingo release, e.g. OpenFlamingo-9B-vitl-mpt7b (from-openflamingo)"
+    )
+    conv.add_argument("--checkpoint", help="checkpoint.pt to import (default: the release's file on the hub)")
+    conv.add_argument("--lm", help="local path or hub id overriding the preset's LM")
+    conv.add_argument("--model", help="our checkpoint directory (to-openflamingo)")
+    conv.add_argument("--out", required=True, help="output directory (from-) or .pt file (to-)")
+    conv.set_defaults(func=_convert)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from flamingo.model.flamingo import Flamingo
+    from flamingo.processing import FlamingoProcessor
+
+    images = []
+    for path in args.image:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--image {path}: no such file")
+        images.append(Image.open(path).convert("RGB"))
+    model = Flamingo.from_pretrained(args.model, device=args.device)
+    processor = FlamingoProcessor.from_model(model)
+    batch = processor([(args.prompt, images)])
+    batch = {k: (v.to(args.device) if v is not None else None) for k, v in batch.items()}
+    out = model.generate(
+        batch["images"],
+        batch["input_ids"],
+        batch["attention_mask"],
+        image_mask=batch["image_mask"],
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=False,
+    )
+    print(processor.decode(out, batch["input_ids"].shape[1])[0])
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from flamingo.model.tiny import build_tiny_flamingo
+
+    model = build_tiny_flamingo(args.family, vision=args.vision, gate_init=args.gate_init, seed=args.seed)
+    model.save_pretrained(args.out, save_backbones=True)
+    print(f"saved a tiny random {args.family} Flamingo to {args.out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from flamingo.model.convert import export_openflamingo_state, load_openflamingo
+    from flamingo.model.flamingo import Flamingo
+
+    if args.direction == "from-openflamingo":
+        if not args.preset:
+            raise ValueError("from-openflamingo needs --preset (see flamingo.model.presets)")
+        model = load_openflamingo(args.preset, checkpoint=args.checkpoint, lm=args.lm)
+        model.save_pretrained(args.out)
+        print(f"wrote {args.out}")
+        return 0
+    if not args.model:
+        raise ValueError("to-openflamingo needs --model DIR")
+    model = Flamingo.from_pretrained(args.model)
+    torch.save(export_openflamingo_state(model), args.out)
+    print(f"wrote {args.out}")
+    return 0

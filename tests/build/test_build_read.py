@@ -1,0 +1,130 @@
+"""Reading: sentence splitting, HTML extraction, WARC and JSONL inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from build_fakes import page, write_warc
+
+from flamingo.build.config import ReadConfig
+from flamingo.build.read import extract_html, read_input, read_jsonl, read_warc
+from flamingo.build.sentences import split_sentences
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Dr. Smith paid $3.5 million, e.g. for the lab. Then he left.",
+            ["Dr. Smith paid $3.5 million, e.g. for the lab.", "Then he left."],
+        ),
+        ("Wait... what? He left... Nobody knew why!", ["Wait... what?", "He left...", "Nobody knew why!"]),
+        ("Was it J. K. Rowling? \"Yes.\" She said so.", ["Was it J. K. Rowling?", '"Yes."', "She said so."]),
+        ("Yahoo! is a company. Version 2.0 is out.", ["Yahoo! is a company.", "Version 2.0 is out."]),
+        ("It grew approx. 10% in Jan. 2020. Pears etc. are fruit.", ["It grew approx. 10% in Jan. 2020.", "Pears etc. are fruit."]),
+        ("See Fig. 3 and cf. the notes, i.e. page 4. Apples, etc. Then more.", ["See Fig. 3 and cf. the notes, i.e. page 4.", "Apples, etc.", "Then more."]),
+        ("Visit example.com/a.html today. It costs 3.50 dollars.", ["Visit example.com/a.html today.", "It costs 3.50 dollars."]),
+        ("It was late… Everyone slept. (Really.) Yes.", ["It was late…", "Everyone slept.", "(Really.)", "Yes."]),
+        ("One line\nwraps here.\n\nA heading without a period\n\nText.", ["One line wraps here.", "A heading without a period", "Text."]),
+        ("", []),
+    ],
+)  # fmt: skip
+def test_split_sentences_on_tricky_text(text: str, expected: list[str]) -> None:
+    assert split_sentences(text) == expected
+
+
+def test_extract_html_drops_boilerplate_and_keeps_image_order() -> None:
+    html = """<html><head><base href="http://cdn.example.org/media/"><style>p{}</style></head><body>
+    <header><img src="/logo.png">Site name</header>
+    <nav><a href="/">Home</a> <a href="/b">Blog</a></nav>
+    <div class="menu"><a href="/x">Login</a> | <a href="/y">Sign up</a> <img src="button.png"></div>
+    <article><h1>Red cars</h1><p>The first sentence is here. Dr. Who drives a red car.</p>
+      <img src="red.jpg" alt=" A  red car ">
+      <p>Blue skies follow. <img src="../blue.png"> They are nice and <a href="/w">linked</a> a little.</p>
+      <figure><a href="/big"><img data-src="//img.example.net/green.jpg"></a><figcaption>A green field.</figcaption></figure>
+      <img src="data:image/png;base64,AAAA"><img src="javascript:alert(1)">
+    </article>
+    <aside>Related posts</aside><form>Subscribe now.</form><footer>Copyright 2024.</footer>
+    <script>var a = 'Hidden. Text.';</script></body></html>"""
+    sentences, images = extract_html(html, "http://example.com/post/1.html", ReadConfig())
+    assert sentences == [
+        "Red cars",
+        "The first sentence is here.",
+        "Dr. Who drives a red car.",
+        "Blue skies follow.",
+        "They are nice and linked a little.",
+        "A green field.",
+    ]
+    assert [im.url for im in images] == [
+        "http://cdn.example.org/media/red.jpg",
+        "http://cdn.example.org/blue.png",
+        "http://img.example.net/green.jpg",
+    ]
+    assert [im.position for im in images] == [3, 4, 5]  # the sentence each image precedes
+    assert images[0].alt == "A red car"
+
+
+def test_link_dense_short_blocks_are_dropped_but_long_prose_with_links_is_kept() -> None:
+    prose = (
+        "This is a long paragraph with " + "several words of real content " * 8 + '<a href="/x">one link</a>.'
+    )
+    html = f'<body><div><a href="/1">Tag one</a>, <a href="/2">tag two</a>, <a href="/3">tag three</a></div><p>{prose}</p></body>'
+    sentences, _ = extract_html(html, "http://e.com/", ReadConfig())
+    assert len(sentences) == 1 and sentences[0].startswith("This is a long paragraph")
+
+
+def test_deeply_nested_page_does_not_crash() -> None:
+    html = "<body>" + "<span>" * 5000 + "Deep text. Still here." + "</span>" * 5000 + "</body>"
+    sentences, _ = extract_html(html, "http://e.com/", ReadConfig())
+    assert sentences == ["Deep text.", "Still here."]
+
+
+def test_read_warc_keeps_only_html_responses(tmp_path) -> None:
+    pages = [
+        ("http://a.example/1", page("First page.", ["A red car."], ["img/r.png"])),
+        ("http://b.example/2", page("Second page.", ["A blue sky.", "More text."], [])),
+    ]
+    docs = list(read_warc(write_warc(tmp_path / "x.warc.gz", pages), ReadConfig()))
+    assert [d.url for d in docs] == ["http://a.example/1", "http://b.example/2"]
+    assert docs[0].sentences == ["First page.", "A red car."]
+    assert [im.url for im in docs[0].images] == ["http://a.example/img/r.png"]
+    assert docs[0].source == "x.warc.gz" and docs[0].id != docs[1].id
+    assert all("Home" not in s and "Copyright" not in s for d in docs for s in d.sentences)
+
+
+def test_read_jsonl_and_its_errors(tmp_path) -> None:
+    good = tmp_path / "docs.jsonl"
+    lines = [
+        {
+            "id": "a",
+            "text": "A red car. A blue sky.",
+            "images": ["http://x/1.png", {"url": "rel/2.png", "alt": "two"}],
+        },
+        {"id": "a", "text_list": ["Given sentence."], "url": "http://x/p", "lang": "en"},
+    ]
+    good.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    docs = read_input(good, ReadConfig())
+    assert [d.id for d in docs] == ["a", "a~1"]  # repeated ids are made unique
+    assert docs[0].sentences == ["A red car.", "A blue sky."]
+    assert [(im.url, im.alt, im.position) for im in docs[0].images] == [
+        ("http://x/1.png", "", None),
+        ("rel/2.png", "two", None),
+    ]
+    assert docs[1].metadata == {"lang": "en"}
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok."}\n{"images": []}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: needs a string field 'text'"):
+        list(read_jsonl(bad, ReadConfig()))
+    with pytest.raises(ValueError, match="unknown kind"):
+        read_input(tmp_path / "x.csv", ReadConfig())
+
+
+def test_html_file_images_resolve_to_file_urls(tmp_path) -> None:
+    (tmp_path / "pages").mkdir()
+    html = tmp_path / "pages" / "p.html"
+    html.write_text(page("Local page.", ["A red car."], ["img/r.png"]))
+    (doc,) = read_input(html, ReadConfig())
+    assert doc.images[0].url == (tmp_path / "pages" / "img" / "r.png").as_uri()
+    assert doc.sentences == ["Local page.", "A red car."]

@@ -1,0 +1,28 @@
+"""Shared fixtures for the evaluation tests: tiny images and the official-format files that hold them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# Let the tests run from a plain checkout too (scripts/setup.sh installs the package in editable mode).
+try:
+    import flamingo.eval  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+
+def write_image(path: Path, colour: tuple[int, int, int] = (200, 30, 30), fmt: str | None = None) -> Path:
+    """Write an 8x8 single-colour image (PIL picks the format from the suffix unless given)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_writer():
+    return write_image

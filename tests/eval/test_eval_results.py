@@ -1,0 +1,98 @@
+"""results.json / predictions.jsonl, rescoring from predictions alone, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flamingo.eval.metrics import roc_auc, vqa_accuracy
+from flamingo.eval.results import (
+    PredictionRecord,
+    load_published,
+    markdown_report,
+    read_predictions,
+    report,
+    rescore,
+    write_results,
+)
+from flamingo.eval.tasks import load_task
+
+ANSWERS = [["red"] * 10, ["2"] * 6 + ["3"] * 4, ["yes"] * 2 + ["no"] * 8, ["cat"] + ["dog"] * 9]
+
+
+def _vqa_records() -> list[PredictionRecord]:
+    rng = np.random.default_rng(0)
+    records = []
+    for shots in (0, 4):
+        for seed in (42, 43, 44):
+            for i, answers in enumerate(ANSWERS):
+                raw = str(rng.choice(["red", "two", "yes", "cat", "blue"])) + " Question: x"
+                records.append(
+                    PredictionRecord(
+                        str(i), seed, shots, [f"d{seed}"] * shots, raw, raw.split(" ")[0], answers
+                    )
+                )
+    return records
+
+
+def test_results_and_predictions_round_trip_and_rescore_reproduces_the_scores(tmp_path):
+    task, records = load_task("vqav2"), _vqa_records()
+    results = write_results(
+        tmp_path,
+        task,
+        records,
+        model={"checkpoint": "ckpt/"},
+        data={"root": "/data"},
+        timings={"total_s": 1.5},
+    )
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["scores"] == results["scores"]
+    assert read_predictions(tmp_path / "predictions.jsonl") == records
+    assert rescore(tmp_path / "predictions.jsonl", "vqav2")["scores"] == results["scores"]
+    # The scores are the metric per (shots, seed), then mean and std over seeds.
+    per_seed = [
+        vqa_accuracy([r.processed_output for r in records if r.shots == 4 and r.seed == s], ANSWERS)
+        for s in (42, 43, 44)
+    ]
+    assert results["scores"]["4"]["per_seed"] == {"42": per_seed[0], "43": per_seed[1], "44": per_seed[2]}
+    assert results["scores"]["4"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert results["scores"]["4"]["std"] == pytest.approx(np.std(per_seed))
+    assert on_disk["model"] == {"checkpoint": "ckpt/"} and on_disk["timings"] == {"total_s": 1.5}
+    assert {"python", "torch", "transformers", "flamingo"} <= set(on_disk["versions"])
+    assert on_disk["task_settings"]["decoding"]["num_beams"] == 3
+
+
+def test_rescoring_roc_auc_uses_the_positive_class(tmp_path):
+    task = load_task("hateful_memes")
+    labels = ["yes", "no", "yes", "no", "no"]
+    probs = [0.9, 0.2, 0.4, 0.4, 0.1]
+    records = [
+        PredictionRecord(str(i), 0, 4, [], {"no": 1 - p, "yes": p}, p, [label])
+        for i, (p, label) in enumerate(zip(probs, labels))
+    ]
+    results = write_results(tmp_path, task, records, model={}, data={})
+    expected = 100 * roc_auc(probs, [int(label == "yes") for label in labels])
+    assert results["scores"]["4"]["mean"] == pytest.approx(expected)
+    assert rescore(tmp_path / "predictions.jsonl", task)["scores"] == results["scores"]
+
+
+def test_published_numbers_are_the_facts_table():
+    published = load_published()
+    assert published["shots"] == [0, 4, 8, 16, 32]
+    assert published["tasks"]["coco"]["OpenFlamingo-9B"] == [79.5, 89.0, 96.3, 98.8, 99.5]
+    assert published["tasks"]["hateful_memes"]["Flamingo-9B"][0] == 57.0
+    assert len(published["tasks"]) == 7
+
+
+def test_report_writes_a_markdown_table_and_a_png(tmp_path):
+    records = _vqa_records()
+    results = write_results(tmp_path / "run", load_task("vqav2"), records, model={}, data={})
+    files = report([results], tmp_path / "report", label="tiny")
+    text = files["markdown"].read_text()
+    assert "| tiny |" in text and "| OpenFlamingo-3B | 44.6 | 45.8 | 46.2 | 46.6 | 47.0 |" in text
+    assert f"{results['scores']['0']['mean']:.1f} ± " in markdown_report([results])
+    with Image.open(files["png"]) as image:
+        assert image.size[0] > 100
