@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 SIZES = {
+    # The facts file's measurement config: a ~5 M-parameter model, 224 px images.
+    "tiny": {"lm_width": 64, "lm_layers": 2, "vocab": 8000, "vis_width": 64, "vis_layers": 2, "image": 224},
     # An OpenFlamingo-3B-shaped model scaled down: cross-attention before every layer, reference Perceiver.
     "small": {
         "lm_width": 256,
@@ -122,7 +123,7 @@ def batch_inputs(tokenizer, batch: int, images: int, tokens: int, size: dict, se
     g = torch.Generator().manual_seed(seed)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     eoc_id = tokenizer.convert_tokens_to_ids("<|endofchunk|>")
-    ids = torch.randint(3, 30000, (batch, tokens), generator=g)
+    ids = torch.randint(3, size["vocab"] - 1, (batch, tokens), generator=g)
     chunk = tokens // images
     for k in range(images):
         ids[:, k * chunk] = image_id
@@ -189,65 +190,116 @@ def train_step_fn(impl: str, ref, ours, tokenizer, device: str, bf16: bool):
     return step
 
 
-def run_one(args) -> dict:
-    """Runs inside the child process: one (implementation, task) measurement."""
+def _setup(impl: str, task: str, beams: int, ref, ours, tok, size: dict, device: str, bf16: bool):
+    """A zero-argument callable running one measured unit of work, and a function returning its tokens."""
+    import torch
+
+    model = ref if impl == "reference" else ours
+    if task == "train":
+        model.train()
+        (ref.vision_encoder if impl == "reference" else ours.vision).eval()
+        step = train_step_fn(impl, ref, ours, tok, device, bf16)
+        inputs = [t.to(device) for t in batch_inputs(tok, 4, 4, 256, size)]
+        return (lambda: step(*inputs)), (lambda: None)
+    model.eval()
+    pixels, ids, mask = (t.to(device) for t in few_shot_prompt(tok, 32, size))
+    kwargs = {"max_new_tokens": 20, "min_new_tokens": 20, "num_beams": beams, "do_sample": False}
+    if impl == "reference":
+        kwargs["suppress_tokens"] = [tok.convert_tokens_to_ids("<image>")]
+    out = {}
+
+    def generate():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device == "cuda"):
+            out["ids"] = model.generate(pixels, ids, attention_mask=mask, **kwargs)
+
+    return generate, (lambda: out["ids"][0, ids.shape[1] :].tolist())
+
+
+TASKS = (("train", 1), ("generate", 1), ("generate", 3))
+
+
+def measure_times(args) -> list[dict]:
+    """Both implementations in one process, iterations interleaved so that machine load hits both alike."""
     import torch
 
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
     ref, ours, tok = build_models(size, Path(args.workdir))
-    model = (ref if args.impl == "reference" else ours).to(args.device)
-    other = ours if args.impl == "reference" else ref
-    del other  # only the measured implementation stays in memory
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args.device == "cuda":
+    rows = []
+    for task, beams in TASKS:
+        name = task if task == "train" else f"generate_beams{beams}"
+        runs = {
+            impl: _setup(impl, task, beams, ref, ours, tok, size, args.device, args.bf16) for impl in IMPLS
+        }
+        times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+        memory: dict[str, float] = {}
+        for i in range(args.iters + 1):  # round 0 is warm-up
+            for impl in IMPLS:
+                seconds, peak = _run_once(runs[impl][0], ref if impl == "reference" else ours, args.device)
+                if i > 0:
+                    times[impl].append(seconds)
+                if peak is not None:
+                    memory[impl] = peak
+        for impl in IMPLS:
+            ordered = sorted(times[impl])
+            rows.append(
+                {
+                    "impl": impl,
+                    "task": name,
+                    "seconds": ordered[0],
+                    "seconds_median": ordered[len(ordered) // 2],
+                    "tokens": runs[impl][1](),
+                    "peak_cuda_mb": memory.get(impl),
+                }
+            )
+            print(f"  {impl:9s} {name:18s} {rows[-1]['seconds']:.3f}s", flush=True)
+    return rows
+
+
+IMPLS = ("reference", "ours")
+
+
+def _run_once(fn, model, device: str) -> tuple[float, float | None]:
+    """Time one call; on a GPU only the measured model is resident and its peak memory is recorded."""
+    import torch
+
+    if device == "cuda":
+        model.to(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    if args.task == "train":
-        model.train()
-        (
-            ref if args.impl == "reference" else ours
-        ).vision_encoder.eval() if args.impl == "reference" else ours.vision.eval()
-        step = train_step_fn(args.impl, ref, ours, tok, args.device, args.bf16)
-        inputs = [t.to(args.device) for t in batch_inputs(tok, 4, 4, 256, size)]
-        times = _timed(lambda: step(*inputs), args.iters, args.device)
-        result = {"tokens": None}
-    else:
-        model.eval()
-        pixels, ids, mask = (t.to(args.device) for t in few_shot_prompt(tok, 32, size))
-        kwargs = {"max_new_tokens": 20, "min_new_tokens": 20, "num_beams": args.beams, "do_sample": False}
-        if args.impl == "reference":
-            kwargs["suppress_tokens"] = [tok.convert_tokens_to_ids("<image>")]
-        out = {}
-
-        def generate():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and args.device == "cuda"):
-                out["ids"] = model.generate(pixels, ids, attention_mask=mask, **kwargs)
-
-        times = _timed(generate, args.iters, args.device)
-        result = {"tokens": out["ids"][0, ids.shape[1] :].tolist(), "prompt_tokens": ids.shape[1]}
-    result |= {
-        "impl": args.impl,
-        "task": args.task if args.task == "train" else f"generate_beams{args.beams}",
-        "seconds": min(times),
-        "seconds_median": sorted(times)[len(times) // 2],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
-    }
-    if args.device == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
-
-
-def _timed(fn, iters: int, device: str) -> list[float]:
-    fn()  # warm-up
     _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if device != "cuda":
+        return seconds, None
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    model.to("cpu")
+    return seconds, peak
+
+
+def measure_rss(args) -> dict:
+    """Runs in a child process: peak resident memory of one (implementation, task) on the CPU."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    size = SIZES[args.size]
+    ref, ours, tok = build_models(size, Path(args.workdir))
+    if args.impl == "reference":
+        ours = None
+    else:
+        ref = None
+    gc.collect()
+    fn, _ = _setup(args.impl, args.task, args.beams, ref, ours, tok, size, "cpu", False)
+    fn()  # warm-up, then measure the high-water mark of one more call alone
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+    fn()
+    status = Path("/proc/self/status").read_text()
+    peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    return {"peak_rss_mb": peak_kb / 1024}
 
 
 def main() -> None:
@@ -266,45 +318,42 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="flamingo-bench-")
     if args.child:
-        print("RESULT " + json.dumps(run_one(args)))
+        print("RESULT " + json.dumps(measure_rss(args)))
         return
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="flamingo-bench-"))
-    rows = []
-    for task, beams in (("train", 1), ("generate", 1), ("generate", 3)):
-        for impl in ("reference", "ours"):
+    rows = measure_times(args)
+    if args.device == "cpu":  # peak RSS needs one process per measurement
+        for row in rows:
+            task, beams = ("train", 1) if row["task"] == "train" else ("generate", int(row["task"][-1]))
             cmd = [
                 sys.executable,
                 __file__,
                 "--child",
                 "--impl",
-                impl,
+                row["impl"],
                 "--task",
                 task,
                 "--beams",
                 str(beams),
-                "--device",
-                args.device,
                 "--size",
                 args.size,
-                "--iters",
-                str(args.iters),
                 "--threads",
                 str(args.threads),
                 "--workdir",
-                str(workdir),
-            ] + (["--bf16"] if args.bf16 else [])
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                args.workdir,
+            ]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            )
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
-                sys.exit(f"{impl} {task} failed:\n{proc.stderr[-3000:]}")
-            rows.append(json.loads(line[7:]))
-            print(f"  {rows[-1]['impl']:9s} {rows[-1]['task']:18s} {rows[-1]['seconds']:.3f}s", flush=True)
-    report(rows, args, workdir)
+                sys.exit(f"memory measurement failed:\n{proc.stderr[-3000:]}")
+            row.update(json.loads(line[7:]))
+    report(rows, args)
 
 
-def report(rows: list[dict], args, workdir: Path) -> None:
+def report(rows: list[dict], args) -> None:
     import torch
 
     by = {(r["impl"], r["task"]): r for r in rows}

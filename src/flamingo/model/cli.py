@@ -69,9 +69,17 @@ def _generate(args: argparse.Namespace) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     from flamingo.model.tiny import build_tiny_flamingo
 
+    from PIL import Image, ImageDraw
+
     model = build_tiny_flamingo(args.family, vision=args.vision, gate_init=args.gate_init, seed=args.seed)
     model.save_pretrained(args.out, save_backbones=True)
-    print(f"saved a tiny random {args.family} Flamingo to {args.out}")
+    examples = Path(args.out) / "examples"
+    examples.mkdir(exist_ok=True)
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        image = Image.new("RGB", (64, 64), (20, 20, 20))
+        ImageDraw.Draw(image).rectangle((16, 16, 48, 48), fill=colour)
+        image.save(examples / f"{name}.png")
+    print(f"saved a tiny random {args.family} Flamingo to {args.out} (example images in {examples})")
     return 0
 
 
