@@ -1,0 +1,436 @@
+"""Inference for people: interleaved text and images in, text out.
+
+>>> pipe = FlamingoPipeline.from_pretrained("path/to/checkpoint")
+>>> pipe([demo_image, "Output:a red circle<|endofchunk|>\\n", query_image, "Output:"], max_new_tokens=20)
+>>> pipe.caption(query_image, demos=[(demo_image, "a red circle")])
+
+An item of a prompt is a ``str`` (text), a ``PIL.Image.Image``, a ``pathlib.Path`` or a ``str`` naming an
+existing image file (when ``allow_paths``, the default), or an ``http(s)://`` URL with no whitespace (only when
+URL fetching is allowed; private addresses are refused unless explicitly allowed). A list of such rows is a
+batch. The task helpers use the benchmark prompts of OpenFlamingo (reference/openflamingo-facts.md section 5).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from flamingo.model.flamingo import Flamingo
+from flamingo.processing import FlamingoProcessor
+from flamingo.serve.images import (
+    IMAGE_SUFFIXES,
+    ImagePolicy,
+    InputError,
+    fetch_image_url,
+    is_url,
+    read_image_file,
+)
+
+# Benchmark prompts, exactly as OpenFlamingo evaluates (facts section 5): no space after the colon; captioning
+# and VQA demonstrations end with a newline, classification demonstrations do not.
+CAPTION_DEMO = "<image>Output:{caption}<|endofchunk|>\n"
+CAPTION_QUERY = "<image>Output:"
+VQA_DEMO = "<image>Question:{question} Short answer:{answer}<|endofchunk|>\n"
+VQA_QUERY = "<image>Question:{question} Short answer:"
+CLASSIFY_DEMO = "<image>Output:{label}<|endofchunk|>"
+CLASSIFY_QUERY = "<image>Output:"
+
+# Greedy decoding unless asked otherwise; the helpers use the benchmark settings (3 beams).
+DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 20, "num_beams": 1, "do_sample": False}
+_SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p")
+_VQA_CUT = re.compile("Question|Answer|Short")
+
+Item = Any  # str | PIL.Image.Image | pathlib.Path
+Row = Sequence[Item] | tuple[str, Sequence[Item]]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+
+
+def postprocess_caption(text: str) -> str:
+    """A generated caption cut at "Output", double quotes removed (as OpenFlamingo's evaluation does)."""
+    return text.split("Output", 1)[0].replace('"', "").strip()
+
+
+def postprocess_vqa(text: str) -> str:
+    """A generated short answer cut at "Question"/"Answer"/"Short", then at the first ", "."""
+    return _VQA_CUT.split(text, maxsplit=1)[0].split(", ", 1)[0].strip()
+
+
+def caption_prompt(demo_captions: Sequence[str]) -> str:
+    """The captioning prompt text for demonstrations with these captions, ending at the query's ``Output:``."""
+    return "".join(CAPTION_DEMO.format(caption=c) for c in demo_captions) + CAPTION_QUERY
+
+
+def vqa_prompt(demo_pairs: Sequence[tuple[str, str]], question: str) -> str:
+    """The VQA prompt text for (question, answer) demonstrations and the query question."""
+    demos = "".join(VQA_DEMO.format(question=q, answer=a) for q, a in demo_pairs)
+    return demos + VQA_QUERY.format(question=question)
+
+
+def classify_prompt(demo_labels: Sequence[str]) -> str:
+    """The classification prompt text for demonstrations with these labels, ending at ``Output:``."""
+    return "".join(CLASSIFY_DEMO.format(label=label) for label in demo_labels) + CLASSIFY_QUERY
+
+
+def _sanitize_generation(generation: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in; sampling-only settings dropped for greedy/beam decoding (HF warns about them)."""
+    merged = {**DEFAULT_GENERATION, **generation}
+    if not merged.get("do_sample"):
+        for key in _SAMPLING_ONLY:
+            merged.pop(key, None)
+    return merged
+
+
+class FlamingoPipeline:
+    """A Flamingo model with its processor, input loading and the few-shot task helpers.
+
+    Thread safety: one call at a time per pipeline (the server gives the model to a single worker thread).
+    """
+
+    def __init__(
+        self,
+        model: Flamingo,
+        processor: FlamingoProcessor | None = None,
+        policy: ImagePolicy | None = None,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.processor = processor or FlamingoProcessor.from_model(model)
+        self.policy = policy or ImagePolicy()
+        self.max_prompt_tokens = max_prompt_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        device_map: str | None = None,
+        checkpoint: str | Path | None = None,
+        **policy: Any,
+    ) -> FlamingoPipeline:
+        """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
+
+        ``policy`` holds :class:`~flamingo.serve.images.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
+        ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
+        ``device_map`` only accepts a single device: splitting the LM over devices ("auto") would also need
+        the cross-attention blocks placed beside their decoder layers, which the model does not do yet.
+        """
+        if device_map is not None:
+            if device_map == "auto" or not isinstance(device_map, str):
+                raise ValueError(
+                    f"device_map={device_map!r} is not supported: Flamingo runs on one device; pass device='cuda' "
+                    "(or another single device) instead"
+                )
+            device = device_map
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        from flamingo.model.presets import OPENFLAMINGO_PRESETS
+
+        if str(model) in OPENFLAMINGO_PRESETS:
+            from flamingo.model.convert import load_openflamingo
+
+            loaded = load_openflamingo(str(model), checkpoint=checkpoint, dtype=dtype).to(device).eval()
+        else:
+            loaded = Flamingo.from_pretrained(str(model), dtype=dtype, device=device)
+        max_prompt_tokens = policy.pop("max_prompt_tokens", None)
+        return cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ inputs
+    def load_item(self, item: Item, label: str = "image") -> str | Image.Image:
+        """Text stays text; paths and URLs become images under :attr:`policy`; PIL images pass through."""
+        if isinstance(item, Image.Image):
+            return item
+        if isinstance(item, Path):
+            return read_image_file(item, self.policy, label)
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{label}: prompt items must be str, PIL.Image.Image or pathlib.Path, got {type(item).__name__}"
+            )
+        if is_url(item):
+            return fetch_image_url(item, self.policy, label)
+        if item.startswith("file:"):
+            raise InputError(f"{label}: file: URLs are never read; pass a pathlib.Path", "bad_url_scheme")
+        if self.policy.allow_paths and _looks_like_image_path(item):
+            return read_image_file(item, self.policy, label)
+        return item
+
+    def load_row(self, row: Row, index: int = 0) -> list[str | Image.Image] | tuple[str, list[Image.Image]]:
+        """Every item of one row loaded (see :meth:`load_item`); a ``(prompt, images)`` row keeps its form."""
+        if isinstance(row, str):
+            return [row]
+        if (
+            isinstance(row, tuple)
+            and len(row) == 2
+            and isinstance(row[0], str)
+            and not isinstance(row[1], str)
+        ):
+            images = [self._load_image(x, f"row {index} image {i + 1}") for i, x in enumerate(row[1])]
+            return row[0], images
+        return [self.load_item(x, f"row {index} item {i + 1}") for i, x in enumerate(row)]
+
+    def _load_image(self, item: Item, label: str) -> Image.Image:
+        loaded = self.load_item(Path(item) if isinstance(item, str) and not is_url(item) else item, label)
+        if not isinstance(loaded, Image.Image):
+            raise InputError(f"{label}: expected an image, got text {loaded!r}")
+        return loaded
+
+    def prepare(self, rows: Sequence[Row]) -> dict[str, torch.Tensor | None]:
+        """Loaded rows -> the model's tensors on its device, refusing prompts over ``max_prompt_tokens``."""
+        loaded = [self.load_row(r, i) for i, r in enumerate(rows)]
+        batch = self.processor(loaded)
+        length = batch["input_ids"].shape[1]
+        if self.max_prompt_tokens is not None and length > self.max_prompt_tokens:
+            raise InputError(
+                f"the prompt is {length} tokens; the limit is {self.max_prompt_tokens}: use fewer "
+                "demonstrations or shorter text",
+                "prompt_too_long",
+                413,
+            )
+        return {k: (v.to(self.device) if v is not None else None) for k, v in batch.items()}
+
+    def count_prompt_tokens(self, row: Row) -> int:
+        """Tokens the prompt of one row takes (its text with one ``<image>`` token per image); images are
+        not loaded or preprocessed."""
+        if (
+            isinstance(row, tuple)
+            and len(row) == 2
+            and isinstance(row[0], str)
+            and not isinstance(row[1], str)
+        ):
+            text = row[0]
+        else:
+            items = [row] if isinstance(row, str) else row
+            text = "".join(
+                x if isinstance(x, str) and not _is_image_ref(x, self.policy) else self.processor.image_token
+                for x in items
+            )
+        return len(self.processor.tokenizer(text)["input_ids"])
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, rows: Sequence[Row], **generation: Any) -> list[Completion]:
+        """One batched ``generate`` over ``rows`` (left padded); HF generation kwargs pass through."""
+        batch = self.prepare(rows)
+        prompt_length = batch["input_ids"].shape[1]
+        out = self.model.generate(
+            batch["images"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            image_mask=batch["image_mask"],
+            **_sanitize_generation(generation),
+        )
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        texts = self.processor.decode(sequences, prompt_length)
+        new = self._count_new_tokens(sequences[:, prompt_length:])
+        prompt = batch["attention_mask"].sum(1).tolist()
+        images = [0] * len(rows) if batch["image_mask"] is None else batch["image_mask"].sum(1).tolist()
+        return [Completion(t, int(p), int(n), int(i)) for t, p, n, i in zip(texts, prompt, new, images)]
+
+    def _count_new_tokens(self, generated: torch.Tensor) -> list[int]:
+        """Generated tokens per row (b, n) up to and including the stop token; padding after it not counted."""
+        tokens = self.model.config.tokens
+        counts = []
+        for row in generated.tolist():
+            stops = [i for i, tok in enumerate(row) if tok in (tokens.eoc_id, tokens.pad_id)]
+            if not stops:
+                counts.append(len(row))
+            else:
+                counts.append(stops[0] + (row[stops[0]] == tokens.eoc_id))
+        return counts
+
+    def __call__(self, interleaved: Row | Sequence[Row], **generation: Any) -> str | list[str]:
+        """Generate for one row (-> str) or a batch of rows (-> list[str])."""
+        if _is_batch(interleaved):
+            return [c.text for c in self.generate(interleaved, **generation)]
+        return self.generate([interleaved], **generation)[0].text
+
+    def stream(self, interleaved: Row, **generation: Any) -> TextStream:
+        """Text pieces as they are generated (one row); ``"".join(pieces)`` equals ``self(interleaved)``.
+
+        Beam search cannot stream: with ``num_beams > 1`` the whole text arrives as one piece at the end.
+        """
+        return TextStream(self, interleaved, generation)
+
+    # ------------------------------------------------------------------ tasks
+    def caption(self, image: Item, demos: Sequence[tuple[Item, str]] = (), **generation: Any) -> str:
+        """A caption of ``image`` after (image, caption) demonstrations, post-processed like the benchmark."""
+        row = (caption_prompt([c for _, c in demos]), [im for im, _ in demos] + [image])
+        settings = {"num_beams": 3, "max_new_tokens": 20, **generation}
+        return postprocess_caption(self.generate([row], **settings)[0].text)
+
+    def vqa(
+        self, image: Item, question: str, demos: Sequence[tuple[Item, str, str]] = (), **generation: Any
+    ) -> str:
+        """A short answer to ``question`` after (image, question, answer) demonstrations."""
+        row = (vqa_prompt([(q, a) for _, q, a in demos], question), [d[0] for d in demos] + [image])
+        settings = {"num_beams": 3, "max_new_tokens": 5, **generation}
+        return postprocess_vqa(self.generate([row], **settings)[0].text)
+
+    def classify(
+        self, image: Item, class_names: Sequence[str], demos: Sequence[tuple[Item, str]] = (), **kwargs: Any
+    ) -> str:
+        """The class name with the highest mean token log-probability after the classification prompt."""
+        scores = self.class_scores(image, class_names, demos, **kwargs)
+        return max(scores, key=scores.__getitem__)
+
+    def class_scores(
+        self,
+        image: Item,
+        class_names: Sequence[str],
+        demos: Sequence[tuple[Item, str]] = (),
+        batch_size: int = 64,
+    ) -> dict[str, float]:
+        """Mean log-probability of each class name's tokens after ``classify_prompt`` (rank classification)."""
+        if not class_names:
+            raise ValueError("class_names is empty: give at least one class name")
+        row = (classify_prompt([label for _, label in demos]), [im for im, _ in demos] + [image])
+        scores = self.score_continuations(row, list(class_names), batch_size)
+        return dict(zip(class_names, scores))
+
+    @torch.no_grad()
+    def score_continuations(
+        self, row: Row, continuations: Sequence[str], batch_size: int = 64
+    ) -> list[float]:
+        """Mean log-probability of each continuation's tokens (tokenized alone) following the prompt ``row``.
+
+        The images are encoded once; each chunk of continuations is one forward pass whose rows share them.
+        """
+        batch = self.prepare([row])
+        media = None
+        if batch["images"] is not None:
+            media = self.model.encode_media(batch["images"], batch["image_mask"])  # (1, t, l, d)
+        tokenizer = self.processor.tokenizer
+        scores: list[float] = []
+        for start in range(0, len(continuations), batch_size):
+            chunk = continuations[start : start + batch_size]
+            ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in chunk]
+            empty = [c for c, i in zip(chunk, ids) if not i]
+            if empty:
+                raise ValueError(f"continuation {empty[0]!r} has no tokens")
+            scores += self._score_chunk(batch, media, ids)
+        return scores
+
+    def _score_chunk(
+        self, batch: dict[str, torch.Tensor | None], media: torch.Tensor | None, ids: list[list[int]]
+    ) -> list[float]:
+        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (1, s)
+        s, width, rows = prompt_ids.shape[1], max(len(i) for i in ids), len(ids)
+        pad = self.model.config.tokens.pad_id
+        input_ids = torch.full((rows, s + width), pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(input_ids)
+        input_ids[:, :s], mask[:, :s] = prompt_ids, prompt_mask  # right padding after the continuation
+        for r, cont in enumerate(ids):
+            input_ids[r, s : s + len(cont)] = torch.tensor(cont, device=self.device)
+            mask[r, s : s + len(cont)] = 1
+        logits = self.model(input_ids=input_ids, attention_mask=mask, media=media).logits  # (e, s+w, v)
+        logp = logits[:, s - 1 : -1].float().log_softmax(-1)  # position i predicts token i+1
+        token_logp = logp.gather(-1, input_ids[:, s:, None])[..., 0]  # (e, w)
+        valid = mask[:, s:].float()
+        return ((token_logp * valid).sum(1) / valid.sum(1)).tolist()
+
+
+class TextStream:
+    """Iterate for text pieces; afterwards :attr:`completion` holds the whole text and the token counts.
+
+    Generation runs in a thread feeding a ``TextIteratorStreamer``; an error there is raised here.
+    """
+
+    def __init__(self, pipe: FlamingoPipeline, row: Row, generation: dict[str, Any]) -> None:
+        self.pipe, self.row, self.generation = pipe, row, generation
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        if self.generation.get("num_beams", 1) > 1:  # HF streamers do not support beam search
+            self.completion = self.pipe.generate([self.row], **self.generation)[0]
+            if self.completion.text:
+                yield self.completion.text
+            return
+        streamer = TextIteratorStreamer(self.pipe.processor.tokenizer, skip_prompt=True)
+        results: list[Any] = []
+        thread = threading.Thread(target=self._run, args=(streamer, results), daemon=True)
+        thread.start()
+        cleaner = _StreamCleaner(self.pipe.processor)
+        for raw in streamer:
+            if piece := cleaner.feed(raw):
+                yield piece
+        thread.join()
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        self.completion = results[0]
+        if rest := cleaner.finish():
+            yield rest
+
+    def _run(self, streamer: Any, results: list[Any]) -> None:
+        try:
+            results.append(self.pipe.generate([self.row], streamer=streamer, **self.generation)[0])
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            results.append(err)
+            streamer.end()
+
+
+class _StreamCleaner:
+    """Applies ``FlamingoProcessor.decode``'s clean-up (cut at end-of-chunk, specials removed, stripped) to
+    text that arrives in pieces, emitting only what can no longer change; trailing spaces wait for more text."""
+
+    def __init__(self, processor: FlamingoProcessor) -> None:
+        self.eoc = processor.eoc_token
+        self.specials = [s for s in processor.tokenizer.all_special_tokens if s]
+        self.raw, self.sent = "", ""
+
+    def _clean(self) -> str:
+        text = self.raw.split(self.eoc)[0]
+        for special in self.specials:
+            text = text.replace(special, "")
+        return text.strip()
+
+    def feed(self, raw: str) -> str:
+        self.raw += raw
+        clean = self._clean()
+        if not clean.startswith(self.sent):  # cannot happen for append-only text; keep output consistent
+            return ""
+        piece, self.sent = clean[len(self.sent) :], clean
+        return piece
+
+    def finish(self) -> str:
+        return self.feed("")
+
+
+def _is_batch(value: Any) -> bool:
+    """A list of rows (each a list or a (prompt, images) tuple) rather than one row of items."""
+    return isinstance(value, list) and bool(value) and all(isinstance(r, (list, tuple)) for r in value)
+
+
+def _is_image_ref(text: str, policy: ImagePolicy) -> bool:
+    """Whether :meth:`FlamingoPipeline.load_item` would load this string as an image."""
+    return is_url(text) or (policy.allow_paths and _looks_like_image_path(text))
+
+
+def _looks_like_image_path(text: str) -> bool:
+    """A one-line string ending in an image suffix that names an existing file."""
+    if "\n" in text or len(text) > 4096 or Path(text).suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return Path(text).is_file()
+    except OSError:
+        return False

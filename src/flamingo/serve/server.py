@@ -1,0 +1,65 @@
+"""Start the server: load the model once, build the app, run uvicorn (one process, one model worker)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+from flamingo.pipeline import FlamingoPipeline
+from flamingo.serve.app import ServeLimits, create_app
+
+log = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_server_pipeline(
+    model: str,
+    device: str = "cpu",
+    dtype: str | None = None,
+    allow_urls: bool = False,
+    allow_private_urls: bool = False,
+    max_image_bytes: int = 10 * 1024 * 1024,
+    max_image_pixels: int = 4096 * 4096,
+    max_prompt_tokens: int = 2048,
+) -> FlamingoPipeline:
+    """The pipeline a server uses: it never reads local paths, whatever a request says."""
+    return FlamingoPipeline.from_pretrained(
+        model,
+        device=device,
+        dtype=dtype,
+        allow_paths=False,
+        allow_urls=allow_urls,
+        allow_private_urls=allow_private_urls,
+        max_image_bytes=max_image_bytes,
+        max_image_pixels=max_image_pixels,
+        max_prompt_tokens=max_prompt_tokens,
+    )
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    limits: ServeLimits | None = None,
+    log_level: str = "info",
+    **pipeline_options: Any,
+) -> None:
+    """Load ``model`` and serve the demo page and API on ``host:port`` until interrupted."""
+    import uvicorn
+
+    if not _is_loopback(host):
+        log.warning("listening on %s: anyone who can reach this address can use the model", host)
+    pipeline = load_server_pipeline(model, **pipeline_options)
+    app = create_app(pipeline, limits, model_name=Path(model).name or str(model))
+    print(f"flamingo serve: http://{host}:{port}/ (API: /v1/generate, docs: /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
