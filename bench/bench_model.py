@@ -35,6 +35,15 @@ SIZES = {
         "vis_layers": 4,
         "image": 112,
     },
+    # A ViT-B/LM-300M-sized pair, for GPUs.
+    "medium": {
+        "lm_width": 1024,
+        "lm_layers": 12,
+        "vocab": 32000,
+        "vis_width": 768,
+        "vis_layers": 12,
+        "image": 224,
+    },
     # Closer to real proportions, for GPUs.
     "large": {
         "lm_width": 2048,

@@ -16,7 +16,6 @@ _COMMAND_MODULES = (
     "flamingo.data.cli",
     "flamingo.train.cli",
     "flamingo.eval.cli",
-    "flamingo.build.cli",
     "flamingo.serve.cli",
     "flamingo.quickstart",
 )
@@ -37,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
             ):  # that package has no commands (yet); a missing dependency still raises
                 continue
             raise
-        module.register(subparsers)
+        if hasattr(module, "register"):
+            module.register(subparsers)
     return parser
 
 

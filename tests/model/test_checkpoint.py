@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import make_images
+from model_support import make_images
 
 from flamingo.model.checkpoint import CheckpointError
 from flamingo.model.convert import read_openflamingo_checkpoint

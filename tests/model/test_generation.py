@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_images
+from model_support import make_images
 
 from flamingo.model.tiny import build_tiny_flamingo
 from flamingo.processing import FlamingoProcessor

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_images
+from model_support import make_images
 
 from flamingo.model.cross_attention import media_positions
 from flamingo.model.flamingo import _ACTIVE

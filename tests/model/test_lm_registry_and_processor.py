@@ -81,7 +81,7 @@ def test_processor_rejects_marker_image_mismatch_and_bad_items():
     processor = FlamingoProcessor.from_model(model)
     with pytest.raises(ValueError, match="row 0 has 2 <image> markers but 1 images"):
         processor([("<image>a<image>b", [_image("red")])])
-    with pytest.raises(TypeError, match="row 0: items must be str or PIL.Image"):
+    with pytest.raises(TypeError, match=r"row 0: items must be str or PIL\.Image"):
         processor([["text", 3]])
     with pytest.raises(ValueError, match="exceeds max_length=4"):
         processor([("<image>Output: a long caption here", [_image("red")])], max_length=4)

@@ -6,7 +6,7 @@ adapter is therefore built with ``legacy_tokens=False`` here. The legacy path is
 
 import pytest
 import torch
-from conftest import make_images
+from model_support import make_images
 
 pytest.importorskip("open_flamingo")
 

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import png_base64
 from PIL import Image
+from serve_support import png_base64
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient

@@ -72,7 +72,10 @@ def to_shard_record(doc: WebDocument) -> tuple[dict[str, Any], dict[str, bytes]]
         "url": doc.url or None,
         "text_list": list(doc.sentences),
         "image_info": info,
-        "similarity_matrix": matrix,
+        # Converted sources placed by layout (OBELICS) have no similarities: the matrix is then unknown.
+        "similarity_matrix": matrix
+        if all("similarities" in im.metadata for im in doc.alive_images)
+        else None,
         "source": doc.source or None,
     }
     return record, members

@@ -1,0 +1,534 @@
+"""Training data: one resumable sample stream per source, collation, and a weighted mixture of sources.
+
+Order is a pure function of ``(seed, epoch, rank)``: each epoch shuffles the shard list, and each shard is read
+in blocks of ``shuffle_block`` raw samples, each block shuffled with its own seed. A position is therefore
+``(epoch, shard cursor, offset in shard, epoch index)``; resuming re-reads the shard's tar members (no image
+decoding) up to the offset and continues exactly where it stopped.
+
+Ranks split the data by shard when there are at least as many shards as ranks, else by the index of each raw
+sample in the epoch's stream (``index % world_size == rank``), so no rank is ever left without data.
+
+Samples (one per document or pair) carry their images in the order of their ``<image>`` tokens and labels from
+:func:`flamingo.data.labels.make_labels`; samples with no supervised token and bad input are skipped and
+counted. Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in DESIGN.md).
+Sequences are padded to ``max_tokens`` (static shapes for ``torch.compile``); packing is not implemented.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from flamingo.data.interleaved import (
+    PAIR_MAX_TOKENS,
+    InterleavedConfig,
+    preprocess_interleaved,
+    tokenize_interleaved,
+    tokenize_pair,
+)
+from flamingo.data.labels import make_labels
+from flamingo.data.paths import expand_paths
+
+# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
+# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
+from flamingo.data.shards import (
+    FileReadLog,
+    ReadStats,
+    _document_from_sample,
+    _pair_from_sample,
+    iter_tar_samples,
+)
+
+IGNORE_INDEX = -100
+ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
+
+
+@dataclass
+class SourceConfig:
+    """One training data source: its shards, how its samples are built, batched and weighted."""
+
+    name: str = "interleaved"
+    """Name in logs and metrics; unique among the sources."""
+    kind: Literal["interleaved", "pairs"] = "interleaved"
+    """``interleaved`` documents (MMC4-like shards) or image-text ``pairs`` (img2dataset shards)."""
+    shards: list[str] = field(default_factory=list)
+    """Shard files, globs, brace patterns or folders; empty means the source is absent."""
+    batch_size: int = 8
+    """Samples per micro-batch on each rank."""
+    loss_weight: float = 1.0
+    """Weight of this source's mean token loss in the step's objective (OpenFlamingo: pairs 0.2)."""
+    sample_weight: float = 1.0
+    """Relative chance of being picked for a step when ``data.mixing`` is ``sample``."""
+    max_tokens: int | None = None
+    """Sequence length; None: 256 for interleaved, 32 for pairs (OpenFlamingo)."""
+    max_images: int = 6
+    """Most images per interleaved document."""
+    min_image_bytes: int = 10_000
+    """Interleaved images with fewer encoded bytes are dropped (set 0 for tiny synthetic images)."""
+    sim_threshold: float = 0.24
+    """Interleaved image-sentence pairs with a lower similarity are dropped."""
+    single_image_drop_prob: float = 0.5
+    """Chance of skipping an interleaved document left with one image."""
+    assignment: Literal["stored", "hungarian"] = "stored"
+    """Image-sentence assignment: the stored ``matched_text_index`` or a fresh Hungarian one."""
+    drop_bad_images: bool = False
+    """Keep documents without their corrupt images instead of skipping them."""
+    shuffle_block: int = 256
+    """Raw samples shuffled together within a shard (1: shard order only)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("interleaved", "pairs"):
+            raise ValueError(
+                f"source {self.name!r}: kind must be 'interleaved' or 'pairs', got {self.kind!r}"
+            )
+        if isinstance(self.shards, str):
+            self.shards = [self.shards]
+        for name in ("batch_size", "shuffle_block", "max_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"source {self.name!r}: {name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.loss_weight < 0 or self.sample_weight < 0:
+            raise ValueError(f"source {self.name!r}: loss_weight and sample_weight must be >= 0")
+        self.interleaved_config()  # validates the preprocessing knobs
+
+    @property
+    def sequence_length(self) -> int:
+        default = 256 if self.kind == "interleaved" else PAIR_MAX_TOKENS
+        return self.max_tokens or default
+
+    def interleaved_config(self) -> InterleavedConfig:
+        return InterleavedConfig(
+            max_images=self.max_images,
+            max_tokens=self.sequence_length,
+            sim_threshold=self.sim_threshold,
+            min_image_bytes=self.min_image_bytes,
+            single_image_drop_prob=self.single_image_drop_prob,
+            assignment=self.assignment,
+        )
+
+
+@dataclass
+class Sample:
+    """One training sequence: ``input_ids``/``attention_mask``/``labels`` (s,), ``pixels`` (t, c, h, w)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixels: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch of one source."""
+
+    images: torch.Tensor
+    """(b, t, 1, c, h, w) pixels; empty slots are zeros."""
+    image_mask: torch.Tensor
+    """(b, t) bool, True where a slot holds an image."""
+    input_ids: torch.Tensor
+    """(b, s) int64"""
+    attention_mask: torch.Tensor
+    """(b, s) int64, 1 for real tokens"""
+    labels: torch.Tensor
+    """(b, s) int64, not shifted; -100 where unsupervised"""
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
+
+    @property
+    def num_supervised(self) -> int:
+        """Tokens the next-token loss counts (labels after the shift)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
+    """Stack samples: images into (b, t, 1, c, h, w) with t the most images of any sample (at least 1)."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    length = max(s.input_ids.shape[0] for s in samples)
+    slots = max(1, max(s.pixels.shape[0] for s in samples))
+    chw = next((s.pixels.shape[1:] for s in samples if s.pixels.shape[0]), None)
+    if chw is None:
+        raise ValueError("collate: no sample in the batch has an image")
+    b = len(samples)
+    images = torch.zeros(b, slots, 1, *chw)
+    image_mask = torch.zeros(b, slots, dtype=torch.bool)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(b, length, dtype=torch.long)
+    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        t, s = sample.pixels.shape[0], sample.input_ids.shape[0]
+        images[row, :t, 0] = sample.pixels
+        image_mask[row, :t] = True
+        input_ids[row, :s], attention_mask[row, :s], labels[row, :s] = (
+            sample.input_ids,
+            sample.attention_mask,
+            sample.labels,
+        )
+    return Batch(images, image_mask, input_ids, attention_mask, labels)
+
+
+@dataclass
+class Position:
+    """Where a rank's stream of one source stands; with the config and seed, enough to continue exactly."""
+
+    epoch: int = 0
+    shard_cursor: int = 0
+    """Index into this rank's shard order of the epoch."""
+    offset: int = 0
+    """Raw samples of that shard already passed (in shuffled order)."""
+    epoch_index: int = 0
+    """Raw samples of the epoch passed, over all shards (sample-index split)."""
+
+
+class SourceDataset(torch.utils.data.IterableDataset):
+    """The endless, deterministic, resumable sample stream of one source on one rank.
+
+    Iterating yields ``(sample, state)`` where ``state`` (see :meth:`state_dict`) is the position just after
+    ``sample``: pass the state of the last sample trained on to :meth:`load_state_dict` to resume.
+    """
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        tokenizer: Any,
+        image_transform: ImageTransform,
+        image_token_id: int,
+        eoc_token_id: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        # A private tokenizer: a fast tokenizer keeps its truncation/padding settings in shared mutable state,
+        # so two sources tokenizing to different lengths in their prefetch threads would race on one.
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.config, self.image_transform = config, image_transform
+        self.image_token_id, self.eoc_token_id = image_token_id, eoc_token_id
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shards = [str(p) for p in expand_paths(config.shards)]
+        if not self.shards:
+            raise FileNotFoundError(f"source {config.name!r}: shards {config.shards} name no file")
+        self.split: Literal["shard", "sample"] = "shard" if len(self.shards) >= world_size else "sample"
+        self.interleaved = config.interleaved_config()
+        self.position = Position()
+        self.read_stats = ReadStats()
+        self.skipped: Counter[str] = Counter()
+        """Samples read fine but not trained on, per reason (preprocessing, no supervised token, ...)."""
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": dict(self.position.__dict__),
+            "read_stats": self.read_stats.to_dict(),
+            "skipped": dict(self.skipped),
+            "split": self.split,
+            "num_shards": len(self.shards),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_shards"] != len(self.shards) or state["split"] != self.split:
+            raise ValueError(
+                f"source {self.config.name!r}: the saved position is for {state['num_shards']} shards split by "
+                f"{state['split']}, now there are {len(self.shards)} split by {self.split}; resume with the "
+                "same shards and number of ranks"
+            )
+        self.position = Position(**state["position"])
+        stats = state["read_stats"]
+        self.read_stats = ReadStats(
+            stats["files"], stats["samples"], Counter(stats["skipped"]), Counter(stats["images_dropped"])
+        )
+        self.skipped = Counter(state["skipped"])
+
+    def counts(self) -> dict[str, int]:
+        """Every skip so far, per reason (see :func:`skip_counts`)."""
+        return skip_counts(self.state_dict())
+
+    # ------------------------------------------------------------------ order
+    def _rng(self, *parts: Any) -> random.Random:
+        # String seeds hash with SHA-512 in CPython: the same in every process, unlike hash().
+        return random.Random(":".join(map(str, (self.seed, self.config.name, *parts))))
+
+    def epoch_shards(self, epoch: int) -> list[str]:
+        """This rank's shards for ``epoch``, in reading order."""
+        order = list(self.shards)
+        self._rng("shards", epoch).shuffle(order)
+        return order[self.rank :: self.world_size] if self.split == "shard" else order
+
+    def _raw_members(
+        self, shard: str, epoch: int, start: int
+    ) -> Iterator[tuple[int, str, dict, FileReadLog]]:
+        """(offset, key, members, log) of a shard's raw samples in block-shuffled order, from ``start``."""
+        log = FileReadLog(Path(shard), self.read_stats)
+        if start:
+            self.read_stats.files -= 1  # the file was already counted before the position was saved
+        block: list[tuple[str, dict]] = []
+        block_index, offset = 0, 0
+        raw = iter_tar_samples(Path(shard), log)
+        while True:
+            block = [item for _, item in zip(range(self.config.shuffle_block), raw)]
+            if not block:
+                break
+            if offset + len(block) > start:
+                # Seeded by the shard's index in the source, not its path: moving the data keeps the order.
+                self._rng("block", epoch, self.shards.index(shard), block_index).shuffle(block)
+                for i, (key, members) in enumerate(block):
+                    if offset + i >= start:
+                        yield offset + i, key, members, log
+            offset += len(block)
+            block_index += 1
+        log.finish()
+
+    # ------------------------------------------------------------------ samples
+    def __iter__(self) -> Iterator[tuple[Sample, dict[str, Any]]]:
+        pos = self.position
+        while True:
+            shards = self.epoch_shards(pos.epoch)
+            fresh, yielded = pos == Position(epoch=pos.epoch), False
+            while pos.shard_cursor < len(shards):
+                shard = shards[pos.shard_cursor]
+                for offset, key, members, log in self._raw_members(shard, pos.epoch, pos.offset):
+                    mine = self.split == "shard" or pos.epoch_index % self.world_size == self.rank
+                    pos.offset, pos.epoch_index = offset + 1, pos.epoch_index + 1
+                    sample = self._make_sample(key, members, shard, log, pos.epoch) if mine else None
+                    if sample is not None:
+                        yielded = True
+                        yield sample, self.state_dict()
+                pos.shard_cursor, pos.offset = pos.shard_cursor + 1, 0
+            if fresh and not yielded:  # a resumed epoch may end right after its saved position
+                raise ValueError(
+                    f"source {self.config.name!r}: a whole epoch of {len(shards)} shard(s) gave rank {self.rank} "
+                    f"no usable sample (skipped: {self.counts()}); check the shards with `flamingo data validate`"
+                )
+            self.position = pos = Position(epoch=pos.epoch + 1)
+
+    def _make_sample(
+        self, key: str, members: dict, shard: str, log: FileReadLog, epoch: int
+    ) -> Sample | None:
+        """Parse, preprocess, tokenize and label one raw sample; None (counted) when it is not usable."""
+        try:
+            if self.config.kind == "pairs":
+                pair = _pair_from_sample(key, members, log, True)
+                if pair is None:
+                    return None
+                self.read_stats.samples += 1
+                tokenized = tokenize_pair(
+                    pair.caption, pair.image.decode(), self.tokenizer, self.config.sequence_length
+                )
+            else:
+                tokenized = self._tokenize_document(key, members, shard, log, epoch)
+                if tokenized is None:
+                    return None
+            return self._label(tokenized.input_ids, tokenized.attention_mask, tokenized.images)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            log.skip("bad_sample", f"[{key}]: {error}")
+            return None
+
+    def _tokenize_document(self, key: str, members: dict, shard: str, log: FileReadLog, epoch: int) -> Any:
+        document = _document_from_sample(key, members, Path(shard), log, True, self.config.drop_bad_images)
+        if document is None:
+            return None
+        self.read_stats.samples += 1
+        rng = self._rng("document", epoch, document.id)
+        eos = self.tokenizer.eos_token or ""
+        prepared = preprocess_interleaved(document, self.interleaved, rng, eos, self.skipped)
+        if prepared is None:
+            return None
+        return tokenize_interleaved(
+            prepared.text, prepared.images, self.tokenizer, self.config.sequence_length
+        )
+
+    def _label(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: list) -> Sample | None:
+        mode = "pairs" if self.config.kind == "pairs" else "interleaved"
+        labels = make_labels(
+            input_ids[None], attention_mask[None], self.image_token_id, self.eoc_token_id, mode=mode
+        )[0]
+        if not images:
+            self.skipped["no_images_after_truncation"] += 1
+            return None
+        if not (labels[1:] != IGNORE_INDEX).any():  # the loss is over shifted labels: position 0 never counts
+            self.skipped["no_supervised_tokens"] += 1
+            return None
+        pixels = self.image_transform(images)  # (t, c, h, w)
+        return Sample(input_ids, attention_mask, labels, pixels)
+
+
+class SourceLoader:
+    """Micro-batches of one source, built ahead by a background thread (``prefetch`` batches deep).
+
+    Iterating yields ``(batch, state)``; ``state`` is the dataset position after the batch's last sample.
+    """
+
+    def __init__(self, dataset: SourceDataset, pad_id: int, prefetch: int = 2) -> None:
+        self.dataset, self.pad_id, self.prefetch = dataset, pad_id, prefetch
+        self.config = dataset.config
+        self._iterator: Iterator[tuple[Batch, dict[str, Any]]] | None = None
+        self.state: dict[str, Any] = dataset.state_dict()
+
+    def _batches(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        samples, state = [], None
+        for sample, state in self.dataset:
+            samples.append(sample)
+            if len(samples) == self.config.batch_size:
+                yield collate(samples, self.pad_id), state
+                samples = []
+
+    def next_batch(self) -> Batch:
+        if self._iterator is None:
+            batches = self._batches()
+            self._iterator = _Prefetcher(batches, self.prefetch) if self.prefetch > 0 else batches
+        batch, self.state = next(self._iterator)
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread (if any); the loader cannot be used afterwards."""
+        if isinstance(self._iterator, _Prefetcher):
+            self._iterator.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out (not after what the prefetcher read ahead)."""
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._iterator is not None:
+            raise RuntimeError("load the loader state before drawing the first batch")
+        self.dataset.load_state_dict(state)
+        self.state = state
+
+    def counts(self) -> dict[str, int]:
+        """Skip counts up to the last batch handed out."""
+        return skip_counts(self.state)
+
+
+def skip_counts(state: dict[str, Any]) -> dict[str, int]:
+    """Skips recorded in a dataset state: bad input as ``read_<reason>``, dropped images as
+    ``image_<reason>``, and samples read fine but unusable under their own reason (``no_supervised_tokens``,
+    ``single_image_dropped``, ``no_images``, ...)."""
+    out = {f"read_{k}": v for k, v in state["read_stats"]["skipped"].items()}
+    out |= {f"image_{k}": v for k, v in state["read_stats"]["images_dropped"].items()}
+    return out | dict(state["skipped"])
+
+
+class _Prefetcher:
+    """``iterator``'s items, produced by a daemon thread up to ``depth`` ahead; its errors re-raised here.
+
+    :meth:`close` stops the thread (it must not be left inside torch code when the interpreter exits).
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator[Any], depth: int) -> None:
+        self.items: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(iterator,), daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, iterator: Iterator[Any]) -> None:
+        try:
+            for item in iterator:
+                if not self._put((item, None)):
+                    return
+        except BaseException as error:  # handed to the consumer, which knows what to do with it
+            self._put((self._DONE, error))
+            return
+        self._put((self._DONE, None))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        item, error = self.items.get()
+        if error is not None:
+            raise error
+        if item is self._DONE:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class SourceBatches:
+    """What one source contributes to an optimizer step: its micro-batches and loss weight."""
+
+    name: str
+    loss_weight: float
+    micro_batches: list[Batch]
+
+
+class Mixture:
+    """Several sources mixed per optimizer step.
+
+    ``mixing="all"`` (OpenFlamingo): every step takes ``accum`` micro-batches from every source. ``"sample"``:
+    every step takes them from one source drawn by ``sample_weight`` with a seed of ``(seed, step)``, so all
+    ranks and a resumed run draw the same source.
+    """
+
+    def __init__(self, loaders: Sequence[SourceLoader], mixing: str = "all", seed: int = 0) -> None:
+        if not loaders:
+            raise ValueError("the data mixture has no source: give at least one source with shards")
+        names = [loader.config.name for loader in loaders]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data source names must be unique, got {names}")
+        if mixing not in ("all", "sample"):
+            raise ValueError(f"data.mixing must be 'all' or 'sample', got {mixing!r}")
+        self.loaders, self.mixing, self.seed = list(loaders), mixing, seed
+
+    def next_step(self, step: int, accum: int) -> list[SourceBatches]:
+        chosen = self.loaders
+        if self.mixing == "sample":
+            weights = [loader.config.sample_weight for loader in self.loaders]
+            rng = random.Random(f"{self.seed}:mixture:{step}")
+            chosen = rng.choices(self.loaders, weights=weights, k=1)
+        return [
+            SourceBatches(
+                loader.config.name,
+                loader.config.loss_weight,
+                [loader.next_batch() for _ in range(accum)],
+            )
+            for loader in chosen
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {loader.config.name: loader.state_dict() for loader in self.loaders}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for loader in self.loaders:
+            if loader.config.name not in state:
+                raise ValueError(f"the saved data position has no source {loader.config.name!r}")
+            loader.load_state_dict(state[loader.config.name])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {loader.config.name: loader.counts() for loader in self.loaders}
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            loader.close()

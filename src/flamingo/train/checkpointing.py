@@ -1,0 +1,171 @@
+"""Resumable checkpoints, written atomically: ``<run_dir>/checkpoints/step-000100/``::
+
+    model/             the trained weights in Flamingo.save_pretrained's layout (Flamingo.from_pretrained loads it)
+    optimizer.pt       full (unsharded) optimizer state, keyed by parameter name
+    rank-00000.pt      each rank's data position and RNG states
+    state.json         step, counters, world size: written last
+
+Everything goes to a hidden temporary folder first, renamed into place when complete, so a run killed at any
+moment leaves either the whole checkpoint or none. The last ``keep_last`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
+from flamingo.model.flamingo import Flamingo
+from flamingo.train.parallel import DistInfo, barrier
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "state.json").is_file()]
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """``auto``: the latest checkpoint of ``run_dir`` (None when there is none); a path: that checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no state.json inside)")
+    return path
+
+
+def gather_adapter_state(model: Flamingo) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trained tensors; under FSDP2 every rank must call it (it all-gathers)."""
+    state = {}
+    for name, tensor in model.adapter_state_dict().items():
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        state[name] = full.detach().to("cpu", copy=True).contiguous()
+    return state
+
+
+def write_model_dir(
+    model: Flamingo, state: dict[str, torch.Tensor], directory: Path, backbones: bool
+) -> None:
+    """``directory`` in the layout of :meth:`Flamingo.save_pretrained`, from gathered ``state``."""
+    sharded = any(hasattr(t, "full_tensor") for t in model.adapter_state_dict().values())
+    if not sharded:
+        model.save_pretrained(str(directory), save_backbones=backbones)
+        return
+    if backbones:
+        raise ValueError("checkpoint.save_backbones needs unsharded backbones; set it false under FSDP")
+    directory.mkdir(parents=True, exist_ok=True)  # the same files save_pretrained writes without backbones
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "flamingo", "version": "1"})
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(directory / "tokenizer")
+    model.config.save(directory / CONFIG_NAME)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer_state(train_model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(train_model, optimizer, options=options)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: Flamingo,
+    train_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shared: dict[str, Any],
+    per_rank: dict[str, Any],
+    info: DistInfo,
+    keep_last: int,
+    save_backbones: bool,
+) -> Path:
+    """Write checkpoint ``step`` (collective: every rank calls it); returns its directory."""
+    final = checkpoints_dir(run_dir) / f"step-{step:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(info)
+    adapters = gather_adapter_state(model)
+    optim_state = _optimizer_state(train_model, optimizer)
+    torch.save({**per_rank, "rng": rng_state()}, tmp / f"rank-{info.rank:05d}.pt")
+    if info.is_main:
+        write_model_dir(model, adapters, tmp / "model", save_backbones)
+        torch.save(optim_state, tmp / "optimizer.pt")
+        state = {**shared, "step": step, "world_size": info.world_size}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    barrier(info)
+    if info.is_main:
+        shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
+        tmp.rename(final)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(info)
+    return final
+
+
+def load_model_weights(model: Flamingo, checkpoint: Path) -> None:
+    """Load a checkpoint's trained weights into an unwrapped, unsharded model (before parallelize)."""
+    file = checkpoint / "model" / WEIGHTS_NAME
+    load_adapter_state(model, load_file(str(file)), str(file))
+
+
+def load_training_state(
+    checkpoint: Path, train_model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the optimizer and this rank's RNG states; returns (shared state, this rank's state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    shared = json.loads((checkpoint / "state.json").read_text())
+    if shared["world_size"] != info.world_size:
+        raise ValueError(
+            f"{checkpoint} was written by {shared['world_size']} rank(s), this run has {info.world_size}: "
+            "resume with the same number of ranks (the data position is per rank)"
+        )
+    optim_state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(
+        train_model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
+    )
+    per_rank = torch.load(checkpoint / f"rank-{info.rank:05d}.pt", map_location="cpu", weights_only=True)
+    set_rng_state(per_rank.pop("rng"))
+    return shared, per_rank

@@ -1,0 +1,377 @@
+"""Training configs: typed dataclasses, one per component, loaded from YAML with dotted overrides.
+
+Example::
+
+    config = load_config("configs/train/tiny-cpu.yaml", ["train.lr=3e-4", "data.sources.0.batch_size=8"])
+
+Every field has a one-line docstring (``flamingo train --help-config`` prints them). Unknown keys and values
+of the wrong type are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from flamingo.data.loader import SourceConfig
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used; the message names the key and the fix."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Which Flamingo to train."""
+
+    kind: Literal["tiny", "openflamingo", "pretrained"] = "tiny"
+    """``tiny``: a random model from flamingo.model.tiny; ``openflamingo``: a released architecture with new
+    adapters; ``pretrained``: a flamingo-vlm checkpoint directory or hub id."""
+    name: str = "llama"
+    """tiny: the LM family (llama, gpt2, ...); openflamingo: the preset; pretrained: the path or hub id."""
+    vision: str = "open_clip"
+    """tiny only: open_clip, clip or siglip."""
+    every_n: int = 1
+    """tiny only: cross-attention before every n-th decoder layer."""
+    gate_init: float = 0.0
+    """tiny only: initial value of the tanh gates."""
+    width: int = 64
+    """tiny only: LM width."""
+    layers: int = 4
+    """tiny only: LM decoder layers."""
+    seed: int = 0
+    """tiny only: seed of the random backbone weights (they are rebuilt on resume)."""
+    train_new_token_rows: bool = True
+    """Train the embedding rows of <image>, <|endofchunk|> and pad."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind in ("tiny", "openflamingo", "pretrained"),
+            f"model.kind must be tiny, openflamingo or pretrained, got {self.kind!r}",
+        )
+        _check(self.every_n >= 1, f"model.every_n must be at least 1, got {self.every_n}")
+
+
+@dataclass
+class DataConfig:
+    """The sources and how they are mixed."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The data sources; a source without shards is absent (or synthetic, see ``synthetic``)."""
+    mixing: Literal["all", "sample"] = "all"
+    """``all``: every step uses every source (OpenFlamingo); ``sample``: one source per step by sample_weight."""
+    synthetic: bool = False
+    """Generate synthetic shards into <run_dir>/data for sources without shards (tiny runs and tests)."""
+    synthetic_samples: int = 200
+    """Documents or pairs generated per synthetic source."""
+    prefetch: int = 2
+    """Micro-batches built ahead by a background thread per source (0: none)."""
+
+    def __post_init__(self) -> None:
+        names = [source.name for source in self.sources]
+        _check(len(set(names)) == len(names), f"data.sources names must be unique, got {names}")
+        _check(self.mixing in ("all", "sample"), f"data.mixing must be all or sample, got {self.mixing!r}")
+        _check(self.synthetic_samples >= 1, "data.synthetic_samples must be at least 1")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW over the trainable parameters."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay of the parameters chosen by ``decay_on``."""
+    decay_on: Literal["cross_attn", "cross_attn_matrices", "none"] = "cross_attn"
+    """``cross_attn``: every cross-attention parameter (OpenFlamingo); ``cross_attn_matrices``: only its
+    weight matrices (no gates, norms or biases)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm of each optimizer step to this (0: no clipping)."""
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, counted in optimizer steps."""
+
+    warmup_steps: int = 0
+    """Linear warm-up from lr/warmup_steps to lr."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: ``constant`` or ``cosine`` decay to min_lr_ratio * lr at the last step."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule as a fraction of lr."""
+
+
+@dataclass
+class TrainConfig(OptimizerConfig, ScheduleConfig):
+    """The loop: steps, accumulation, precision; includes the optimizer and schedule fields (train.lr, ...)."""
+
+    steps: int = 100
+    """Optimizer steps to run."""
+    grad_accum: int = 1
+    """Micro-batches per source accumulated into one optimizer step."""
+    seed: int = 0
+    """Seed of the data order and the torch RNG."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 autocast on GPU, fp32 on CPU; ``fp32``; ``bf16`` autocast."""
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    max_nonfinite_steps: int = 10
+    """Stop after this many optimizer steps in a row skipped for a non-finite loss or gradient."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"train.steps must be at least 1, got {self.steps}")
+        _check(self.grad_accum >= 1, f"train.grad_accum must be at least 1, got {self.grad_accum}")
+        _check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(len(self.betas) == 2, f"train.betas must have two values, got {self.betas}")
+        _check(self.schedule in ("constant", "cosine"), "train.schedule must be constant or cosine")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+        _check(self.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be at least 1")
+
+
+@dataclass
+class ParallelConfig:
+    """Distribution and memory/speed techniques (applied in the order of flamingo.train.parallel)."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """``auto``: ddp under torchrun with several ranks, else none; ``fsdp``: FSDP2 fully_shard."""
+    activation_checkpointing: bool = False
+    """Recompute decoder layers in the backward pass (the cross-attention runs outside)."""
+    compile: bool = False
+    """torch.compile each decoder layer and cross-attention block."""
+    backend: str = "auto"
+    """Process-group backend: ``auto`` (nccl on GPU, gloo on CPU), ``gloo`` or ``nccl``."""
+    fsdp_reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after forward (less memory, one more all-gather)."""
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in ("auto", "none", "ddp", "fsdp"), "parallel.strategy: auto, none, ddp or fsdp")
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable checkpoints under <run_dir>/checkpoints."""
+
+    every: int = 0
+    """Save every this many optimizer steps (0: only at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted."""
+    resume: str | None = None
+    """``auto``: continue from the latest checkpoint of run_dir if any; or a checkpoint directory."""
+    save_backbones: bool | None = None
+    """Store the frozen backbones in each checkpoint; None: for tiny models (no other home), not under FSDP."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "checkpoint.every must be >= 0")
+        _check(self.keep_last >= 1, "checkpoint.keep_last must be at least 1")
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics: JSONL always; progress bar, TensorBoard and W&B optional."""
+
+    every: int = 1
+    """Write metrics every this many optimizer steps."""
+    progress: bool = True
+    """Show a tqdm progress bar (rank 0)."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to <run_dir>/tensorboard."""
+    wandb: bool = False
+    """Also log to Weights & Biases (only if wandb is installed)."""
+    wandb_project: str = "flamingo-vlm"
+    """W&B project."""
+    peak_flops: float | None = None
+    """Device peak FLOP/s for MFU; None: 989e12 (H100 bf16) on GPU, 70e9 on CPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "logging.every must be at least 1")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    run_dir: str = "runs/flamingo"
+    """Where metrics, checkpoints, the final model and synthetic data go."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The loop, optimizer and schedule."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Distribution."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from a YAML file (or the defaults) with ``key.sub=value`` overrides applied."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        _check(isinstance(data, dict), f"{path}: the top level must be a mapping of sections")
+    for override in overrides or []:
+        apply_override(data, override)
+    return from_dict(RunConfig, data, source)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b.0.c=value`` in nested dicts/lists; the value is parsed as YAML (``[1, 2]``, ``null``, ...)."""
+    key, sep, raw = override.partition("=")
+    _check(bool(sep and key), f"override {override!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        value = yaml.safe_load(raw) if last else {}
+        if isinstance(node, list):
+            _check(part.isdigit(), f"override {key}: {part!r} must be a list index")
+            index = int(part)
+            _check(index <= len(node), f"override {key}: index {index} is past the end (length {len(node)})")
+            if index == len(node):
+                node.append(value)  # a new list entry (for example one more data source)
+            elif last:
+                node[index] = value
+            node = node[index]
+        else:
+            _check(isinstance(node, dict), f"override {key}: {'.'.join(parts[:depth])} is not a section")
+            if last:
+                node[part] = value
+            node = node.setdefault(part, value)
+
+
+def from_dict(cls: type, data: Any, source: str, where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``source`` and the key."""
+    if isinstance(data, cls):
+        return data
+    _check(isinstance(data, dict), f"{source}: {where or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{path}'; known keys here: {', '.join(known)}")
+        kwargs[key] = _coerce(hints[key], value, source, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: {where or 'config'}: {error}") from error
+
+
+def _coerce(kind: Any, value: Any, source: str, path: str) -> Any:
+    """``value`` as type ``kind`` (dataclass, list[...], X | None, Literal, bool, int, float, str)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    bad = ConfigError(f"{source}: '{path}' must be {_describe(kind)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _coerce(options[0], value, source, path) if len(options) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            raise bad
+        return value
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, source, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(args[0], item, source, f"{path}.{i}") for i, item in enumerate(value)]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value) if kind is float else value
+        except (TypeError, ValueError):
+            raise bad from None
+        if kind is int and not isinstance(number, int):
+            raise bad
+        return number
+    if kind is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise bad
+        return str(value)
+    return value
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(kind)))
+    return getattr(kind, "__name__", str(kind))
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """``key: type = default  # doc`` lines for every field, from the field docstrings in this module."""
+    docs = _field_docs(cls)
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"{path}: {docs.get(f.name, '')}")
+            lines += describe_fields(hints[f.name], f"{path}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{path} = {default!r}  # {docs.get(f.name, '')}")
+    return lines
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """First line of the string literal after each field in the class bodies (the field docstrings)."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in itertools.pairwise(body):
+            field_node = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            if field_node and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = str(following.value.value).strip().splitlines()[0]
+    return docs

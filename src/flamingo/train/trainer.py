@@ -1,0 +1,373 @@
+"""The trainer: ``train(config) -> TrainResult``, one process or many under ``torchrun``.
+
+One optimizer step (:meth:`Trainer.train_step`):
+
+1. each source contributes ``grad_accum`` micro-batches; the supervised tokens of each source are counted over
+   all its micro-batches and all ranks first, so that every micro-batch's summed token loss can be divided
+   by the step's total: the accumulated gradient is exactly that of one big batch (OpenFlamingo divided per
+   micro-batch);
+2. the objective is ``sum_s loss_weight_s * mean token loss_s``, each source with its own backward passes;
+   gradients are synchronised on the last backward only;
+3. the accumulated gradient is clipped once; a non-finite loss or gradient on any rank skips the update on
+   every rank (one all-reduce carries the flag with the losses), counted; too many in a row stop the run.
+
+Frozen backbones stay in eval mode and get neither gradients nor optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from flamingo.data.loader import Mixture, SourceBatches, SourceConfig, SourceDataset, SourceLoader
+from flamingo.model.flamingo import IGNORE_INDEX, Flamingo
+from flamingo.train import checkpointing as ckpt
+from flamingo.train.config import ModelConfig, RunConfig
+from flamingo.train.freeze import freeze_backbones
+from flamingo.train.metrics import FlopsModel, MetricsLogger, default_peak_flops
+from flamingo.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from flamingo.train.parallel import DistInfo, all_reduce_sum, barrier, init_distributed, parallelize
+
+
+class TrainingError(ValueError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step did (global over ranks)."""
+
+    step: int
+    loss: float
+    source_losses: dict[str, float]
+    supervised: dict[str, int]
+    tokens: int
+    samples: int
+    images: int
+    grad_norm: float
+    lr: float
+    skipped: bool
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`."""
+
+    run_dir: Path
+    step: int
+    """Optimizer steps done (including those of a resumed run)."""
+    losses: dict[int, float] = field(default_factory=dict)
+    """Objective of each step run by this call, by 1-based step."""
+    checkpoint: Path | None = None
+    """The last checkpoint; its ``model/`` loads with Flamingo.from_pretrained."""
+    skipped_steps: int = 0
+    data_skips: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per source: samples and images skipped, per reason (rank 0's stream)."""
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.checkpoint / "model" if self.checkpoint else None
+
+
+def build_model(config: ModelConfig) -> Flamingo:
+    """The model to train, with new or (``pretrained``) loaded adapters; backbones not yet frozen."""
+    if config.kind == "tiny":
+        from flamingo.model.tiny import build_tiny_flamingo
+
+        return build_tiny_flamingo(
+            config.name,
+            vision=config.vision,
+            every_n=config.every_n,
+            gate_init=config.gate_init,
+            width=config.width,
+            layers=config.layers,
+            seed=config.seed,
+        )
+    if config.kind == "openflamingo":
+        from flamingo.model.convert.openflamingo import openflamingo_config
+
+        return Flamingo.from_config(openflamingo_config(config.name))
+    return Flamingo.from_pretrained(config.name)
+
+
+def prepare_sources(config: RunConfig, info: DistInfo) -> list[SourceConfig]:
+    """The present sources; with ``data.synthetic``, shard-less ones get synthetic shards in <run_dir>/data."""
+    from flamingo.data.synthetic import write_synthetic_interleaved, write_synthetic_pairs
+
+    sources = []
+    for source in config.data.sources:
+        if not source.shards and config.data.synthetic:
+            folder = Path(config.run_dir) / "data" / source.name
+            if info.is_main and not (folder / ".complete").is_file():
+                write = write_synthetic_pairs if source.kind == "pairs" else write_synthetic_interleaved
+                write(folder, config.data.synthetic_samples, seed=config.train.seed, max_samples_per_shard=50)
+                (folder / ".complete").touch()
+            barrier(info)
+            source = dataclasses.replace(source, shards=[str(folder)])
+        if source.shards:
+            sources.append(source)
+    if not sources:
+        raise TrainingError(
+            "no data source has shards: set data.sources.N.shards, or data.synthetic=true for synthetic data"
+        )
+    return sources
+
+
+def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture:
+    tokens = model.config.tokens
+    loaders = []
+    for source in prepare_sources(config, info):
+        dataset = SourceDataset(
+            source,
+            model.tokenizer,
+            model.vision.preprocess,
+            tokens.image_id,
+            tokens.eoc_id,
+            seed=config.train.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+        loaders.append(SourceLoader(dataset, tokens.pad_id, config.data.prefetch))
+    return Mixture(loaders, config.data.mixing, config.train.seed)
+
+
+class Trainer:
+    """Holds the model, optimizer and counters; :meth:`train_step` is one optimizer step, :meth:`fit` the run."""
+
+    def __init__(
+        self, config: RunConfig, model: Flamingo | None = None, info: DistInfo | None = None
+    ) -> None:
+        self.config = config
+        self.info = info or init_distributed(config.parallel, config.train.device)
+        model = model if model is not None else build_model(config.model)
+        freeze_backbones(model, config.model.train_new_token_rows)
+        torch.manual_seed(config.train.seed)
+        self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
+        if self.resume_from is not None:
+            ckpt.load_model_weights(model, self.resume_from)
+        self.model = model
+        self.train_model, self.strategy = parallelize(model, config.parallel, self.info, self._param_dtype())
+        self.optimizer = build_optimizer(self.train_model, config.train)
+        self.trainable = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.step, self.skipped_steps, self.skipped_in_row = 0, 0, 0
+        self.data_state: dict[str, Any] | None = None
+        if self.resume_from is not None:
+            shared, per_rank = ckpt.load_training_state(
+                self.resume_from, self.train_model, self.optimizer, self.info
+            )
+            self.step, self.skipped_steps = shared["step"], shared["skipped_steps"]
+            self.skipped_in_row, self.data_state = shared["skipped_in_row"], per_rank["data"]
+        self.flops = FlopsModel.of(model)
+
+    # ------------------------------------------------------------------ precision and modes
+    def _use_bf16(self) -> bool:
+        precision = self.config.train.precision
+        return precision == "bf16" or (precision == "auto" and self.info.device.type == "cuda")
+
+    def _param_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self._use_bf16() and self.config.parallel.strategy == "fsdp" else None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self._use_bf16():
+            return contextlib.nullcontext()
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+
+    def _set_modes(self) -> None:
+        """Adapters in train mode, frozen backbones in eval mode (no dropout, frozen norms' statistics)."""
+        self.train_model.train()
+        self.model.lm.eval()
+        self.model.vision.eval()
+
+    def _grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Synchronise gradients only on the step's last backward (DDP no_sync / FSDP2 gradient sync)."""
+        if self.strategy == "ddp" and not enabled:
+            return self.train_model.no_sync()
+        if self.strategy == "fsdp":
+            self.train_model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ one step
+    def _token_loss_sum(self, batch: Any) -> torch.Tensor:
+        """Summed next-token cross-entropy of a micro-batch over its supervised tokens (fp32)."""
+        batch = batch.to(self.info.device)
+        with self._autocast():
+            out = self.train_model(
+                batch.images, batch.input_ids, batch.attention_mask, image_mask=batch.image_mask
+            )
+        logits = out.logits[:, :-1].float().flatten(0, 1)  # (b*(s-1), vocab)
+        targets = batch.labels[:, 1:].flatten()
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    def _backward_all(self, sources: list[SourceBatches], totals: torch.Tensor) -> torch.Tensor:
+        """Forward/backward every micro-batch; returns this rank's summed token loss per source."""
+        sums = torch.zeros(len(sources), dtype=torch.float64)
+        last = sum(len(s.micro_batches) for s in sources)
+        done = 0
+        for index, source in enumerate(sources):
+            # DDP and FSDP average gradients over ranks; * world_size turns that into the global sum.
+            scale = source.loss_weight * self.info.world_size / float(totals[index].clamp(min=1))
+            for batch in source.micro_batches:
+                done += 1
+                with self._grad_sync(done == last):
+                    loss_sum = self._token_loss_sum(batch)
+                    (loss_sum * scale).backward()
+                sums[index] += loss_sum.detach().double().cpu()
+        return sums
+
+    def train_step(self, sources: list[SourceBatches]) -> StepStats:
+        """One optimizer step over the micro-batches of ``sources`` (see the module docstring)."""
+        self._set_modes()
+        batches = [b for s in sources for b in s.micro_batches]
+        local = [[b.num_supervised for b in s.micro_batches] for s in sources]
+        totals = all_reduce_sum(torch.tensor([sum(c) for c in local], dtype=torch.float64), self.info)
+        sums = self._backward_all(sources, totals)
+        norm = clip_gradients(self.trainable, self.config.train.grad_clip).detach().double().cpu()
+        extra = [sum(b.num_tokens for b in batches), sum(len(b) for b in batches)]
+        extra += [sum(int(b.image_mask.sum()) for b in batches), float(not torch.isfinite(norm))]
+        packed = all_reduce_sum(torch.cat([sums, torch.tensor(extra, dtype=torch.float64)]), self.info)
+        losses = packed[: len(sources)] / totals.clamp(min=1)
+        objective = sum(s.loss_weight * float(v) for s, v in zip(sources, losses))
+        bad = packed[-1].item() > 0 or not torch.isfinite(losses).all().item()
+        lr = lr_at(self.step, self.config.train.lr, self.config.train, self.config.train.steps)
+        self._update(bad, lr)
+        return StepStats(
+            step=self.step,
+            loss=objective,
+            source_losses={s.name: float(v) for s, v in zip(sources, losses)},
+            supervised={s.name: int(t) for s, t in zip(sources, totals)},
+            tokens=int(packed[-4]),
+            samples=int(packed[-3]),
+            images=int(packed[-2]),
+            grad_norm=float(norm),
+            lr=lr,
+            skipped=bad,
+        )
+
+    def _update(self, bad: bool, lr: float) -> None:
+        """Apply the step, or skip it (on every rank alike) when the loss or gradient is not finite."""
+        if bad:
+            self.skipped_steps += 1
+            self.skipped_in_row += 1
+        else:
+            set_lr(self.optimizer, lr)
+            self.optimizer.step()
+            self.skipped_in_row = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1  # the schedule advances over skipped steps too: their data was consumed
+        limit = self.config.train.max_nonfinite_steps
+        if self.skipped_in_row >= limit:
+            raise TrainingError(
+                f"{limit} optimizer steps in a row (up to step {self.step}) had a non-finite loss or gradient, "
+                "so their updates were skipped; lower train.lr, keep train.grad_clip > 0, use "
+                "train.precision=fp32, or check the data (flamingo data validate)"
+            )
+
+    # ------------------------------------------------------------------ the run
+    def save(self, mixture: Mixture) -> Path:
+        config = self.config
+        backbones = config.checkpoint.save_backbones
+        if backbones is None:  # tiny backbones have no other home; sharded ones cannot be written whole
+            backbones = config.model.kind == "tiny" and self.strategy != "fsdp"
+        shared = {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row}
+        return ckpt.save_checkpoint(
+            config.run_dir,
+            self.step,
+            self.model,
+            self.train_model,
+            self.optimizer,
+            shared,
+            {"data": mixture.state_dict()},
+            self.info,
+            config.checkpoint.keep_last,
+            backbones,
+        )
+
+    def fit(self) -> TrainResult:
+        """Train up to ``train.steps`` optimizer steps, logging and checkpointing on the way."""
+        from tqdm.auto import tqdm
+
+        config, info = self.config, self.info
+        run_dir = Path(config.run_dir)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir / "config.yaml")
+        mixture = build_mixture(config, self.model, info)
+        if self.data_state is not None:
+            mixture.load_state_dict(self.data_state)
+        logger = MetricsLogger(
+            run_dir,
+            info.is_main,
+            config.logging.tensorboard,
+            config.logging.wandb,
+            config.logging.wandb_project,
+            config.to_dict(),
+        )
+        result = TrainResult(run_dir, self.step, checkpoint=self.resume_from)
+        bar = tqdm(
+            total=config.train.steps,
+            initial=self.step,
+            disable=not (info.is_main and config.logging.progress),
+            desc="train",
+        )
+        try:
+            while self.step < config.train.steps:
+                started = time.perf_counter()
+                stats = self.train_step(mixture.next_step(self.step, config.train.grad_accum))
+                record = self._record(stats, time.perf_counter() - started, mixture)
+                result.losses[stats.step] = stats.loss
+                if stats.step % config.logging.every == 0 or stats.step == config.train.steps:
+                    logger.log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+                )
+                every = config.checkpoint.every
+                if (every and stats.step % every == 0) or stats.step == config.train.steps:
+                    result.checkpoint = self.save(mixture)
+        finally:
+            bar.close()
+            mixture.close()
+            logger.close()
+        result.step, result.skipped_steps, result.data_skips = self.step, self.skipped_steps, mixture.counts()
+        return result
+
+    def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
+        """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts."""
+        seconds = max(seconds, 1e-9)
+        flops = self.flops.flops(stats.tokens, stats.images)
+        peak = self.config.logging.peak_flops or default_peak_flops(self.info.device)
+        record: dict[str, Any] = {"step": stats.step, "loss": stats.loss, "lr": stats.lr}
+        record |= {f"loss/{name}": value for name, value in stats.source_losses.items()}
+        record |= {
+            "grad_norm": stats.grad_norm,
+            "skipped_step": stats.skipped,
+            "skipped_steps": self.skipped_steps,
+            "samples_per_s": stats.samples / seconds,
+            "tokens_per_s": stats.tokens / seconds,
+            "mfu": flops / seconds / (peak * self.info.world_size),
+            "step_seconds": seconds,
+        }
+        tokens = max(stats.tokens, 1)
+        record["supervised_fraction"] = sum(stats.supervised.values()) / tokens
+        record["skipped_samples"] = mixture.counts()
+        return record
+
+
+def train(config: RunConfig) -> TrainResult:
+    """Run a training job described by ``config`` (see flamingo.train.config); the CLI calls this."""
+    import torch.distributed as dist
+
+    started_group = not (dist.is_available() and dist.is_initialized())
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        if started_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
