@@ -1,0 +1,429 @@
+"""The model interface the evaluator talks to, and its implementation over our ``Flamingo``.
+
+Like lm-evaluation-harness, a model answers a few kinds of request and knows nothing about tasks:
+
+- ``generate(requests) -> list[str]``: continue each prompt (text with ``<image>`` markers + images);
+- ``loglikelihood(context, images, continuations) -> (c,)``: log-probability of each continuation;
+- ``rank_classification(requests) -> (n, c)``: mean token log-probability of every class name;
+- ``embed_images(images) -> (n, d)``: image embeddings for RICES demonstration retrieval.
+
+``FlamingoEvalModel`` makes these fast (reference/openflamingo-facts.md section 5 for the protocol):
+
+* generation is batched with left padding, prompts sorted by length so a batch holds similar lengths;
+* each image's resampled latents ``(l, d)`` are computed once and kept in an LRU keyed by file path, so the
+  same demonstration image is never re-encoded for the next prompt that shows it;
+* rank classification runs the prompt once with the KV cache on, then scores a chunk of class names per
+  forward pass from copies of that cache: chunk rows share the prompt's single media row
+  (``Flamingo.forward`` rows ``r*e .. r*e+e-1`` share media row ``r``), and the log-probabilities are gathered
+  for all tokens at once.
+
+Images are given as file paths (cached) or PIL images (encoded for that call only).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+if TYPE_CHECKING:
+    from flamingo.model.flamingo import Flamingo
+    from flamingo.processing import FlamingoProcessor
+
+ImageLike = str | Image.Image
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class GenerateRequest:
+    """One prompt to continue: ``prompt`` holds one ``<image>`` per entry of ``images``, in order."""
+
+    prompt: str
+    images: list[ImageLike]
+    num_beams: int = 3
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    length_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    """Extra stop strings besides ``<|endofchunk|>``; the output is cut at the first one."""
+
+    def decoding_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can share a batch."""
+        return (self.num_beams, self.max_new_tokens, self.min_new_tokens, self.length_penalty, self.stop)
+
+
+@dataclass
+class RankRequest:
+    """Score every class name as a continuation of ``prompt``."""
+
+    prompt: str
+    images: list[ImageLike]
+    class_names: Sequence[str] = field(default_factory=list)
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a path or a PIL image, with a clear error for a missing file."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"image not found: {image} (check the data root and the task's paths)"
+        ) from err
+
+
+def check_prompt(prompt: str, images: Sequence[ImageLike]) -> None:
+    """One ``<image>`` per image, or a clear error."""
+    if prompt.count(IMAGE_TOKEN) != len(images):
+        raise ValueError(
+            f"prompt has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} markers but {len(images)} images: "
+            f"give one image per marker, in order. Prompt starts: {prompt[:80]!r}"
+        )
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first stop string."""
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text
+
+
+class EvalModel(abc.ABC):
+    """What the evaluator needs from a model. Subclass it to evaluate another VLM."""
+
+    name: str = "model"
+    """Identifies the model in results files and the RICES embedding cache key."""
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """The generated continuation of every request (prompt removed), in request order."""
+
+    @abc.abstractmethod
+    def loglikelihood(
+        self, context: str, images: Sequence[ImageLike], continuations: Sequence[str], reduce: str = "sum"
+    ) -> torch.Tensor:
+        """(c,) float: sum (``reduce="sum"``) or mean (``"mean"``) log-probability of each continuation's
+        tokens after ``context``; each continuation is tokenized on its own, as OpenFlamingo does."""
+
+    def rank_classification(self, requests: Sequence[RankRequest]) -> torch.Tensor:
+        """(n, c) mean token log-probability of each class name after each prompt."""
+        rows = [self.loglikelihood(r.prompt, r.images, r.class_names, reduce="mean") for r in requests]
+        return torch.stack(rows) if rows else torch.empty(0, 0)
+
+    @abc.abstractmethod
+    def embed_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """(n, d) float image embeddings, used by RICES (cosine similarity)."""
+
+    def describe(self) -> dict[str, Any]:
+        """The model's identity, recorded in ``results.json``."""
+        return {"name": self.name, "class": type(self).__name__}
+
+
+# --------------------------------------------------------------------------------------------------
+# Caches
+# --------------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """An LRU of per-image latents ``(l, d)`` keyed by image path."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        if self.capacity <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def expand_cache(cache: Any, rows: int) -> Any:
+    """A cache holding ``rows`` copies of the single-row ``cache`` along the batch; ``cache`` is untouched.
+
+    transformers ``Cache`` objects grow in place (``DynamicLayer.update`` concatenates and reassigns), so each
+    chunk of continuations gets a shallow copy whose layers are then repeated with the public
+    ``batch_repeat_interleave``; legacy tuple caches are repeated tensor by tensor.
+    """
+    from transformers.cache_utils import Cache
+
+    if isinstance(cache, Cache):
+        new = copy.copy(cache)
+        new.layers = [copy.copy(layer) for layer in cache.layers]
+        new.batch_repeat_interleave(rows)
+        return new
+    return tuple(tuple(t.repeat_interleave(rows, dim=0) for t in layer) for layer in cache)
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ids (c, T) right-padded with ``pad_id`` and their lengths (c,)."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids, lengths
+
+
+# --------------------------------------------------------------------------------------------------
+# Our model
+# --------------------------------------------------------------------------------------------------
+
+
+class FlamingoEvalModel(EvalModel):
+    """``EvalModel`` over ``flamingo.model.Flamingo`` with batched generation, an image-latent cache and
+    rank classification from one prompt KV cache."""
+
+    def __init__(
+        self,
+        model: Flamingo,
+        processor: FlamingoProcessor | None = None,
+        batch_size: int = 8,
+        class_chunk_size: int = 128,
+        feature_cache_size: int = 4096,
+        encode_batch_size: int = 32,
+        name: str | None = None,
+    ) -> None:
+        from flamingo.processing import FlamingoProcessor
+
+        self.model = model.eval()
+        self.processor = processor or FlamingoProcessor.from_model(model, padding_side="left")
+        self.tokenizer = self.processor.tokenizer
+        self.batch_size = batch_size
+        self.class_chunk_size = class_chunk_size
+        self.encode_batch_size = encode_batch_size
+        self.features = FeatureCache(feature_cache_size)
+        self.name = name or f"flamingo:{model.config.lm.name_or_path}"
+        self._class_tokens: dict[tuple[str, ...], list[list[int]]] = {}
+        self.images_encoded = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", **kwargs: Any) -> FlamingoEvalModel:
+        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``."""
+        from flamingo.model.flamingo import Flamingo
+
+        return cls(Flamingo.from_pretrained(path, device=device), name=kwargs.pop("name", path), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        config = self.model.config
+        return {
+            "name": self.name,
+            "class": type(self).__name__,
+            "lm": config.lm.name_or_path,
+            "vision": config.vision.name,
+            "num_latents": config.perceiver.num_latents,
+            "cross_attn_every_n": config.cross_attn.every_n,
+        }
+
+    # ------------------------------------------------------------------ image latents
+    def _encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> latents (n, l, d), ``encode_batch_size`` images per vision forward."""
+        chunks = []
+        for start in range(0, len(images), self.encode_batch_size):
+            pixels = self.processor.image_transform(images[start : start + self.encode_batch_size])
+            pixels = pixels.to(self.device)[None, :, None]  # (1, n, 1, c, h, w)
+            chunks.append(self.model.encode_media(pixels)[0])  # (n, l, d)
+        self.images_encoded += len(images)
+        return torch.cat(chunks)
+
+    def image_latents(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
+        """Latents (l, d) of each image; paths hit the LRU, missing ones are encoded together."""
+        found: dict[Any, torch.Tensor] = {}
+        missing: dict[Any, ImageLike] = {}
+        for image in images:
+            key = image if isinstance(image, str) else ("pil", id(image))
+            if key in found or key in missing:
+                continue
+            cached = self.features.get(key) if isinstance(key, str) else None
+            if cached is None:
+                missing[key] = image
+            else:
+                found[key] = cached
+        if missing:
+            latents = self._encode([load_image(im) for im in missing.values()])
+            for key, value in zip(missing, latents):
+                found[key] = value
+                if isinstance(key, str):
+                    self.features.put(key, value)
+        return [found[image if isinstance(image, str) else ("pil", id(image))] for image in images]
+
+    def batch_media(
+        self, rows: Sequence[Sequence[ImageLike]]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-row image lists -> media (b, t, l, d) front-aligned with zeros, and image_mask (b, t)."""
+        slots = max((len(r) for r in rows), default=0)
+        if slots == 0:
+            return None, None
+        latents = self.image_latents([im for r in rows for im in r])
+        media = latents[0].new_zeros(len(rows), slots, *latents[0].shape)
+        mask = torch.zeros(len(rows), slots, dtype=torch.bool, device=media.device)
+        start = 0
+        for i, row in enumerate(rows):
+            if row:
+                media[i, : len(row)] = torch.stack(latents[start : start + len(row)])
+                mask[i, : len(row)] = True
+            start += len(row)
+        return media, mask
+
+    # ------------------------------------------------------------------ generation
+    def _token_lengths(self, prompts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        for r in requests:
+            check_prompt(r.prompt, r.images)
+        lengths = self._token_lengths([r.prompt for r in requests])
+        # Longest first within each decoding setting: batches hold similar lengths (less padding) and an
+        # out-of-memory error, if any, shows up on the first batch.
+        order = sorted(range(len(requests)), key=lambda i: (str(requests[i].decoding_key()), -lengths[i]))
+        outputs: list[str] = [""] * len(requests)
+        start = 0
+        while start < len(order):
+            key = requests[order[start]].decoding_key()
+            batch = [order[start]]
+            while (
+                len(batch) < self.batch_size
+                and start + len(batch) < len(order)
+                and requests[order[start + len(batch)]].decoding_key() == key
+            ):
+                batch.append(order[start + len(batch)])
+            for index, text in zip(batch, self._generate_batch([requests[i] for i in batch])):
+                outputs[index] = text
+            start += len(batch)
+        return outputs
+
+    def _generate_batch(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """One left-padded batch with the same decoding settings -> decoded continuations."""
+        first = requests[0]
+        enc = self.tokenizer(
+            [r.prompt for r in requests], padding=True, padding_side="left", return_tensors="pt"
+        )
+        ids, attention = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        media, image_mask = self.batch_media([r.images for r in requests])
+        out = self.model.generate(
+            None,
+            ids,
+            attention,
+            media=media,
+            image_mask=image_mask,
+            num_beams=first.num_beams,
+            max_new_tokens=first.max_new_tokens,
+            min_new_tokens=first.min_new_tokens,
+            length_penalty=first.length_penalty,
+            do_sample=False,
+        )
+        texts = self.processor.decode(out, ids.shape[1])
+        return [cut_at_stop(t, first.stop) for t in texts]
+
+    # ------------------------------------------------------------------ scoring
+    def _continuation_tokens(self, continuations: Sequence[str]) -> list[list[int]]:
+        key = tuple(continuations)
+        if key not in self._class_tokens:
+            tokens = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+            empty = [c for c, t in zip(continuations, tokens) if not t]
+            if empty:
+                raise ValueError(f"continuations {empty[:3]} tokenize to no tokens; they cannot be scored.")
+            self._class_tokens = {key: tokens}  # keep only the latest list (one task's class names)
+        return self._class_tokens[key]
+
+    @torch.no_grad()
+    def loglikelihood(
+        self, context: str, images: Sequence[ImageLike], continuations: Sequence[str], reduce: str = "sum"
+    ) -> torch.Tensor:
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
+        check_prompt(context, images)
+        tokens = self._continuation_tokens(continuations)
+        ids = self.tokenizer(context, return_tensors="pt")["input_ids"].to(self.device)  # (1, L)
+        media, _ = self.batch_media([images])
+        out = self.model(input_ids=ids, media=media, use_cache=True)
+        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,) predicts every first token
+        offset = torch.tensor([len(images)], device=self.device)
+        totals = torch.empty(len(tokens))
+        counts = torch.tensor([len(t) for t in tokens], dtype=torch.float)
+        # Similar lengths together: less padding per chunk.
+        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
+        for start in range(0, len(order), self.class_chunk_size):
+            chunk = order[start : start + self.class_chunk_size]
+            scores = self._score_chunk([tokens[i] for i in chunk], first, out.past_key_values, media, offset)
+            totals[chunk] = scores.cpu()
+        return totals / counts if reduce == "mean" else totals
+
+    def _score_chunk(
+        self,
+        tokens: Sequence[Sequence[int]],
+        first: torch.Tensor,
+        cache: Any,
+        media: torch.Tensor | None,
+        offset: torch.Tensor,
+    ) -> torch.Tensor:
+        """Summed log-probabilities (c,) of c continuations after the cached prompt."""
+        ids, lengths = pad_right(tokens, self.model.config.tokens.pad_id)
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        total = first[ids[:, 0]]  # (c,)
+        if ids.shape[1] == 1:  # single-token continuations: the prompt's last logits say everything
+            return total
+        rows, prompt_len = ids.shape[0], _cache_length(cache)
+        inputs = ids[:, :-1]  # the last token is predicted, never fed
+        attention = torch.ones(rows, prompt_len + inputs.shape[1], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=inputs,
+            attention_mask=attention,
+            media=media,
+            image_offset=None if media is None else offset,
+            past_key_values=expand_cache(cache, rows),
+            use_cache=True,
+        )
+        logp = F.log_softmax(out.logits.float(), dim=-1)  # (c, T-1, V)
+        picked = logp.gather(-1, ids[:, 1:, None])[..., 0]  # (c, T-1): log p(token j+1 | ... token j)
+        valid = torch.arange(1, ids.shape[1], device=ids.device)[None] < lengths[:, None]
+        return total + (picked * valid).sum(dim=1)
+
+    # ------------------------------------------------------------------ embeddings
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Mean-pooled patch features of the vision encoder (n, d_vis), ``encode_batch_size`` at a time."""
+        chunks = []
+        for start in range(0, len(images), self.encode_batch_size):
+            batch = [load_image(im) for im in images[start : start + self.encode_batch_size]]
+            pixels = self.processor.image_transform(batch).to(self.device)
+            chunks.append(self.model.vision(pixels).mean(dim=1).float().cpu())  # (n, d_vis)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.model.vision.width)
+
+
+def _cache_length(cache: Any) -> int:
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])
