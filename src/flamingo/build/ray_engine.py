@@ -7,12 +7,15 @@ the hash records come to the driver, which plans the drops in input order and se
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from flamingo.build.engine import (
     BuildResult,
@@ -36,7 +39,19 @@ def _objects(values: list[Any]) -> np.ndarray:
     return out
 
 
+def _fit_threads_to_task() -> None:
+    """Keep a task inside its one-CPU reservation: Ray sets OMP_NUM_THREADS for the task, but OpenCV (face
+    detection) and torch (CLIP) size their own thread pools from the machine and would oversubscribe it."""
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(ImportError):
+        import cv2
+
+        cv2.setNumThreads(threads)
+
+
 def _prepare_batch(batch: dict[str, np.ndarray], models: Models) -> dict[str, np.ndarray]:
+    _fit_threads_to_task()
     docs, stats = [], []
     for raw in batch["task"]:
         shard_docs, shard_stats = prepare_shard(pickle.loads(raw), models.eval_index)
@@ -57,6 +72,7 @@ def _hash_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _finish_batch(
     batch: dict[str, np.ndarray], decisions: dict[int, Decisions], models: Models
 ) -> dict[str, np.ndarray]:
+    _fit_threads_to_task()
     stats, paths = [], []
     for index, raw_task, raw_docs in zip(batch["index"], batch["task"], batch["docs"]):
         shard_stats, shard_paths = finish_shard(
@@ -90,9 +106,11 @@ def run_ray(tasks: list[ShardTask], models: Models, workers: int, progress: bool
     try:
         ray.data.DataContext.get_current().enable_progress_bars = progress
         items = [{"index": t.index, "task": dumps(t)} for t in tasks]
+        # One block per input file and one CPU per task, so `workers` files are processed at once.
+        per_task = {"batch_size": 1, "num_cpus": 1, "concurrency": workers}
         prepared = (
-            ray.data.from_items(items)
-            .map_batches(_prepare_batch, batch_size=1, fn_kwargs={"models": models})
+            ray.data.from_items(items, override_num_blocks=len(items))
+            .map_batches(_prepare_batch, fn_kwargs={"models": models}, **per_task)
             .materialize()
         )
         records = [
@@ -100,7 +118,7 @@ def run_ray(tasks: list[ShardTask], models: Models, workers: int, progress: bool
         ]
         decisions = plan_dedup(records, tasks[0].config.filter)
         finished = prepared.map_batches(
-            _finish_batch, batch_size=1, fn_kwargs={"decisions": decisions, "models": models}
+            _finish_batch, fn_kwargs={"decisions": decisions, "models": models}, **per_task
         ).take_all()
         stats = BuildStats()
         for row in sorted(prepared.select_columns(["index", "stats"]).take_all(), key=lambda r: r["index"]):

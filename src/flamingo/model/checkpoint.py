@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from flamingo.model.config import FlamingoConfig
 from flamingo.model.flamingo import Flamingo
-from flamingo.model.lm import add_special_tokens, check_token_ids
+from flamingo.model.lm import add_special_tokens, check_token_ids, ensure_lm_class
 from flamingo.model.vision import VisionAdapter, build_vision_adapter
 
 WEIGHTS_NAME = "model.safetensors"
@@ -34,6 +34,7 @@ def load_lm_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config.lm
+    ensure_lm_class(lm_dir or cfg.name_or_path)
     lm = AutoModelForCausalLM.from_pretrained(
         lm_dir or cfg.name_or_path,
         revision=None if lm_dir else cfg.revision,

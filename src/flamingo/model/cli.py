@@ -67,9 +67,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from flamingo.model.tiny import build_tiny_flamingo
-
     from PIL import Image, ImageDraw
+
+    from flamingo.model.tiny import build_tiny_flamingo
 
     model = build_tiny_flamingo(args.family, vision=args.vision, gate_init=args.gate_init, seed=args.seed)
     model.save_pretrained(args.out, save_backbones=True)

@@ -36,6 +36,28 @@ DECODER_LAYERS: dict[str, str] = {
 }
 
 
+# LM classes of this project that are not part of transformers: model_type -> module whose import registers the
+# class with AutoConfig / AutoModelForCausalLM. Looked up by name, so model/ imports nothing above it.
+CUSTOM_LMS: dict[str, str] = {"flamingo_quickstart_lm": "flamingo.quickstart"}
+
+
+def ensure_lm_class(name_or_path: str) -> None:
+    """Import the module that registers a custom LM class when a local LM directory names one."""
+    import importlib
+    import json
+    from pathlib import Path
+
+    config = Path(name_or_path) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return
+    if model_type in CUSTOM_LMS:
+        importlib.import_module(CUSTOM_LMS[model_type])
+
+
 class LayerLookupError(LookupError):
     """The decoder layer list of an LM could not be found."""
 

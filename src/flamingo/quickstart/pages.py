@@ -1,0 +1,190 @@
+"""The world as web pages in WARC files, and the evaluation sets in the real benchmarks' file formats.
+
+Pages are HTML with ``<img src="file:///...png">`` pictures stored as local files (the builder reads them
+through ``FetchConfig.local_root``). Each sentence sits in its own ``<p>`` with its picture in front, but the
+builder does not know that: it places pictures by its own CLIP similarities. Three page kinds, one WARC each:
+caption pages, Q&A pages and bursty pages (pets and products with invented names, mentioned again).
+
+Evaluation files (written under ``eval/``): captions as a Karpathy-split JSON, VQA as question and annotation
+JSONs, each with a ``train`` split (the demonstration pool) and a ``test`` split of fresh pictures.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from flamingo.quickstart import text, world
+
+PAGE_KINDS = ("captions", "qa", "bursty")
+
+
+@dataclass
+class Page:
+    """One web page: a title, an intro, (picture, sentence) items and an outro."""
+
+    url: str
+    title: str
+    intro: str
+    items: list[tuple[Path, str]]
+    outro: str
+
+    def to_html(self) -> str:
+        paragraphs = [f"<h1>{html.escape(self.intro)}</h1>"]
+        for path, sentence in self.items:
+            src = html.escape(path.resolve().as_uri(), quote=True)
+            paragraphs.append(f'<p><img src="{src}" alt=""> {html.escape(sentence)}</p>')
+        paragraphs.append(f"<p>{html.escape(self.outro)}</p>")
+        body = "\n".join(paragraphs)
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>"
+            f"<body><nav><a href='/'>Home</a> <a href='/about'>About</a></nav><article>\n{body}\n</article>"
+            "<footer>World pages, drawn for the flamingo-vlm quickstart.</footer></body></html>"
+        )
+
+
+def _save(image: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def caption_page(index: int, rng: random.Random, folder: Path) -> Page:
+    """4-6 pictures of training classes, one caption sentence each."""
+    items = []
+    for i in range(rng.randint(4, 6)):
+        scene = world.random_scene(rng)
+        path = _save(world.draw_scene(scene, rng), folder / f"c{index:05d}_{i}.png")
+        items.append((path, text.caption_sentence(scene, rng)))
+    url = f"http://world.quickstart/drawings/{index}.html"
+    return Page(url, "Drawings", rng.choice(text.CAPTION_PAGE_INTROS), items, rng.choice(text.OUTROS))
+
+
+def qa_page(index: int, rng: random.Random, folder: Path) -> Page:
+    """4-6 pictures, one question-and-answer sentence each."""
+    items = []
+    for i in range(rng.randint(4, 6)):
+        scene = world.random_scene(rng)
+        path = _save(world.draw_scene(scene, rng), folder / f"q{index:05d}_{i}.png")
+        items.append((path, text.qa_sentence(scene, rng.choice(text.QUESTION_KINDS))))
+    url = f"http://world.quickstart/quiz/{index}.html"
+    return Page(url, "Quiz", "Test your eyes.", items, rng.choice(text.OUTROS))
+
+
+def bursty_page(index: int, rng: random.Random, folder: Path, names: list[str]) -> Page:
+    """2-4 objects of distinct training classes with invented names, each shown 1-3 times (5-8 pictures)."""
+    classes = rng.sample(world.training_combos(), rng.randint(2, 4))
+    cast = list(zip(rng.sample(names, len(classes)), classes))
+    mentions = cast + [rng.choice(cast) for _ in range(rng.randint(5, 8) - len(cast))]
+    rng.shuffle(mentions)
+    items = []
+    for i, (name, (shape, colour)) in enumerate(mentions):
+        scene = world.Scene(shape, colour, 1)
+        path = _save(world.draw_scene(scene, rng), folder / f"b{index:05d}_{i}.png")
+        items.append((path, text.bursty_sentence(name, scene, rng)))
+    url = f"http://world.quickstart/friends/{index}.html"
+    return Page(url, "Friends", rng.choice(text.BURSTY_INTROS), items, rng.choice(text.OUTROS))
+
+
+def write_warc(pages: list[Page], path: Path) -> Path:
+    """A gzipped WARC with one HTML ``response`` record per page."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as stream:
+        writer = WARCWriter(stream, gzip=True)
+        for page in pages:
+            headers = StatusAndHeaders(
+                "200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1"
+            )
+            payload = io.BytesIO(page.to_html().encode("utf-8"))
+            writer.write_record(
+                writer.create_warc_record(page.url, "response", payload=payload, http_headers=headers)
+            )
+    return path
+
+
+def make_pages(root: Path, kind: str, count: int, names: list[str], seed: int) -> list[Page]:
+    """``count`` pages of one kind, pictures under ``root/images/<kind>``."""
+    rng = random.Random(f"pages-{kind}-{seed}")
+    folder = root / "images" / kind
+    if kind == "captions":
+        return [caption_page(i, rng, folder) for i in range(count)]
+    if kind == "qa":
+        return [qa_page(i, rng, folder) for i in range(count)]
+    if kind == "bursty":
+        return [bursty_page(i, rng, folder, names) for i in range(count)]
+    raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
+
+
+def write_world_warcs(
+    root: Path, counts: dict[str, int], names: list[str], seed: int, files: int = 3
+) -> list[Path]:
+    """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``."""
+    pages = [page for kind, count in counts.items() for page in make_pages(root, kind, count, names, seed)]
+    random.Random(f"crawl-{seed}").shuffle(pages)
+    return [
+        write_warc(pages[i::files], root / "warc" / f"world-{i}.warc.gz")
+        for i in range(min(files, len(pages)))
+    ]
+
+
+# ------------------------------------------------------------------------------------------ evaluation files
+
+
+def write_caption_set(root: Path, train: int, test: int, seed: int) -> Path:
+    """``captions/dataset_world.json`` in the Karpathy layout (``images[]`` with split, filename, sentences)."""
+    rng = random.Random(f"eval-captions-{seed}")
+    items = []
+    for i in range(train + test):
+        scene = world.random_scene(rng)
+        name = f"cap_{i:06d}.png"
+        _save(world.draw_scene(scene, rng), root / "captions" / "images" / name)
+        items.append(
+            {
+                "imgid": i,
+                "split": "train" if i < train else "test",
+                "filepath": "",
+                "filename": name,
+                "sentences": [{"raw": scene.caption(), "tokens": scene.caption().split()}],
+            }
+        )
+    path = root / "captions" / "dataset_world.json"
+    path.write_text(json.dumps({"dataset": "world", "images": items}))
+    return path
+
+
+def write_vqa_set(root: Path, train: int, test: int, seed: int) -> dict[str, Path]:
+    """VQA question and annotation JSONs per split (10 identical answers each), pictures ``img_<id>.png``."""
+    rng = random.Random(f"eval-vqa-{seed}")
+    paths = {}
+    for split, count, offset in (("train", train, 0), ("test", test, train)):
+        questions, annotations = [], []
+        for i in range(offset, offset + count):
+            scene = world.random_scene(rng)
+            _save(world.draw_scene(scene, rng), root / "vqa" / "images" / f"img_{i:06d}.png")
+            kind = rng.choice(text.QUESTION_KINDS)
+            question, answer = text.question_answer(scene, kind)
+            questions.append({"question_id": i, "image_id": i, "question": question})
+            annotations.append(
+                {
+                    "question_id": i,
+                    "image_id": i,
+                    "question_type": kind,
+                    "answer_type": "number" if kind == "count" else "other",
+                    "multiple_choice_answer": answer,
+                    "answers": [{"answer": answer, "answer_id": k + 1} for k in range(10)],
+                }
+            )
+        q_path, a_path = root / "vqa" / f"questions_{split}.json", root / "vqa" / f"annotations_{split}.json"
+        q_path.write_text(json.dumps({"questions": questions}))
+        a_path.write_text(json.dumps({"annotations": annotations}))
+        paths[split] = q_path
+    return paths

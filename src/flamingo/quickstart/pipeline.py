@@ -1,0 +1,285 @@
+"""``run_quickstart``: world -> pages (WARC) -> tiny CLIP -> small LM -> builder -> trainer -> evaluation -> report.
+
+Every stage prints what it does and how long it took; everything lands under one output folder::
+
+    <out>/world/        names, WARC files (warc/) and their pictures (images/)
+    <out>/backbones/    clip/ (open_clip weights), lm/ (the smeared-key LM and its tokenizer)
+    <out>/build/        the builder's output: shards/, stats.json, report.md
+    <out>/train/        the trainer's run directory: metrics.jsonl, checkpoints/
+    <out>/model/        the final checkpoint (backbones included): flamingo generate / serve open it
+    <out>/eval/         evaluation data (Karpathy / VQA JSON), results of the generic evaluator, episodes.json
+    <out>/report.md, report.html, plots/
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes of every stage; :meth:`small` is the CI configuration."""
+
+    out: str = "runs/quickstart"
+    """Output folder."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Evaluation seeds (demonstrations and episodes)."""
+    pages: dict[str, int] = field(default_factory=lambda: {"captions": 200, "qa": 200, "bursty": 600})
+    """Web pages per kind."""
+    clip_steps: int = 600
+    """Contrastive CLIP steps (batch 128)."""
+    lm_max_steps: int = 1500
+    """Most LM pretraining steps; stops earlier once copy accuracy reaches ``lm_copy_threshold``."""
+    lm_copy_threshold: float = 0.98
+    """Held-out copy accuracy at which LM pretraining stops."""
+    similarity_threshold: float = 0.2
+    """Builder and loader: image-sentence pairs with a lower CLIP cosine similarity are dropped."""
+    train_steps: int = 1000
+    """Flamingo training steps."""
+    batch_size: int = 16
+    """Documents per training step."""
+    gate_init: float = 0.5
+    """Initial value of the cross-attention tanh gates."""
+    episodes: int = 300
+    """Novel-label episodes per condition and seed."""
+    eval_samples: int = 100
+    """Test examples per generic task (captions, VQA)."""
+    threads: int = 2
+    """torch threads (use 1 when other work shares the CPU)."""
+    seed: int = 0
+    """Seed of the world and of training."""
+
+    @classmethod
+    def small(cls, out: str = "runs/quickstart-small", seeds: tuple[int, ...] = (0, 1)) -> QuickstartConfig:
+        """A few-minute configuration for CI: fewer pages, steps, episodes and samples."""
+        return cls(
+            out=out,
+            seeds=seeds,
+            pages={"captions": 40, "qa": 40, "bursty": 240},
+            clip_steps=300,
+            lm_max_steps=1200,
+            lm_copy_threshold=0.9,
+            train_steps=400,
+            batch_size=16,
+            episodes=100,
+            eval_samples=24,
+        )
+
+
+@dataclass
+class StageLog:
+    """Wall time of each stage, and printing with timestamps relative to the start."""
+
+    printer: Callable[[str], None] = print
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, message: str) -> None:
+        self.printer(f"[{time.perf_counter() - self.started:6.1f}s] {message}")
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self(f"{name}: {what}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        self(f"{name}: done in {self.seconds[name]:.1f}s")
+
+
+def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage; returns the summary that the report is made of (also written to summary.json)."""
+    import torch
+
+    from flamingo.quickstart import report, stages
+
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = StageLog(printer)
+    summary: dict[str, Any] = {"config": asdict(config), "paths": {}}
+    world_info = _world_stage(config, out, log)
+    summary["world"] = world_info["stats"]
+    clip_result = _clip_stage(config, out, log, world_info["train_names"])
+    summary["clip"] = {"metrics": clip_result.metrics, "losses": clip_result.losses}
+    lm_result = _lm_stage(config, out, log, world_info)
+    summary["lm"] = {
+        "steps": lm_result.steps,
+        "copy_accuracy": lm_result.copy_accuracy,
+        "losses": lm_result.losses,
+    }
+    with log.stage("build", "builder: WARC -> fetch -> filter -> CLIP placement -> interleaved shards"):
+        built = stages.build_shards(
+            world_info["warcs"], out / "world" / "images", out / "build",
+            clip_result.full_weights, config.similarity_threshold,
+        )  # fmt: skip
+        _log_build(log, built)
+    summary["build"] = {"stats": built.stats, "validation": built.validation}
+    model_dir, metrics = _train_stage(
+        config, out, log, lm_result.directory, clip_result.visual_weights, built
+    )
+    summary["train"] = {"metrics": metrics}
+    summary["eval"] = _eval_stage(config, out, log, model_dir, world_info["heldout_names"])
+    summary["timings"] = dict(log.seconds)
+    summary["paths"] = _paths(out)
+    with log.stage("report", "writing report.md, report.html and plots"):
+        (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
+        report.write_report(out, summary)
+    summary["timings"]["total"] = time.perf_counter() - log.started
+    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
+    log(f"quickstart finished in {summary['timings']['total']:.0f}s; open {out / 'report.html'}")
+    return summary
+
+
+def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str, Any]:
+    from flamingo.quickstart import pages, text, world
+
+    with log.stage("world", "drawing pictures, writing web pages (WARC) and evaluation sets"):
+        train_names, heldout_names = world.invented_names(config.seed)
+        root = out / "world"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
+        warcs = pages.write_world_warcs(root, config.pages, train_names, config.seed)
+        eval_root = out / "eval" / "data"
+        pages.write_caption_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
+        pages.write_vqa_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
+        tokenizer = text.build_tokenizer(world.vocabulary_words(), train_names + heldout_names)
+        stats = {
+            "pages": dict(config.pages),
+            "vocabulary": len(tokenizer),
+            "heldout_combos": sorted(world.HELDOUT_COMBOS),
+        }
+        log(
+            f"  {sum(config.pages.values())} pages in {len(warcs)} WARC files; vocabulary {len(tokenizer)} words"
+        )
+    return {
+        "train_names": train_names,
+        "heldout_names": heldout_names,
+        "warcs": warcs,
+        "tokenizer": tokenizer,
+        "stats": stats,
+    }
+
+
+def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[str]) -> Any:
+    from flamingo.quickstart.clip import train_clip
+
+    with log.stage("clip", f"training the tiny CLIP contrastively ({config.clip_steps} steps)"):
+        result = train_clip(
+            out / "backbones" / "clip", names, steps=config.clip_steps, seed=config.seed, log=log
+        )
+        log("  " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
+    return result
+
+
+def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, world_info: dict[str, Any]) -> Any:
+    from flamingo.quickstart.lm_train import pretrain_lm
+
+    with log.stage(
+        "lm", f"pretraining the smeared-key LM until held-out copy accuracy >= {config.lm_copy_threshold}"
+    ):
+        result = pretrain_lm(
+            out / "backbones" / "lm", world_info["tokenizer"], world_info["train_names"],
+            world_info["heldout_names"], max_steps=config.lm_max_steps, threshold=config.lm_copy_threshold,
+            seed=config.seed, log=log,
+        )  # fmt: skip
+        accuracy = result.copy_accuracy[-1][1] if result.copy_accuracy else float("nan")
+        log(f"  stopped after {result.steps} steps: held-out copy accuracy {accuracy:.3f}")
+    return result
+
+
+def _log_build(log: StageLog, built: Any) -> None:
+    validation = built.validation
+    log(
+        f"  shards valid: {validation['ok']}; {validation['documents']} documents, {validation['images']} images; "
+        f"images per document {validation['images_per_document']}"
+    )
+
+
+def _train_stage(
+    config: QuickstartConfig, out: Path, log: StageLog, lm_dir: Path, clip_visual: Path, built: Any
+) -> tuple[Path, list[dict[str, Any]]]:
+    from flamingo import Flamingo
+    from flamingo.quickstart import stages
+
+    with log.stage(
+        "train", f"training Perceiver + cross-attention with the trainer ({config.train_steps} steps)"
+    ):
+        init_dir = stages.initial_model(
+            lm_dir, clip_visual, out / "train" / "init", config.gate_init, config.seed
+        )
+        run = stages.train_config(
+            init_dir, built.shards_dir, out / "train", config.train_steps, config.batch_size,
+            config.similarity_threshold, config.seed,
+        )  # fmt: skip
+        trained_dir, metrics = stages.train_adapters(run)
+        log(f"  loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}")
+        model = Flamingo.from_pretrained(str(trained_dir))
+        model.save_pretrained(str(out / "model"), save_backbones=True)
+    return out / "model", metrics
+
+
+def _eval_stage(
+    config: QuickstartConfig, out: Path, log: StageLog, model_dir: Path, heldout_names: list[str]
+) -> dict[str, Any]:
+    from flamingo import Flamingo, FlamingoProcessor
+    from flamingo.eval.evaluator import evaluate
+    from flamingo.eval.models import FlamingoEvalModel
+    from flamingo.quickstart.episodes import run_conditions
+
+    results: dict[str, Any] = {}
+    with log.stage("eval", "novel-label episodes (0/4/8 shots, ablations), captions and VQA (0/4/8 shots)"):
+        model = Flamingo.from_pretrained(str(model_dir))
+        processor = FlamingoProcessor.from_model(model)
+        episodes = {}
+        for seed in config.seeds:
+            episodes[seed] = run_conditions(model, processor, heldout_names, seed, config.episodes)
+            scores = {k: v["open_accuracy"] for k, v in episodes[seed].items() if "open_accuracy" in v}
+            log(f"  seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        results["episodes"] = episodes
+        tasks = [str(TASKS_DIR / "world_captions.yaml"), str(TASKS_DIR / "world_vqa.yaml")]
+        generic = evaluate(
+            FlamingoEvalModel(model, processor), tasks, str(out / "eval" / "data"), shots=(0, 4, 8),
+            seeds=config.seeds, query_set_size=256, batch_size=16, out_dir=out / "eval" / "results",
+            progress=False,
+        )  # fmt: skip
+        results["generic"] = generic
+        for task, data in generic.items():
+            log(f"  {task}: {json.dumps(_shot_scores(data))}")
+    return results
+
+
+def _shot_scores(results: dict[str, Any]) -> dict[str, float]:
+    """``{shots: mean score}`` from a ``results.json`` of the generic evaluator."""
+    from flamingo.quickstart.report import shot_scores
+
+    return shot_scores(results)
+
+
+def _paths(out: Path) -> dict[str, str]:
+    names = {
+        "warc": "world/warc", "images": "world/images", "clip": "backbones/clip", "lm": "backbones/lm",
+        "shards": "build/shards", "build_report": "build/report.md", "train_metrics": "train/metrics.jsonl",
+        "model": "model", "eval_results": "eval/results", "report": "report.html",
+    }  # fmt: skip
+    return {k: str(out / v) for k, v in names.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    """Summaries hold episodes (pictures); keep only what JSON can carry."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if k != "episodes" or not isinstance(v, list)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return repr(value)

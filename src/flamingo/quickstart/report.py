@@ -1,0 +1,184 @@
+"""The quickstart report: ``report.md`` and ``report.html`` with loss curves, score-vs-shots plots, example
+predictions with their pictures, stage timings, artifact locations, backbone metrics, seeds and spread."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import statistics
+from pathlib import Path
+from typing import Any
+
+CONDITIONS = ("0-shot", "4-shot", "8-shot", "4-shot blanked", "4-shot text-only", "4-shot held-out combos")
+
+
+def shot_scores(results: dict[str, Any]) -> dict[str, float]:
+    """``{shots: mean score over seeds}`` from one task's ``results.json`` content."""
+    scores = {}
+    for key, entry in (results.get("scores") or {}).items():
+        value = entry.get("mean") if isinstance(entry, dict) else entry
+        if isinstance(value, int | float):
+            scores[str(key)] = float(value)
+    return scores
+
+
+def episode_table(episodes: dict[Any, dict[str, Any]]) -> list[tuple[str, list[float]]]:
+    """(condition, open accuracy per seed) for every condition, in :data:`CONDITIONS` order."""
+    rows = []
+    for condition in CONDITIONS:
+        values = [e[condition]["open_accuracy"] for e in episodes.values() if condition in e]
+        if values:
+            rows.append((condition, values))
+    return rows
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def _plots(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """Loss curves (CLIP, LM, Flamingo) and score-vs-shots plots as PNG files under ``out/plots``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = out / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    curves = [
+        ("tiny CLIP (contrastive)", summary["clip"]["losses"]),
+        ("smeared-key LM (text)", summary["lm"]["losses"]),
+        ("Flamingo adapters (trainer)", [m["loss"] for m in summary["train"]["metrics"]]),
+    ]
+    for ax, (title, values) in zip(axes, curves):
+        ax.plot(values, lw=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("logged step")
+        ax.set_ylabel("loss")
+    fig.tight_layout()
+    paths["losses"] = folder / "losses.png"
+    fig.savefig(paths["losses"], dpi=90)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    episodes = summary["eval"]["episodes"]
+    for seed, result in episodes.items():
+        axes[0].plot(
+            [0, 4, 8],
+            [result[f"{k}-shot"]["open_accuracy"] for k in (0, 4, 8)],
+            marker="o",
+            label=f"seed {seed}",
+        )
+    axes[0].set_title("novel labels: open accuracy")
+    axes[0].legend()
+    for ax, (task, data) in zip(axes[1:], summary["eval"]["generic"].items()):
+        scores = shot_scores(data)
+        ax.plot([int(k) for k in scores], list(scores.values()), marker="o")
+        ax.set_title(f"{task}: {data.get('metric', '')}")
+    for ax in axes:
+        ax.set_xlabel("shots")
+    fig.tight_layout()
+    paths["shots"] = folder / "shots.png"
+    fig.savefig(paths["shots"], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def _examples_html(summary: dict[str, Any]) -> str:
+    """Four 4-shot episodes of the first seed: demonstrations, query, answer and prediction."""
+    first = next(iter(summary["eval"]["episodes"].values()))
+    examples = first.get("4-shot examples", {})
+    rows = []
+    for episode, predicted in zip(examples.get("episodes", []), examples.get("predictions", [])):
+        demos = "".join(
+            f"<td>{_img(im)}<br>{html.escape(n)}</td>"
+            for im, n in zip(episode.demo_images, episode.demo_names)
+        )
+        mark = "✔" if predicted == episode.answer else "✘"
+        rows.append(
+            f"<tr>{demos}<td>{_img(episode.query_image)}<br>query</td>"
+            f"<td>answer <b>{html.escape(episode.answer)}</b><br>predicted <b>{html.escape(predicted)}</b> {mark}</td></tr>"
+        )
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _img(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.resize((64, 64)).save(buffer, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
+    lines = ["# flamingo quickstart report", ""]
+    seeds = list(summary["eval"]["episodes"])
+    lines += ["## Novel-label classification (open accuracy, argmax over the whole vocabulary)", ""]
+    lines += [
+        "| condition | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
+    for condition, values in episode_table(summary["eval"]["episodes"]):
+        lines.append(f"| {condition} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {_spread(values)} |")
+    lines += ["", "## Captioning and VQA (generic evaluator, task files in flamingo/quickstart/tasks)", ""]
+    for task, data in summary["eval"]["generic"].items():
+        scores = ", ".join(f"{k} shots: {v:.3f}" for k, v in shot_scores(data).items())
+        lines.append(f"- {task} ({data.get('metric', '')}): {scores}")
+    lines += ["", "## Backbones", ""]
+    lines.append("- tiny CLIP: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["clip"]["metrics"].items()))
+    copy = ", ".join(f"step {s}: {a:.3f}" for s, a in summary["lm"]["copy_accuracy"])
+    lines.append(f"- LM held-out copy accuracy ({summary['lm']['steps']} steps): {copy}")
+    validation = summary["build"]["validation"]
+    lines += ["", "## Data", ""]
+    lines.append(
+        f"- shards valid: {validation['ok']}; documents {validation['documents']}, images {validation['images']}"
+    )
+    lines += ["", "## Stage timings (seconds)", ""]
+    lines += [f"- {stage}: {seconds:.1f}" for stage, seconds in summary["timings"].items()]
+    lines += ["", "## Artifacts", ""]
+    lines += [f"- {name}: `{path}`" for name, path in summary["paths"].items()]
+    lines += [
+        "",
+        f"![losses]({plots['losses'].name})".replace("(", "(plots/"),
+        f"![shots](plots/{plots['shots'].name})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``report.md`` and a self-contained ``report.html`` (plots and pictures embedded)."""
+    plots = _plots(out, summary)
+    markdown = _markdown(summary, plots)
+    (out / "report.md").write_text(markdown)
+    body = "".join(
+        f"<p>{html.escape(line)}</p>" if not line.startswith(("#", "|", "![")) else _html_line(line)
+        for line in markdown.splitlines()
+        if line.strip()
+    )
+    pictures = "".join(
+        f'<h2>{name}</h2><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        for name, path in plots.items()
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>flamingo quickstart</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{padding:4px;text-align:center}"
+        "table{border-collapse:collapse}</style></head><body>"
+        f"{body}<h2>Example 4-shot episodes (held-out names)</h2>{_examples_html(summary)}{pictures}</body></html>"
+    )
+    (out / "report.html").write_text(page)
+    return out / "report.md", out / "report.html"
+
+
+def _html_line(line: str) -> str:
+    if line.startswith("#"):
+        level = len(line) - len(line.lstrip("#"))
+        return f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>"
+    if line.startswith("|---"):
+        return ""
+    if line.startswith("|"):
+        cells = "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
+        return f"<table border=1><tr>{cells}</tr></table>"
+    return ""

@@ -1,0 +1,148 @@
+"""The quickstart's middle stages through the framework's public APIs: build shards, train the adapters.
+
+- build: ``flamingo.build.run_pipeline`` over the world's WARC files with the tiny CLIP as the embedder
+  (``flamingo.build.clip.ClipEmbedder``), then ``flamingo.data.validate_shards``;
+- train: a new Flamingo over the pretrained (frozen) LM and CLIP vision tower, saved as a checkpoint directory
+  and trained by ``flamingo.train.trainer.train`` (``model.kind: pretrained``), like ``flamingo train``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from flamingo.quickstart.clip import CLIP_CONFIG, CLIP_NAME
+
+
+class NoNSFW:
+    """The world holds only coloured shapes: an NSFW scorer that never flags one.
+
+    (The builder's default zero-shot scorer asks the CLIP about prompts like "a nude body", which this tiny
+    CLIP never read, so its answers would be noise that drops random pictures.)
+    """
+
+    def score(self, images: list[Image.Image]) -> np.ndarray:
+        return np.zeros(len(images))
+
+
+@dataclass
+class BuildOutcome:
+    """What the build stage produced and what validation found."""
+
+    shards_dir: Path
+    stats: dict[str, Any]
+    validation: dict[str, Any]
+
+
+def build_shards(
+    warcs: list[Path], images_root: Path, out_dir: Path, clip_weights: Path, threshold: float
+) -> BuildOutcome:
+    """Run the dataset builder on the WARC files and validate its shards."""
+    from flamingo.build import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, run_pipeline
+    from flamingo.build.clip import ClipEmbedder
+    from flamingo.data import validate_shards
+
+    embedder = ClipEmbedder.from_open_clip(
+        CLIP_NAME, pretrained=str(clip_weights), model_cfg=CLIP_CONFIG, device="cpu", batch_size=256
+    )
+    config = BuildConfig(
+        fetch=FetchConfig(local_root=str(images_root.resolve()), threads=4),
+        # 32 px pictures of a few hundred bytes: MMC4's size floors would drop them all. Perceptual dedup is
+        # off because pHashes of small shapes on dark backgrounds collide; exact dedup stays on.
+        filter=FilterConfig(min_side=16, min_bytes=0, dedup_perceptual=False, max_faces=0),
+        interleave=InterleaveConfig(similarity_threshold=threshold, batch_size=256),
+        progress=False,
+    )
+    result = run_pipeline(warcs, out_dir, config, workers=1, embedder=embedder, nsfw_scorer=NoNSFW())
+    report = validate_shards(str(out_dir / "shards"))
+    return BuildOutcome(out_dir / "shards", result.stats.to_dict(), report.to_dict())
+
+
+def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: float, seed: int) -> Path:
+    """A new Flamingo (random adapters) over the pretrained backbones, saved as a checkpoint directory."""
+    import torch
+
+    from flamingo import Flamingo, FlamingoConfig
+    from flamingo.model import CrossAttnConfig, LMConfig, PerceiverConfig, VisionConfig
+
+    torch.manual_seed(seed)
+    config = FlamingoConfig(
+        lm=LMConfig(name_or_path=str(lm_dir.resolve())),
+        vision=VisionConfig(
+            kind="open_clip",
+            name=CLIP_NAME,
+            pretrained=str(clip_visual.resolve()),
+            model_cfg=CLIP_CONFIG,
+            legacy_tokens=True,
+        ),
+        perceiver=PerceiverConfig(depth=1, heads=2, dim_head=32, num_latents=4),
+        # Gates start at 0.5, not 0: at 0 the image signal reaches the copying head only quadratically in
+        # the gate, a saddle from which tiny models learn "copy any name" instead (quickstart lessons).
+        cross_attn=CrossAttnConfig(every_n=1, heads=2, dim_head=32, gate_init=gate_init),
+    )
+    model = Flamingo.from_config(config)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def train_config(
+    init_dir: Path, shards: Path, run_dir: Path, steps: int, batch_size: int, threshold: float, seed: int
+) -> Any:
+    """The training run, as ``flamingo train`` would read it from YAML."""
+    from flamingo.data.loader import SourceConfig
+    from flamingo.train.config import (
+        CheckpointConfig,
+        DataConfig,
+        LoggingConfig,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+    )
+
+    source = SourceConfig(
+        name="web",
+        kind="interleaved",
+        shards=[str(shards)],
+        batch_size=batch_size,
+        max_tokens=160,
+        max_images=8,
+        min_image_bytes=0,
+        sim_threshold=threshold,
+        single_image_drop_prob=0.0,
+        shuffle_block=64,
+    )
+    return RunConfig(
+        run_dir=str(run_dir),
+        model=ModelConfig(kind="pretrained", name=str(init_dir), seed=seed),
+        data=DataConfig(sources=[source], prefetch=2),
+        train=TrainConfig(
+            steps=steps,
+            lr=3e-3,
+            weight_decay=0.0,
+            warmup_steps=20,
+            schedule="cosine",
+            min_lr_ratio=0.1,
+            precision="fp32",
+            device="cpu",
+            seed=seed,
+        ),
+        checkpoint=CheckpointConfig(every=0, keep_last=1, save_backbones=True),
+        logging=LoggingConfig(every=5, progress=False),
+    )
+
+
+def train_adapters(config: Any) -> tuple[Path, list[dict[str, Any]]]:
+    """Train with the framework's trainer; returns the trained model directory and the logged metrics."""
+    from flamingo.train.trainer import train
+
+    result = train(config)
+    if result.model_dir is None:
+        raise RuntimeError("training wrote no checkpoint")
+    metrics_file = Path(config.run_dir) / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return result.model_dir, records

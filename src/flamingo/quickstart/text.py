@@ -1,0 +1,115 @@
+"""The world's sentences, its word-level tokenizer, and the text-only corpus the small LM is pretrained on.
+
+Three kinds of web page carry the pictures (see ``flamingo.quickstart.pages``):
+
+- caption pages: ``Here is two red triangles.`` (each sentence names every visual attribute);
+- Q&A pages: ``Question: what colour is the triangle? answer: red.`` (the answer is the one attribute the
+  question leaves out, so it can only come from the picture);
+- "bursty" pages about pets or products: ``Zorp, the red triangle, naps in the sun.``, with each object
+  mentioned again later under the same name. The name is the first word of the sentence, so once the builder
+  has put the picture before it, predicting the name needs the picture and the earlier mentions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from flamingo.quickstart.world import COUNT_WORDS, PLURALS, Scene
+
+EOC = "<|endofchunk|>"
+EOS = "<|endoftext|>"
+PAD = "<PAD>"
+UNK = "<unk>"
+
+CAPTION_TEMPLATES = (
+    "Here is {cap}.",
+    "This picture shows {cap}.",
+    "I drew {cap} today.",
+    "Look at {cap}!",
+    "My friend sent me {cap}.",
+    "We found {cap} in the box.",
+)
+CAPTION_PAGE_INTROS = ("My drawings.", "Pictures from the weekend.", "A few sketches.", "New art.")
+ACTIVITIES = (
+    "naps in the sun",
+    "likes to play",
+    "is hungry again",
+    "sits by the window",
+    "was a gift from my aunt",
+    "is on sale today",
+    "came home with me",
+    "loves the garden",
+)
+BURSTY_INTROS = ("Meet my pets.", "Our new products.", "The gang is back.", "Friends of the shop.")
+OUTROS = ("Thanks for visiting.", "See you soon.", "More next week.")
+# Words of the evaluation prompts (task files), so that the LM has seen them in text.
+PROMPT_TEXT = (
+    "Output: Question: Short answer: Answer: what colour shape how many is are the object objects there"
+)
+QUESTION_KINDS = ("colour", "shape", "count")
+
+
+def caption_sentence(scene: Scene, rng: random.Random) -> str:
+    """A caption-page sentence about ``scene``."""
+    cap = scene.caption()
+    return rng.choice(CAPTION_TEMPLATES).format(cap=cap)
+
+
+def question_answer(scene: Scene, kind: str) -> tuple[str, str]:
+    """A VQA question about ``scene`` and its one-word answer; the question never contains the answer."""
+    many = scene.count > 1
+    if kind == "colour":
+        noun = PLURALS[scene.shape] if many else scene.shape
+        return f"what colour {'are' if many else 'is'} the {noun}?", scene.colour
+    if kind == "shape":
+        noun = "objects" if many else "object"
+        return f"what shape {'are' if many else 'is'} the {scene.colour} {noun}?", scene.shape
+    if kind == "count":
+        return f"how many {scene.colour} {PLURALS[scene.shape]} are there?", COUNT_WORDS[scene.count - 1]
+    raise ValueError(f"unknown question kind {kind!r}; use one of {QUESTION_KINDS}")
+
+
+def qa_sentence(scene: Scene, kind: str) -> str:
+    """A Q&A-page sentence; ``answer`` stays lower case so the sentence splitter keeps it in one sentence."""
+    question, answer = question_answer(scene, kind)
+    return f"Question: {question} answer: {answer}."
+
+
+def bursty_sentence(name: str, scene: Scene, rng: random.Random) -> str:
+    """``Zorp, the red triangle, naps in the sun.``: the name first, then what it looks like."""
+    return f"{name.capitalize()}, the {scene.colour} {scene.shape}, {rng.choice(ACTIVITIES)}."
+
+
+def _all_template_text() -> str:
+    parts = [*CAPTION_TEMPLATES, *CAPTION_PAGE_INTROS, *ACTIVITIES, *BURSTY_INTROS, *OUTROS, PROMPT_TEXT]
+    return " ".join([*parts, "Question: answer: what colour shape how many are is the there objects object"])
+
+
+TEMPLATE_WORDS = tuple(sorted({w.lower() for w in re.findall(r"[A-Za-z]+", _all_template_text())} - {"cap"}))
+PUNCTUATION = (".", ",", "!", "?", ":")
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+def build_tokenizer(words: list[str], names: list[str]) -> Any:
+    """A lower-casing word-level tokenizer over ``words`` + ``names`` (every name is one token).
+
+    Specials: ``<|endoftext|>`` (bos/eos), ``<|endofchunk|>``, ``<PAD>`` and ``<unk>``; Flamingo adds ``<image>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [EOS, EOC, PAD, UNK]
+    vocab = {token: i for i, token in enumerate([*specials, *PUNCTUATION, *sorted(set(words) | set(names))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [EOC]})
+    return tokenizer
