@@ -41,7 +41,11 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Ad
     # launches of ~1000 parameters otherwise cost a fixed slice of every step.
     fused = all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused
+        [g for g in groups if g["params"]],
+        lr=config.lr,
+        betas=tuple(config.betas),
+        eps=config.eps,
+        fused=fused,
     )
 
 
