@@ -10,7 +10,7 @@ command -v "$PY" >/dev/null || PY=python3
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch and torchvision first, pinned (the pair that imports together; see constraints.txt)
 "${PIP[@]}" install -c constraints.txt torch torchvision 2>&1 | grep -v "is ignored" || true
-extras="open_clip,eval,build,serve,train"
+extras="open-clip,eval,build,serve,train"
 if [ "${1:-}" = "dev" ]; then extras="$extras,dev"; fi
 "${PIP[@]}" install -c constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored" || true
 if [ "${1:-}" = "dev" ]; then
