@@ -31,7 +31,7 @@ from typing import Any
 
 from flamingo.build.config import FetchConfig
 from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.engine import BuildResult, _map
+from flamingo.build.engine import BuildResult, _map, _pool
 from flamingo.build.fetch import fetch_documents, store_image
 from flamingo.build.imagecheck import ImageRejected, inspect_image
 from flamingo.build.read import _open_text
@@ -472,7 +472,12 @@ def convert(
         json.dumps({"kind": kind, **config.to_dict()}, indent=2) + "\n", encoding="utf-8"
     )
     tasks = [ConvertTask(i, p, kind, str(out), config) for i, p in enumerate(paths)]
-    results = _map(convert_shard, max(1, workers), config.progress, f"convert {kind}", tasks)
+    pool = _pool(max(1, workers), len(tasks))
+    try:
+        results = _map(convert_shard, pool, config.progress, f"convert {kind}", tasks)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     stats, shard_paths = BuildStats(), []
     for shard_stats, paths_ in results:
         stats.merge(shard_stats)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -178,31 +178,44 @@ def finish_shard(
     return stats, paths
 
 
-def _map(fn: Any, workers: int, progress: bool, desc: str, *iterables: Any) -> list[Any]:
-    """``map`` in this process (workers=1) or in a process pool, results in input order."""
-    total = len(iterables[0])
+def _pool(workers: int, total: int) -> ProcessPoolExecutor | None:
+    """Worker processes for a local run (None for one worker), started once and shared by its phases.
+
+    "spawn", not Linux's default "fork": a child forked after torch or OpenMP started their thread pools can
+    deadlock in its first parallel op (seen in CI: a worker hung inside layer_norm).
+    """
     if workers == 1:
-        return [fn(*args) for args in tqdm(zip(*iterables), total=total, desc=desc, disable=not progress)]
-    with ProcessPoolExecutor(max_workers=min(workers, max(total, 1))) as pool:
-        return list(tqdm(pool.map(fn, *iterables), total=total, desc=desc, disable=not progress))
+        return None
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=min(workers, max(total, 1)), mp_context=context)
+
+
+def _map(fn: Any, pool: ProcessPoolExecutor | None, progress: bool, desc: str, *iterables: Any) -> list[Any]:
+    """``map`` in this process (no pool) or in the pool, results in input order."""
+    total = len(iterables[0])
+    results = map(fn, *iterables) if pool is None else pool.map(fn, *iterables)
+    return list(tqdm(results, total=total, desc=desc, disable=not progress))
 
 
 def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: bool) -> BuildResult:
-    prepared = _map(
-        prepare_shard, workers, progress, "prepare", tasks, list(repeat(models.eval_index, len(tasks)))
-    )
-    records = [r for task, (docs, _) in zip(tasks, prepared) for r in hash_records(task.index, docs)]
-    decisions = plan_dedup(records, tasks[0].config.filter)
-    finished = _map(
-        finish_shard,
-        workers,
-        progress,
-        "finish",
-        tasks,
-        [docs for docs, _ in prepared],
-        [decisions.get(t.index, {}) for t in tasks],
-        list(repeat(models, len(tasks))),
-    )
+    pool = _pool(workers, len(tasks))
+    try:
+        prepared = _map(prepare_shard, pool, progress, "prepare", tasks, [models.eval_index] * len(tasks))
+        records = [r for task, (docs, _) in zip(tasks, prepared) for r in hash_records(task.index, docs)]
+        decisions = plan_dedup(records, tasks[0].config.filter)
+        finished = _map(
+            finish_shard,
+            pool,
+            progress,
+            "finish",
+            tasks,
+            [docs for docs, _ in prepared],
+            [decisions.get(t.index, {}) for t in tasks],
+            [models] * len(tasks),
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
     stats = BuildStats()
     for _, shard_stats in prepared:
         stats.merge(shard_stats)
