@@ -29,7 +29,12 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from flamingo.model.config import FlamingoConfig
-from flamingo.model.cross_attention import GatedCrossAttentionBlock, media_positions
+from flamingo.model.cross_attention import (
+    GatedCrossAttentionBlock,
+    MediaRouting,
+    media_positions,
+    plan_routing,
+)
 from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
 from flamingo.model.perceiver import PerceiverResampler
 from flamingo.model.vision import VisionAdapter
@@ -47,6 +52,7 @@ class _MediaState:
     cache_kv: bool  # keep each block's media keys/values across LM calls (generation)
     kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     positions: torch.Tensor | None = None  # (b*e, s) media index of each token of the current LM call
+    routing: MediaRouting | None = None  # the same, folded to (b, e*s), with the blocks' attention plan
 
 
 _ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar(
@@ -101,6 +107,9 @@ class Flamingo(nn.Module):
         head = lm.get_output_embeddings()
         untied = head is not None and not config.tokens.tied_output
         self.new_token_output = nn.Parameter(head.weight[self._new].detach().clone()) if untied else None
+        self.segmented_attention: bool | None = None
+        """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``); True
+        or False force segmented or dense attention (the same result; for tests and benchmarks)."""
         self._hooks: list[Any] = []
         self.attach()
 
@@ -141,13 +150,21 @@ class Flamingo(nn.Module):
         offset = offset.repeat_interleave(expand) if expand > 1 else offset
         state.positions = media_positions(ids, self.config.tokens.image_id, offset)
         state.offset = state.positions[::expand, -1]
+        b, slots, latents = state.media.shape[:3]
+        state.routing = plan_routing(
+            state.positions.reshape(b, -1),
+            slots,
+            latents,
+            self.config.cross_attn.media_policy,
+            segmented=self.segmented_attention,
+        )
 
     def _cross_attend(self, key: str, hidden: torch.Tensor) -> torch.Tensor:
         state = self._state()
         block = self.cross_attn[key]
         if state is None or state.media is None:
             return block(hidden, None, None)[0]
-        hidden, kv = block(hidden, state.positions, state.media, state.kv.get(key))
+        hidden, kv = block(hidden, state.routing, state.media, state.kv.get(key))
         if state.cache_kv:
             state.kv[key] = kv
         return hidden

@@ -1,0 +1,112 @@
+"""Segmented cross-attention (policy ``previous``) computes exactly what the dense masked attention computes."""
+
+import pytest
+import torch
+from model_support import make_images
+
+from flamingo.model.cross_attention import media_positions, plan_routing
+from flamingo.model.tiny import build_tiny_flamingo
+from flamingo.processing import FlamingoProcessor
+
+PROMPTS = [
+    "<image>Output: a red circle.<|endofchunk|><image>Output: two<|endofchunk|><image>Output:",
+    "the start<image>Question: what is it? Short answer:",
+    "<image>A<|endofchunk|><image>Output: blue and a long tail of words here<|endofchunk|><image>x<image>y",
+]
+COUNTS = [3, 1, 4]
+
+
+def batch(model, padding_side="left"):
+    processor = FlamingoProcessor(model.tokenizer, lambda ims: torch.stack(ims), padding_side=padding_side)
+    pictures = [list(make_images(1, n, seed=i)[0, :, 0]) for i, n in enumerate(COUNTS)]
+    return processor(list(zip(PROMPTS, pictures)))
+
+
+def test_plan_groups_queries_by_the_image_they_see():
+    positions = torch.tensor([[0, 1, 1, 2, 2, 2], [1, 1, 1, 1, 0, 0]])  # second row: e.g. padding after
+    plan = plan_routing(positions, num_slots=2, num_latents=3, policy="previous", segmented=True)
+    seg = plan.segments
+    assert plan.mask is None and seg is not None
+    assert seg.batch.tolist() == [0, 0, 1] and seg.slot.tolist() == [0, 1, 0]
+    dummy = positions.numel()
+    assert seg.index.tolist() == [[1, 2, dummy, dummy], [3, 4, 5, dummy], [6, 7, 8, 9]]
+    # Every query that sees an image appears exactly once; the others never.
+    assert sorted(seg.tokens.tolist()) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_plan_chooses_dense_when_segments_do_not_pay():
+    positions = torch.tensor([[0, 1, 1, 1]])
+    assert plan_routing(positions, 1, 4, "previous").mask is not None  # one image slot: nothing to save
+    assert plan_routing(positions, 8, 4, "all_previous").mask is not None  # other policies are dense
+    many = torch.arange(1, 33).repeat_interleave(10)[None]  # 32 images, 10 tokens each
+    assert plan_routing(many, 32, 4, "previous").segments is not None
+    assert (
+        plan_routing(
+            torch.zeros(1, 4, dtype=torch.long), 2, 4, "previous", segmented=True
+        ).segments.index.numel()
+        == 0
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mpt"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_forward_and_gradients_match_dense(family, padding_side):
+    model = build_tiny_flamingo(family, gate_init=0.7)
+    inputs = batch(model, padding_side)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    results = []
+    for segmented in (False, True):
+        model.segmented_attention = segmented
+        model.zero_grad(set_to_none=True)
+        out = model(
+            inputs["images"],
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            labels,
+            image_mask=inputs["image_mask"],
+        )
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.logits.detach(), out.loss.item(), grads))
+    (dense_logits, dense_loss, dense_grads), (seg_logits, seg_loss, seg_grads) = results
+    keep = inputs["attention_mask"].bool()
+    assert (dense_logits - seg_logits)[keep].abs().max().item() < 1e-5
+    assert abs(dense_loss - seg_loss) < 1e-6
+    assert dense_grads.keys() == seg_grads.keys() and any("cross_attn" in n for n in seg_grads)
+    for name, grad in dense_grads.items():
+        assert torch.allclose(grad, seg_grads[name], atol=1e-6), name
+
+
+def test_single_block_output_matches_dense_exactly_where_no_image_is_seen():
+    model = build_tiny_flamingo("llama", gate_init=0.7)
+    block = model.cross_attn["0"]
+    ids = model.tokenizer([PROMPTS[2]], return_tensors="pt").input_ids
+    positions = media_positions(ids, model.config.tokens.image_id)
+    media = model.encode_media(make_images(1, 4))
+    x = torch.randn(1, ids.shape[1], 64)
+    with torch.no_grad():
+        dense, _ = block(x, plan_routing(positions, 4, media.shape[2], "previous", segmented=False), media)
+        seg, _ = block(x, plan_routing(positions, 4, media.shape[2], "previous", segmented=True), media)
+    assert torch.allclose(dense, seg, atol=1e-6)
+    before = positions[0] == 0
+    assert torch.equal(dense[0, before], seg[0, before])
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_matches_dense(beams):
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    inputs = batch(model)
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": beams, "do_sample": False}
+    outputs = []
+    for segmented in (False, True):
+        model.segmented_attention = segmented
+        outputs.append(
+            model.generate(
+                inputs["images"],
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                image_mask=inputs["image_mask"],
+                **kwargs,
+            )
+        )
+    assert torch.equal(outputs[0], outputs[1])
