@@ -64,6 +64,7 @@ def test_forward_and_gradients_match_dense(family, padding_side):
             inputs["attention_mask"],
             labels,
             image_mask=inputs["image_mask"],
+            return_logits=True,
         )
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -36,10 +36,19 @@ from flamingo.model.cross_attention import (
     plan_routing,
 )
 from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
+from flamingo.model.loss import linear_cross_entropy
 from flamingo.model.perceiver import PerceiverResampler
 from flamingo.model.vision import VisionAdapter
 
 IGNORE_INDEX = -100
+# LM families whose causal-LM forward is exactly ``logits = lm_head(final hidden states)`` (no soft-capping, no
+# logit scale): their training loss can come from the hidden states without building the logits.
+PLAIN_HEAD_TYPES = frozenset(
+    {
+        "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "phi", "phi3", "olmo", "gpt2", "gptj",
+        "falcon", "bloom", "gpt_neox", "opt", "mpt", "flamingo_quickstart_lm",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -53,6 +62,8 @@ class _MediaState:
     kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     positions: torch.Tensor | None = None  # (b*e, s) media index of each token of the current LM call
     routing: MediaRouting | None = None  # the same, folded to (b, e*s), with the blocks' attention plan
+    capture_hidden: bool = False  # take the output head's input and skip the head (fused training loss)
+    hidden: torch.Tensor | None = None  # (b, s, d) what the head would have read
 
 
 _ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar(
@@ -130,6 +141,7 @@ class Flamingo(nn.Module):
         self._hooks.append(self.lm.get_input_embeddings().register_forward_hook(self._after_embedding))
         head = self.lm.get_output_embeddings()
         if head is not None:
+            self._hooks.append(head.register_forward_pre_hook(self._before_head))
             self._hooks.append(head.register_forward_hook(self._after_head))
 
     def _state(self) -> _MediaState | None:
@@ -182,6 +194,13 @@ class Flamingo(nn.Module):
             rows = rows * torch.as_tensor(scale, dtype=output.dtype, device=output.device)
         return torch.where(is_new[..., None], rows, output)
 
+    def _before_head(self, module: nn.Module, args: tuple) -> tuple | None:
+        state = self._state()
+        if state is None or not state.capture_hidden:
+            return None
+        state.hidden = args[0]
+        return (args[0][..., :0, :], *args[1:])  # the head runs on no position: (b, 0, vocab) logits
+
     def _after_head(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         rows = self.new_token_embeddings if self.new_token_output is None else self.new_token_output
         bias = module.bias[self._new] if getattr(module, "bias", None) is not None else None
@@ -192,13 +211,20 @@ class Flamingo(nn.Module):
 
     @contextmanager
     def _media_state(
-        self, media: torch.Tensor | None, offset: torch.Tensor, cache_kv: bool
-    ) -> Iterator[None]:
-        token = _ACTIVE.set({**(_ACTIVE.get() or {}), id(self): _MediaState(media, offset, offset, cache_kv)})
+        self, media: torch.Tensor | None, offset: torch.Tensor, cache_kv: bool, capture_hidden: bool = False
+    ) -> Iterator[_MediaState]:
+        state = _MediaState(media, offset, offset, cache_kv, capture_hidden=capture_hidden)
+        token = _ACTIVE.set({**(_ACTIVE.get() or {}), id(self): state})
         try:
-            yield
+            yield state
         finally:
             _ACTIVE.reset(token)
+
+    def fused_loss_supported(self) -> bool:
+        """Whether :meth:`forward` can compute a loss without logits (a plain linear head, see
+        ``PLAIN_HEAD_TYPES``)."""
+        head = self.lm.get_output_embeddings()
+        return isinstance(head, nn.Linear) and getattr(self.lm.config, "model_type", None) in PLAIN_HEAD_TYPES
 
     # ------------------------------------------------------------------ media
     def encode_media(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -266,18 +292,27 @@ class Flamingo(nn.Module):
         image_offset: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        return_logits: bool | None = None,
+        loss_reduction: str = "mean",
         **lm_kwargs: Any,
     ) -> FlamingoOutput:
         """images (b, t, f, c, h, w) or precomputed ``media`` (b, t, l, d_vis); input_ids (b*e, s).
 
         ``e > 1`` rows per media row share its images (continuations scored against one prompt).
         ``image_offset`` (b,) counts <image> tokens already in ``past_key_values``. ``labels`` (b, s) gives the
-        mean next-token cross-entropy over labels != -100 (0 when there are none, never NaN).
+        next-token cross-entropy over labels != -100 (``loss_reduction``: ``mean``, 0 when there are none and
+        never NaN, or ``sum``).
+
+        With ``labels``, the logits are not built unless ``return_logits=True`` (``logits`` is then None): the
+        loss comes straight from the final hidden states in chunks (``flamingo.model.loss``), which saves the
+        largest activation of a training step and most of its memory traffic. LM families whose output
+        post-processes the head (``fused_loss_supported()`` False) always take the plain path.
         """
         if input_ids is None:
             raise ValueError("input_ids is required")
         media, offset = self._prepare_media(images, image_mask, media, input_ids, image_offset)
-        with self._media_state(media, offset, cache_kv=False):
+        fused = labels is not None and not return_logits and self.fused_loss_supported()
+        with self._media_state(media, offset, cache_kv=False, capture_hidden=fused) as state:
             out = self.lm(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -285,7 +320,14 @@ class Flamingo(nn.Module):
                 use_cache=use_cache,
                 **lm_kwargs,
             )
-        loss = None if labels is None else next_token_loss(out.logits, labels)
+        if fused:
+            head = self.lm.get_output_embeddings()
+            rows = self.new_token_embeddings if self.new_token_output is None else self.new_token_output
+            loss = linear_cross_entropy(
+                state.hidden, labels, head.weight, head.bias, rows, self._new.start, loss_reduction
+            )
+            return FlamingoOutput(loss=loss, logits=None, past_key_values=out.past_key_values, media=media)
+        loss = None if labels is None else next_token_loss(out.logits, labels, loss_reduction)
         return FlamingoOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values, media=media)
 
     @torch.no_grad()
@@ -402,9 +444,14 @@ def _with_frames(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits[:, :-1] against labels[:, 1:] over labels != -100; 0 (not NaN) if none."""
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits[:, :-1] against labels[:, 1:] over labels != -100: ``mean`` (0, not NaN, if
+    none) or ``sum``."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     shift_logits = logits[:, :-1].flatten(0, 1).float()
     shift_labels = labels[:, 1:].flatten().to(logits.device)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if reduction == "sum":
+        return total
     return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
