@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
 from flamingo.model.flamingo import Flamingo
 from flamingo.processing import FlamingoProcessor
 from flamingo.serve.images import (
@@ -113,6 +114,8 @@ class FlamingoPipeline:
         self.processor = processor or FlamingoProcessor.from_model(model)
         self.policy = policy or ImagePolicy()
         self.max_prompt_tokens = max_prompt_tokens
+        self.device_map: dict[str, int | str] | None = None
+        """Where each module went when loaded with a split ``device_map`` (None: one device)."""
 
     @classmethod
     def from_pretrained(
@@ -120,40 +123,48 @@ class FlamingoPipeline:
         model: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
-        device_map: str | None = None,
+        device_map: str | dict[str, int | str] | None = None,
         checkpoint: str | Path | None = None,
+        max_memory: dict[int | str, int | str] | None = None,
+        offload_folder: str | Path | None = None,
         **policy: Any,
     ) -> FlamingoPipeline:
         """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
 
+        ``device_map`` spreads a model too large for one GPU over several: ``"auto"`` (or ``"balanced"``,
+        ``"balanced_low_0"``, ``"sequential"``) plans it with ``accelerate`` within ``max_memory`` (for example
+        ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``; default: what is free), a dict names the device of each
+        module (see :mod:`flamingo.model.dispatch`); modules mapped to ``"disk"`` need ``offload_folder``. A
+        single device name (``"cuda:1"``) is the same as ``device=``. The model is loaded into CPU memory first.
+
         ``policy`` holds :class:`~flamingo.serve.images.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
-        ``device_map`` only accepts a single device: splitting the LM over devices ("auto") would also need
-        the cross-attention blocks placed beside their decoder layers, which the model does not do yet.
         """
-        if device_map is not None:
-            if device_map == "auto" or not isinstance(device_map, str):
-                raise ValueError(
-                    f"device_map={device_map!r} is not supported: Flamingo runs on one device; pass device='cuda' "
-                    "(or another single device) instead"
-                )
-            device = device_map
+        split = isinstance(device_map, dict) or device_map in STRATEGIES
+        if device_map is not None and not split:
+            device = device_map  # one device, named the transformers way
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         from flamingo.model.presets import OPENFLAMINGO_PRESETS
 
+        target = None if split else device
         if str(model) in OPENFLAMINGO_PRESETS:
             from flamingo.model.convert import load_openflamingo
 
-            loaded = load_openflamingo(str(model), checkpoint=checkpoint, dtype=dtype).to(device).eval()
+            loaded = load_openflamingo(str(model), checkpoint=checkpoint, dtype=dtype).eval()
+            loaded = loaded.to(target) if target is not None else loaded
         else:
-            loaded = Flamingo.from_pretrained(str(model), dtype=dtype, device=device)
+            loaded = Flamingo.from_pretrained(str(model), dtype=dtype, device=target)
+        placed = dispatch(loaded, device_map, max_memory, offload_folder) if split else None
         max_prompt_tokens = policy.pop("max_prompt_tokens", None)
-        return cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens)
+        pipe = cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens)
+        pipe.device_map = placed
+        return pipe
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device the vision encoder runs on (the first device of a split model)."""
+        return input_device(self.model)
 
     # ------------------------------------------------------------------ inputs
     def load_item(self, item: Item, label: str = "image") -> str | Image.Image:

@@ -1,17 +1,15 @@
-"""The demo page in headless Chromium against a real `flamingo serve` process."""
+"""The Gradio demo page in headless Chromium against a real `flamingo serve` process."""
 
 from __future__ import annotations
 
-import base64
-import io
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from flamingo.serve.examples import example_prompts
+from flamingo.serve.examples import example_specs
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(
@@ -30,10 +28,11 @@ def browser(tmp_path: Path):
     flags = (
         "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
     )
-    flags += " --disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1400,1200"
+    flags += " --disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1400,1250"
     for flag in flags.split():
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
@@ -50,56 +49,82 @@ def _save_artifact(driver, tmp_path: Path, name: str) -> Path:
     return shot
 
 
+def _requested_urls(driver) -> list[str]:
+    entries = (json.loads(e["message"])["message"] for e in driver.get_log("performance"))
+    return [e["params"]["request"]["url"] for e in entries if e["method"] == "Network.requestWillBeSent"]
+
+
+def _preview_ready(driver, images: int) -> bool:
+    """The preview shows ``images`` numbered chips, each with its thumbnail, and no problem; status cleared."""
+    from selenium.webdriver.common.by import By
+
+    chips = driver.find_elements(By.CSS_SELECTOR, "#preview .fl-chip")
+    thumbs = driver.find_elements(By.CSS_SELECTOR, "#preview .fl-chip img")
+    problems = driver.find_elements(By.CSS_SELECTOR, "#preview .fl-problem")
+    status = driver.find_element(By.ID, "status").text.strip()
+    return len(chips) == len(thumbs) == images and not problems and not status
+
+
+def _generate(driver, wait) -> str:
+    """Click Generate, wait for the status line to say done, return the answer shown."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "generate").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error")))
+    assert driver.find_element(By.ID, "status").text.startswith("done")
+    return driver.find_element(By.CSS_SELECTOR, "#answer textarea").get_property("value")
+
+
 def test_page_builds_a_few_shot_prompt_and_streams_the_answer(live_server, browser, pipe, images, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     paths = []
     for i, image in enumerate(images[:2]):
         paths.append(tmp_path / f"upload{i}.png")
         image.save(paths[-1])
-    wait = WebDriverWait(browser, 120)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
     browser.get(live_server)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#examples .example")) >= 2
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview .fl-chip"))
+    shots = browser.find_element(By.CSS_SELECTOR, "#shots input[type=number]")
+    shots.send_keys(Keys.CONTROL, "a")
+    shots.send_keys("1", Keys.TAB)  # one demonstration, then the query
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#preview .fl-chip")) == 2)
 
-    browser.find_element(By.CSS_SELECTOR, "#shot-1 .remove").click()  # keep one demonstration
-    browser.find_element(By.CSS_SELECTOR, "#shot-0 input[type=file]").send_keys(str(paths[0]))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#shot-0 .pick img"))
-    browser.find_element(By.CSS_SELECTOR, "#shot-0 .text").send_keys("Output:a red circle")
-    browser.find_element(By.CSS_SELECTOR, "#query input[type=file]").send_keys(str(paths[1]))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query .pick img"))
+    browser.find_element(By.CSS_SELECTOR, "#demo-1-image input[type=file]").send_keys(str(paths[0]))
+    browser.find_element(By.CSS_SELECTOR, "#demo-1-text textarea").send_keys("Output:a red circle")
+    browser.find_element(By.CSS_SELECTOR, "#query-image input[type=file]").send_keys(str(paths[1]))
+    wait.until(lambda d: _preview_ready(d, images=2))
+    chips = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#preview .fl-chip")]
+    assert chips == ["image 1", "image 2"]  # the preview shows which image each text belongs to
+    segments = [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#preview .fl-seg")]
+    assert segments == ["Output:a red circle", "Output:"]
 
-    chips = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#preview .chip")]
-    assert chips == ["<image> 1", "<image> 2"]  # the preview shows which image each text belongs to
-    browser.find_element(By.ID, "generate").click()
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done") == "1")
-    shown = browser.find_element(By.ID, "output").get_property("textContent")
+    shown = _generate(browser, wait)
     _save_artifact(browser, tmp_path, "serve_demo.png")
-
     expected = pipe(
         [images[0], "Output:a red circle<|endofchunk|>\n", images[1], "Output:"], max_new_tokens=20
     )
     assert expected, "the tiny model should generate some text for this prompt"
     assert shown == expected
-    assert browser.find_element(By.ID, "status").text.startswith("done")
 
     # A ready-made example (VQA, beam search) fills the builder and runs with its own settings.
-    browser.find_elements(By.CSS_SELECTOR, "#examples .example")[1].click()
-    assert browser.find_element(By.ID, "mode").get_property("value") == "beam"
-    browser.find_element(By.ID, "generate").click()
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done") == "1")
-    _save_artifact(browser, tmp_path, "serve_demo_example.png")
-    example = example_prompts()[1]
-    row = []
-    for shot in example["shots"]:
-        row += [_image(shot["image"]), shot["text"] + "<|endofchunk|>\n"]
-    row += [_image(example["query"]["image"]), example["query"]["text"]]
-    expected = pipe(row, max_new_tokens=5, num_beams=3)
-    assert browser.find_element(By.ID, "output").get_property("textContent") == (
-        expected or "(the model stopped at once: empty answer)"
+    example = next(
+        b for b in browser.find_elements(By.CSS_SELECTOR, "#examples button") if "question" in b.text
     )
+    example.click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#mode input[value=beam]").is_selected())
+    wait.until(lambda d: _preview_ready(d, images=3))
+    shown = _generate(browser, wait)
+    _save_artifact(browser, tmp_path, "serve_demo_example.png")
+    spec = example_specs()[1]
+    row = []
+    for shot in spec["shots"]:
+        row += [shot["image"], shot["text"] + "<|endofchunk|>\n"]
+    row += [spec["query"]["image"], spec["query"]["text"]]
+    assert shown == pipe(row, max_new_tokens=5, num_beams=3)
 
-
-def _image(data_url: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
+    web = [u for u in _requested_urls(browser) if u.startswith(("http:", "https:", "ws:", "wss:"))]
+    assert len(web) > 10 and [u for u in web if not u.startswith(live_server + "/")] == []  # nothing fetched
+    # from another host (no CDN, fonts or telemetry): the page works offline

@@ -152,11 +152,6 @@ def test_paths_load_only_when_allowed(pipe, images, tmp_path):
         pipe.load_item("http://example.com/a.png")
 
 
-def test_device_map_auto_is_refused_with_a_reason(model_dir):
-    with pytest.raises(ValueError, match="Flamingo runs on one device"):
-        FlamingoPipeline.from_pretrained(model_dir, device_map="auto")
-
-
 @pytest.fixture
 def image_server(tmp_path, images):
     """A loopback HTTP server: /a.png, /big.png, /nolength (50 kB, no length), /hop (redirect to 10.0.0.1)."""

@@ -1,5 +1,7 @@
-"""The FastAPI application: the web demo at ``/``, ``POST /v1/generate`` (JSON or server-sent events),
-``GET /v1/examples``, ``GET /health`` and the OpenAPI description at ``/openapi.json`` (``/docs`` to browse).
+"""The FastAPI application: ``POST /v1/generate`` (JSON or server-sent events), ``GET /v1/examples``,
+``GET /health``, the OpenAPI description at ``/openapi.json`` (``/docs`` to browse), and the Gradio web demo
+(``flamingo.serve.ui``) mounted at ``/``. Both sides check requests with the functions here and hand them to one
+:class:`~flamingo.serve.worker.BatchWorker`.
 
 Safety rules (issue "Inference for people"): every limit answers with a 4xx and a JSON body
 ``{"error": {"code": ..., "message": ...}}``; requests carry images only as base64 or (when enabled) http(s)
@@ -8,6 +10,7 @@ URLs, never paths; text parts stay text; a failing request never stops the worke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -19,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from flamingo.pipeline import Completion, FlamingoPipeline
@@ -128,28 +131,33 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits) -> None:
+    """The limits on a prompt's shape, checked before any image is decoded: the number of images, the length of
+    the ``(label, text)`` parts, and no image marker typed into text (images arrive as images only)."""
+    if num_images > limits.max_images:
+        raise InputError(
+            f"the prompt has {num_images} images; the limit is {limits.max_images}", "too_many_images"
+        )
+    if sum(len(text) for _, text in texts) > limits.max_text_chars:
+        raise InputError(
+            f"the prompt text is over {limits.max_text_chars} characters", "prompt_too_long", 413
+        )
+    for label, text in texts:
+        if marker in text:
+            raise InputError(
+                f"{label}: text may not contain {marker}; each image goes in its own image part", "bad_text"
+            )
+
+
 def build_row(request: GenerateRequest, pipeline: FlamingoPipeline, limits: ServeLimits) -> tuple[str, list]:
     """The request's prompt as a ``(text with <image> markers, images)`` row, each image decoded under the
     limits. The text is never read as a path or URL (the tuple form keeps it text)."""
     marker = pipeline.processor.image_token
-    image_parts = [p for p in request.prompt if p.type == "image"]
-    if len(image_parts) > limits.max_images:
-        raise InputError(
-            f"the prompt has {len(image_parts)} images; the limit is {limits.max_images}", "too_many_images"
-        )
-    texts = [p.text for p in request.prompt if p.type == "text"]
-    if sum(len(t) for t in texts) > limits.max_text_chars:
-        raise InputError(
-            f"the prompt text is over {limits.max_text_chars} characters", "prompt_too_long", 413
-        )
+    texts = [(f"prompt[{i}]", p.text) for i, p in enumerate(request.prompt) if p.type == "text"]
+    check_prompt(texts, sum(p.type == "image" for p in request.prompt), marker, limits)
     parts, images = [], []
     for i, part in enumerate(request.prompt):
         if part.type == "text":
-            if marker in part.text:
-                raise InputError(
-                    f"prompt[{i}]: text may not contain {marker}; send each image as an image part",
-                    "bad_text",
-                )
             parts.append(part.text)
             continue
         label = f"prompt[{i}] (image {len(images) + 1})"
@@ -163,17 +171,30 @@ def build_row(request: GenerateRequest, pipeline: FlamingoPipeline, limits: Serv
     return "".join(parts), images
 
 
-def check_settings(request: GenerateRequest, limits: ServeLimits) -> DecodingSettings:
-    if request.max_new_tokens > limits.max_new_tokens:
+def decoding_settings(
+    limits: ServeLimits, max_new_tokens: int, num_beams: int = 1, temperature: float = 0.0, top_p: float = 1.0
+) -> DecodingSettings:
+    """Decoding settings within the server's limits (``temperature`` 0: greedy or beam search)."""
+    if not 1 <= max_new_tokens <= limits.max_new_tokens:
         raise InputError(
-            f"max_new_tokens={request.max_new_tokens}; the limit is {limits.max_new_tokens}",
-            "too_many_new_tokens",
+            f"max_new_tokens={max_new_tokens}; the limit is {limits.max_new_tokens}", "too_many_new_tokens"
         )
-    if request.num_beams > limits.max_beams:
-        raise InputError(f"num_beams={request.num_beams}; the limit is {limits.max_beams}", "too_many_beams")
+    if not 1 <= num_beams <= limits.max_beams:
+        raise InputError(f"num_beams={num_beams}; the limit is {limits.max_beams}", "too_many_beams")
+    if not (0.0 <= temperature <= 5.0 and 0.0 < top_p <= 1.0):
+        raise InputError(
+            f"temperature={temperature}, top_p={top_p}: use 0 <= temperature <= 5 and 0 < top_p <= 1",
+            "bad_settings",
+        )
+    return DecodingSettings(int(max_new_tokens), int(num_beams), float(temperature), float(top_p))
+
+
+def check_settings(request: GenerateRequest, limits: ServeLimits) -> DecodingSettings:
     if request.stream and request.num_beams > 1:
         log.info("beam search cannot stream token by token: the text arrives in one event")
-    return DecodingSettings(request.max_new_tokens, request.num_beams, request.temperature, request.top_p)
+    return decoding_settings(
+        limits, request.max_new_tokens, request.num_beams, request.temperature, request.top_p
+    )
 
 
 def usage_of(completion: Completion, job: Job) -> Usage:
@@ -190,7 +211,8 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _exception_payload(err: BaseException) -> tuple[int, dict[str, Any]]:
+def exception_payload(err: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and error body for an exception raised while serving a request."""
     if isinstance(err, InputError):
         return err.status, error_body(err.code, err.message)
     if isinstance(err, (ValueError, TypeError)):
@@ -198,10 +220,9 @@ def _exception_payload(err: BaseException) -> tuple[int, dict[str, Any]]:
     return 500, error_body("internal_error", f"generation failed: {type(err).__name__}: {err}")
 
 
-def stream_events(job: Job, timeout_s: float) -> Iterator[str]:
-    """Server-sent events of a streaming job: ``message`` events with ``{"text": piece}``, then one ``done``
-    event with the whole text and usage, or one ``error`` event."""
-    pieces: list[str] = []
+def follow(job: Job, timeout_s: float) -> Iterator[str | Completion]:
+    """The text pieces of a streaming job as they arrive, then its :class:`Completion`; raises the job's error,
+    or an ``InputError`` (504) when nothing arrives for ``timeout_s`` seconds. Closing it cancels the job."""
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -209,20 +230,31 @@ def stream_events(job: Job, timeout_s: float) -> Iterator[str]:
                 kind, value = job.events.get(timeout=1.0)
             except queue.Empty:
                 if time.monotonic() > deadline:
-                    yield _sse("error", error_body("timeout", f"no answer within {timeout_s} s"))
-                    return
+                    raise InputError(f"no answer within {timeout_s} s", "timeout", 504) from None
                 continue
-            if kind == "text":
-                pieces.append(value)
-                yield _sse("message", {"text": value})
-            elif kind == "done":
-                yield _sse("done", {"text": "".join(pieces), "usage": usage_of(value, job).model_dump()})
-                return
-            else:
-                yield _sse("error", _exception_payload(value)[1])
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "done":
                 return
     finally:
         job.cancelled.set()  # the client went away or the stream ended: stop generating for it
+
+
+def stream_events(job: Job, timeout_s: float) -> Iterator[str]:
+    """Server-sent events of a streaming job: ``message`` events with ``{"text": piece}``, then one ``done``
+    event with the whole text and usage, or one ``error`` event."""
+    pieces: list[str] = []
+    try:
+        with contextlib.closing(follow(job, timeout_s)) as items:  # closed (job cancelled) if the client goes
+            for item in items:
+                if isinstance(item, str):
+                    pieces.append(item)
+                    yield _sse("message", {"text": item})
+                else:
+                    yield _sse("done", {"text": "".join(pieces), "usage": usage_of(item, job).model_dump()})
+    except Exception as err:
+        yield _sse("error", exception_payload(err)[1])
 
 
 def create_app(
@@ -230,7 +262,7 @@ def create_app(
 ) -> FastAPI:
     """The application around ``pipeline``; its worker thread starts and stops with the app's lifespan."""
     from flamingo.serve.examples import example_prompts
-    from flamingo.serve.page import PAGE_HTML
+    from flamingo.serve.ui import mount_demo
 
     limits = limits or ServeLimits()
     worker = BatchWorker(pipeline, limits.max_batch_size, limits.batch_wait_ms, limits.max_queue)
@@ -249,10 +281,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=max_body + 65536)
     _add_error_handlers(app)
     examples = example_prompts()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return PAGE_HTML
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -273,7 +301,7 @@ def create_app(
 
     @app.get("/v1/examples")
     def get_examples() -> list[dict[str, Any]]:
-        """Ready-made few-shot prompts for the demo page (images generated at startup, as data URLs)."""
+        """Ready-made few-shot prompts (images generated at startup, as data URLs); the web demo shows them."""
         return examples
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses={400: {}, 413: {}, 415: {}, 503: {}})
@@ -295,6 +323,7 @@ def create_app(
             raise InputError(f"no answer within {limits.request_timeout_s} s", "timeout", 504) from err
         return GenerateResponse(text=completion.text, usage=usage_of(completion, job))
 
+    mount_demo(app, pipeline, worker, limits, model_name)  # last: it answers every path not matched above
     return app
 
 
@@ -313,11 +342,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, err: ValueError) -> JSONResponse:
-        status, body = _exception_payload(err)
+        status, body = exception_payload(err)
         return JSONResponse(body, status)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
         log.exception("request failed")
-        status, body = _exception_payload(err)
+        status, body = exception_payload(err)
         return JSONResponse(body, status)

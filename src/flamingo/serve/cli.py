@@ -1,4 +1,4 @@
-"""``flamingo serve``: the web demo and HTTP API on one port."""
+"""``flamingo serve``: the web demo (Gradio) and HTTP API on one port."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="'auto': split a model too large for one GPU over the visible GPUs (instead of --device)",
+    )
     p.add_argument(
         "--allow-urls", action="store_true", help="fetch http(s) image URLs (public addresses only)"
     )
@@ -49,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         device=args.device,
         dtype=args.dtype,
+        device_map=args.device_map,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         max_image_bytes=args.max_image_bytes,

@@ -1,4 +1,5 @@
-"""Example few-shot prompts for the demo page, with images drawn by Pillow at startup (nothing downloaded)."""
+"""Example few-shot prompts for the web demo and ``GET /v1/examples``, with images drawn by Pillow at startup
+(nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -45,18 +46,19 @@ def shape_image(shape: str, colour: str, count: int = 1, size: int = 96) -> Imag
 
 
 def data_url(image: Image.Image) -> str:
-    """A PNG ``data:`` URL, the form the page (and ``/v1/generate``'s ``base64`` field) accepts."""
+    """A PNG ``data:`` URL, the form ``/v1/generate``'s ``base64`` field accepts."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _shot(shape: str, colour: str, text: str, count: int = 1) -> dict[str, str]:
-    return {"image": data_url(shape_image(shape, colour, count)), "text": text}
+def _shot(shape: str, colour: str, text: str, count: int = 1) -> dict[str, Any]:
+    return {"image": shape_image(shape, colour, count), "text": text}
 
 
-def example_prompts() -> list[dict[str, Any]]:
-    """Few-shot prompts in the benchmark formats: demonstrations, a query, and decoding settings."""
+def example_specs() -> list[dict[str, Any]]:
+    """Few-shot prompts in the benchmark formats: demonstrations and a query (each a PIL image and its text),
+    and decoding settings (``mode`` greedy, beam or sample)."""
     return [
         {
             "title": "Captioning, 2-shot",
@@ -89,3 +91,12 @@ def example_prompts() -> list[dict[str, Any]]:
             "settings": {"mode": "sample", "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 20},
         },
     ]
+
+
+def example_prompts() -> list[dict[str, Any]]:
+    """The examples for ``GET /v1/examples``: each image as a PNG data URL."""
+    specs = example_specs()
+    for spec in specs:
+        for part in [*spec["shots"], spec["query"]]:
+            part["image"] = data_url(part["image"])
+    return specs

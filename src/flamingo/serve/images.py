@@ -1,4 +1,5 @@
-"""Untrusted images in, PIL images out: bytes, base64, local files and http(s) URLs, each under limits.
+"""Untrusted images in, PIL images out: bytes, base64, local files, web demo uploads and http(s) URLs, each under
+limits.
 
 Used by :class:`flamingo.pipeline.FlamingoPipeline` and the HTTP API alike, so both refuse the same inputs
 with the same messages. Only the standard library and Pillow are imported here (no web framework).
@@ -124,6 +125,30 @@ def read_image_file(path: str | Path, policy: ImagePolicy, label: str = "image")
             413,
         )
     return decode_image(path.read_bytes(), policy, f"{label} ({path})")
+
+
+def read_upload(
+    path: str | Path, upload_dir: str | Path, policy: ImagePolicy, label: str = "image"
+) -> Image.Image:
+    """A file the web demo received into ``upload_dir`` -> an RGB image under ``policy``'s byte and pixel limits.
+
+    For the server, which never reads paths a request names (``policy.allow_paths`` is off): a path that does not
+    resolve (links and ``..`` followed) to a file inside ``upload_dir`` is refused before it is opened.
+    """
+    root = Path(upload_dir).resolve()
+    resolved = Path(path).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise InputError(f"{label}: only images uploaded through the page are read", "not_an_upload", 403)
+    if not resolved.is_file():
+        raise InputError(f"{label}: the upload is gone; upload the image again", "no_such_file", 404)
+    size = resolved.stat().st_size
+    if size > policy.max_image_bytes:
+        raise InputError(
+            f"{label} is {size} bytes; the limit is {policy.max_image_bytes} bytes", "image_too_large", 413
+        )
+    with open(resolved, "rb") as file:
+        data = file.read(policy.max_image_bytes + 1)  # capped even if the file grew since
+    return decode_image(data, policy, label)
 
 
 def is_url(text: str) -> bool:

@@ -26,17 +26,20 @@ def load_server_pipeline(
     model: str,
     device: str = "cpu",
     dtype: str | None = None,
+    device_map: str | None = None,
     allow_urls: bool = False,
     allow_private_urls: bool = False,
     max_image_bytes: int = 10 * 1024 * 1024,
     max_image_pixels: int = 4096 * 4096,
     max_prompt_tokens: int = 2048,
 ) -> FlamingoPipeline:
-    """The pipeline a server uses: it never reads local paths, whatever a request says."""
+    """The pipeline a server uses: it never reads local paths, whatever a request says. ``device_map="auto"``
+    splits a model too large for one GPU (see :meth:`FlamingoPipeline.from_pretrained`)."""
     return FlamingoPipeline.from_pretrained(
         model,
         device=device,
         dtype=dtype,
+        device_map=device_map,
         allow_paths=False,
         allow_urls=allow_urls,
         allow_private_urls=allow_private_urls,
