@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +25,37 @@ SAME_DATA = [
 ]
 
 
+# LoRA puts trained matrices inside the decoder layers: FSDP2 units that mix frozen and trained parameters.
+LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2"]
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "checkpoints" / "step-000006" / "model" / "model.safetensors"))
+    """The trained tensors of step 6: adapters, and the LoRA matrices (``lora:`` keys) when there are any."""
+    model = run / "checkpoints" / "step-000006" / "model"
+    weights = load_file(str(model / "model.safetensors"))
+    if (model / "lora").is_dir():
+        weights |= {
+            f"lora:{k}": v for k, v in load_file(str(model / "lora" / "adapter_model.safetensors")).items()
+        }
+    return weights
+
+
+def _parameter_name(key: str) -> str:
+    """The model's parameter name of a saved tensor (a LoRA file names them as PEFT does)."""
+    if not key.startswith("lora:"):
+        return key
+    name = key.removeprefix("lora:base_model.model.")
+    return "lm." + re.sub(r"\.(lora_[AB])\.", r".\1.default.", name)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, strategy):
+@pytest.mark.parametrize(
+    ("strategy", "extra"), [("ddp", []), ("fsdp", []), ("fsdp", LORA)], ids=["ddp", "fsdp", "fsdp-lora"]
+)
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, strategy, extra):
     reference = tmp_path / "single"
-    assert main(["train", "--config", str(TINY_PRESET), f"run_dir={reference}", *QUIET, *SAME_DATA]) == 0
+    single = ["train", "--config", str(TINY_PRESET), f"run_dir={reference}", *QUIET, *SAME_DATA, *extra]
+    assert main(single) == 0
     run = tmp_path / strategy
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [
@@ -46,6 +69,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
         *SAME_DATA,
     ]
     command += ["data.sources.0.batch_size=2", "data.sources.1.batch_size=4", f"parallel.strategy={strategy}"]
+    command += extra
     done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     expected, got = read_losses(reference), read_losses(run)
@@ -55,7 +79,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
     assert all(torch.allclose(single[k], multi[k], atol=1e-5) for k in single)
     # Frozen weights have no optimizer state, sharded or not: the state covers exactly the trained tensors.
     optimizer = torch.load(run / "checkpoints" / "step-000006" / "optimizer.pt", weights_only=True)
-    assert set(optimizer["state"]) == set(multi)
+    assert set(optimizer["state"]) == {_parameter_name(k) for k in multi}
+    assert any(k.startswith("lora:") for k in multi) == bool(extra)
     assert (run / "checkpoints" / "step-000006" / "rank-00001.pt").is_file()
 
 

@@ -1,4 +1,5 @@
-"""Shard schemas, readers and writers, interleaved preprocessing, label masking and synthetic data."""
+"""Shard schemas, readers and writers, interleaved preprocessing, instruction conversations, label masking and
+synthetic data."""
 
 from flamingo.data.interleaved import (
     InterleavedConfig,
@@ -11,7 +12,7 @@ from flamingo.data.interleaved import (
     tokenize_interleaved,
     tokenize_pair,
 )
-from flamingo.data.labels import make_labels
+from flamingo.data.labels import make_labels, make_response_labels
 from flamingo.data.paths import expand_braces, expand_paths
 from flamingo.data.schema import (
     FORMAT,
@@ -21,6 +22,15 @@ from flamingo.data.schema import (
     InterleavedDocument,
     SchemaError,
     SchemaIssue,
+)
+from flamingo.data.sft import (
+    ChatTemplate,
+    Conversation,
+    Message,
+    SftShardWriter,
+    conversation_from_dict,
+    render_conversation,
+    tokenize_conversation,
 )
 from flamingo.data.shards import (
     InterleavedShardWriter,
@@ -34,6 +44,8 @@ from flamingo.data.validate import ValidationIssue, ValidationReport, shard_stat
 
 __all__ = [
     "FORMAT",
+    "ChatTemplate",
+    "Conversation",
     "EncodedImage",
     "ImageInfo",
     "ImageTextPair",
@@ -41,24 +53,30 @@ __all__ = [
     "InterleavedDocument",
     "InterleavedSample",
     "InterleavedShardWriter",
+    "Message",
     "PairShardWriter",
     "ReadStats",
     "SchemaError",
     "SchemaIssue",
+    "SftShardWriter",
     "TokenizedSample",
     "ValidationIssue",
     "ValidationReport",
     "build_interleaved_text",
     "build_pair_text",
+    "conversation_from_dict",
     "expand_braces",
     "expand_paths",
     "hungarian_assignment",
     "make_labels",
+    "make_response_labels",
     "preprocess_interleaved",
     "read_interleaved",
     "read_mmc4_jsonl",
     "read_pairs",
+    "render_conversation",
     "shard_stats",
+    "tokenize_conversation",
     "tokenize_interleaved",
     "tokenize_pair",
     "validate_shards",

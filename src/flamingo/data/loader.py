@@ -8,10 +8,18 @@ decoding) up to the offset and continues exactly where it stopped.
 Ranks split the data by shard when there are at least as many shards as ranks, else by the index of each raw
 sample in the epoch's stream (``index % world_size == rank``), so no rank is ever left without data.
 
-Samples (one per document or pair) carry their images in the order of their ``<image>`` tokens and labels from
-:func:`flamingo.data.labels.make_labels`; samples with no supervised token and bad input are skipped and
-counted. Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in DESIGN.md).
-Sequences are padded to ``max_tokens`` (static shapes for ``torch.compile``); packing is not implemented.
+Samples (one per document, pair or conversation) carry their images in the order of their ``<image>`` tokens and
+labels from :mod:`flamingo.data.labels` (``make_labels`` for web data, ``make_response_labels`` for instruction
+data, see :mod:`flamingo.data.sft`); samples with no supervised token and bad input are skipped and counted.
+Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in DESIGN.md). Sequences
+are padded to ``max_tokens`` (static shapes for ``torch.compile``).
+
+Packing (``pack: true``, :func:`pack_samples`): consecutive samples are concatenated greedily into rows of
+``pack_max_tokens`` (padded to it), with their images in order. Under the ``previous`` media policy a token sees
+only the latest ``<image>`` before it, so a sample joins a row only when it opens with its own ``<image>`` (a
+sample that does not starts a new row); the LM's self-attention still sees the earlier samples of the row, as in
+GPT-style packing. A row's state is the position after its last sample, so a resumed run re-reads the sample
+that did not fit and builds the same rows.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+# Samples, batches and packing live in flamingo.data.batch; importable from here as before.
+from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples
 from flamingo.data.interleaved import (
     PAIR_MAX_TOKENS,
     InterleavedConfig,
@@ -36,8 +46,18 @@ from flamingo.data.interleaved import (
     tokenize_interleaved,
     tokenize_pair,
 )
-from flamingo.data.labels import make_labels
-from flamingo.data.paths import expand_paths
+from flamingo.data.labels import make_labels, make_response_labels
+from flamingo.data.paths import SHARD_SUFFIXES, expand_paths
+from flamingo.data.schema import SchemaError
+from flamingo.data.sft import (
+    ChatTemplate,
+    attach_images,
+    conversation_from_dict,
+    decode_images,
+    iter_jsonl_samples,
+    render_conversation,
+    tokenize_conversation,
+)
 
 # The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
 # to raw tar members that we can skip without decoding (resumption) or leave to another rank.
@@ -46,10 +66,10 @@ from flamingo.data.shards import (
     ReadStats,
     _document_from_sample,
     _pair_from_sample,
+    _parse_json,
     iter_tar_samples,
 )
 
-IGNORE_INDEX = -100
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
 
 
@@ -59,8 +79,9 @@ class SourceConfig:
 
     name: str = "interleaved"
     """Name in logs and metrics; unique among the sources."""
-    kind: Literal["interleaved", "pairs"] = "interleaved"
-    """``interleaved`` documents (MMC4-like shards) or image-text ``pairs`` (img2dataset shards)."""
+    kind: Literal["interleaved", "pairs", "sft"] = "interleaved"
+    """``interleaved`` documents (MMC4-like shards), image-text ``pairs`` (img2dataset shards) or ``sft``
+    conversations (flamingo-sft/1 tar shards or JSONL; only the answers are supervised)."""
     shards: list[str] = field(default_factory=list)
     """Shard files, globs, brace patterns or folders; empty means the source is absent."""
     batch_size: int = 8
@@ -70,7 +91,7 @@ class SourceConfig:
     sample_weight: float = 1.0
     """Relative chance of being picked for a step when ``data.mixing`` is ``sample``."""
     max_tokens: int | None = None
-    """Sequence length; None: 256 for interleaved, 32 for pairs (OpenFlamingo)."""
+    """Sequence length; None: 256 for interleaved and sft, 32 for pairs (OpenFlamingo)."""
     max_images: int = 6
     """Most images per interleaved document."""
     min_image_bytes: int = 10_000
@@ -85,11 +106,22 @@ class SourceConfig:
     """Keep documents without their corrupt images instead of skipping them."""
     shuffle_block: int = 256
     """Raw samples shuffled together within a shard (1: shard order only)."""
+    template: ChatTemplate = field(default_factory=ChatTemplate)
+    """sft only: the role prefixes of the prompt template."""
+    pack: bool = False
+    """Concatenate consecutive samples that open with <image> into rows of pack_max_tokens (batch_size rows)."""
+    pack_max_tokens: int | None = None
+    """Length of a packed row; None: max_tokens (set it higher to pack several full-length samples)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("interleaved", "pairs"):
+        if self.kind not in ("interleaved", "pairs", "sft"):
             raise ValueError(
-                f"source {self.name!r}: kind must be 'interleaved' or 'pairs', got {self.kind!r}"
+                f"source {self.name!r}: kind must be 'interleaved', 'pairs' or 'sft', got {self.kind!r}"
+            )
+        if self.pack_max_tokens is not None and self.pack_max_tokens < self.sequence_length:
+            raise ValueError(
+                f"source {self.name!r}: pack_max_tokens ({self.pack_max_tokens}) is shorter than a sample "
+                f"(max_tokens {self.sequence_length}); raise it or leave it unset"
             )
         if isinstance(self.shards, str):
             self.shards = [self.shards]
@@ -104,8 +136,13 @@ class SourceConfig:
 
     @property
     def sequence_length(self) -> int:
-        default = 256 if self.kind == "interleaved" else PAIR_MAX_TOKENS
+        default = PAIR_MAX_TOKENS if self.kind == "pairs" else 256
         return self.max_tokens or default
+
+    @property
+    def row_length(self) -> int:
+        """Tokens per row of a batch: the packed row length, or the sequence length."""
+        return (self.pack_max_tokens or self.sequence_length) if self.pack else self.sequence_length
 
     def interleaved_config(self) -> InterleavedConfig:
         return InterleavedConfig(
@@ -118,72 +155,15 @@ class SourceConfig:
         )
 
 
-@dataclass
-class Sample:
-    """One training sequence: ``input_ids``/``attention_mask``/``labels`` (s,), ``pixels`` (t, c, h, w)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-    pixels: torch.Tensor
-
-
-@dataclass
-class Batch:
-    """A collated micro-batch of one source."""
-
-    images: torch.Tensor
-    """(b, t, 1, c, h, w) pixels; empty slots are zeros."""
-    image_mask: torch.Tensor
-    """(b, t) bool, True where a slot holds an image."""
-    input_ids: torch.Tensor
-    """(b, s) int64"""
-    attention_mask: torch.Tensor
-    """(b, s) int64, 1 for real tokens"""
-    labels: torch.Tensor
-    """(b, s) int64, not shifted; -100 where unsupervised"""
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
-
-    @property
-    def num_supervised(self) -> int:
-        """Tokens the next-token loss counts (labels after the shift)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
-    """Stack samples: images into (b, t, 1, c, h, w) with t the most images of any sample (at least 1)."""
-    if not samples:
-        raise ValueError("collate needs at least one sample")
-    length = max(s.input_ids.shape[0] for s in samples)
-    slots = max(1, max(s.pixels.shape[0] for s in samples))
-    chw = next((s.pixels.shape[1:] for s in samples if s.pixels.shape[0]), None)
-    if chw is None:
-        raise ValueError("collate: no sample in the batch has an image")
-    b = len(samples)
-    images = torch.zeros(b, slots, 1, *chw)
-    image_mask = torch.zeros(b, slots, dtype=torch.bool)
-    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(b, length, dtype=torch.long)
-    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-    for row, sample in enumerate(samples):
-        t, s = sample.pixels.shape[0], sample.input_ids.shape[0]
-        images[row, :t, 0] = sample.pixels
-        image_mask[row, :t] = True
-        input_ids[row, :s], attention_mask[row, :s], labels[row, :s] = (
-            sample.input_ids,
-            sample.attention_mask,
-            sample.labels,
+def check_packing(sources: Sequence[SourceConfig], media_policy: str) -> None:
+    """Refuse packing unless every token sees only the latest image before it (media policy ``previous``)."""
+    packed = [source.name for source in sources if source.pack]
+    if packed and media_policy != "previous":
+        raise ValueError(
+            f"sources {packed} pack samples, but the model's cross_attn.media_policy is {media_policy!r}: its "
+            "tokens would attend to the images of the earlier samples of a row. Set pack: false for them, or "
+            "train a model with media_policy 'previous'"
         )
-    return Batch(images, image_mask, input_ids, attention_mask, labels)
 
 
 @dataclass
@@ -223,9 +203,15 @@ class SourceDataset(torch.utils.data.IterableDataset):
         self.config, self.image_transform = config, image_transform
         self.image_token_id, self.eoc_token_id = image_token_id, eoc_token_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.shards = [str(p) for p in expand_paths(config.shards)]
+        suffixes = (*SHARD_SUFFIXES, ".jsonl") if config.kind == "sft" else SHARD_SUFFIXES
+        self.shards = [str(p) for p in expand_paths(config.shards, suffixes)]
         if not self.shards:
             raise FileNotFoundError(f"source {config.name!r}: shards {config.shards} name no file")
+        if config.kind == "sft" and not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"source {config.name!r}: sft sources need a fast tokenizer (answers are found through its "
+                "character offsets); load the tokenizer with use_fast=True"
+            )
         self.split: Literal["shard", "sample"] = "shard" if len(self.shards) >= world_size else "sample"
         self.interleaved = config.interleaved_config()
         self.position = Position()
@@ -281,7 +267,8 @@ class SourceDataset(torch.utils.data.IterableDataset):
             self.read_stats.files -= 1  # the file was already counted before the position was saved
         block: list[tuple[str, dict]] = []
         block_index, offset = 0, 0
-        raw = iter_tar_samples(Path(shard), log)
+        jsonl = self.config.kind == "sft" and shard.endswith(".jsonl")
+        raw = iter_jsonl_samples(Path(shard), log) if jsonl else iter_tar_samples(Path(shard), log)
         while True:
             block = [item for _, item in zip(range(self.config.shuffle_block), raw)]
             if not block:
@@ -332,6 +319,8 @@ class SourceDataset(torch.utils.data.IterableDataset):
                 tokenized = tokenize_pair(
                     pair.caption, pair.image.decode(), self.tokenizer, self.config.sequence_length
                 )
+            elif self.config.kind == "sft":
+                return self._conversation_sample(key, members, shard, log)
             else:
                 tokenized = self._tokenize_document(key, members, shard, log, epoch)
                 if tokenized is None:
@@ -355,11 +344,43 @@ class SourceDataset(torch.utils.data.IterableDataset):
             prepared.text, prepared.images, self.tokenizer, self.config.sequence_length
         )
 
-    def _label(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: list) -> Sample | None:
-        mode = "pairs" if self.config.kind == "pairs" else "interleaved"
-        labels = make_labels(
-            input_ids[None], attention_mask[None], self.image_token_id, self.eoc_token_id, mode=mode
-        )[0]
+    def _conversation_sample(self, key: str, members: dict, shard: str, log: FileReadLog) -> Sample | None:
+        """A conversation rendered with the source's template; only the answers are supervised."""
+        data = _parse_json(members.get("json"), key, log)
+        if data is None:
+            return None
+        try:
+            conversation = conversation_from_dict(data, shard, key)
+        except SchemaError as error:
+            log.skip("schema_error", str(error))
+            return None
+        missing = attach_images(conversation, members, Path(shard).parent)
+        if missing:
+            log.skip("missing_member", f"[{key}] image {conversation.image_refs[missing[0]]!r} not found")
+            return None
+        self.read_stats.samples += 1
+        eos = self.tokenizer.eos_token or ""
+        rendered = render_conversation(conversation, self.config.template, eos)
+        tokenized, answers, order = tokenize_conversation(
+            rendered, self.tokenizer, self.config.sequence_length
+        )
+        ids, mask = tokenized.input_ids, tokenized.attention_mask
+        labels = make_response_labels(ids[None], mask[None], answers[None], self.image_token_id)[0]
+        return self._label(ids, mask, decode_images(conversation, order), labels)
+
+    def _label(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        images: list,
+        labels: torch.Tensor | None = None,
+    ) -> Sample | None:
+        """The sample with web-data labels (unless ``labels`` are given); None (counted) if unusable."""
+        if labels is None:
+            mode = "pairs" if self.config.kind == "pairs" else "interleaved"
+            labels = make_labels(
+                input_ids[None], attention_mask[None], self.image_token_id, self.eoc_token_id, mode=mode
+            )[0]
         if not images:
             self.skipped["no_images_after_truncation"] += 1
             return None
@@ -382,9 +403,17 @@ class SourceLoader:
         self._iterator: Iterator[tuple[Batch, dict[str, Any]]] | None = None
         self.state: dict[str, Any] = dataset.state_dict()
 
+    def _rows(self) -> Iterator[tuple[Sample, dict[str, Any]]]:
+        """The dataset's samples, or packed rows of them (``pack``)."""
+        if not self.config.pack:
+            return iter(self.dataset)
+        data = self.dataset
+        bos = getattr(data.tokenizer, "bos_token_id", None)
+        return pack_samples(iter(data), self.config.row_length, self.pad_id, data.image_token_id, bos)
+
     def _batches(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
         samples, state = [], None
-        for sample, state in self.dataset:
+        for sample, state in self._rows():
             samples.append(sample)
             if len(samples) == self.config.batch_size:
                 yield collate(samples, self.pad_id), state

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from flamingo.data.mmc4 import document_to_mmc4
 from flamingo.data.schema import EncodedImage, ImageInfo, ImageTextPair, InterleavedDocument
+from flamingo.data.sft import Conversation, Message, SftShardWriter
 from flamingo.data.shards import InterleavedShardWriter, PairShardWriter
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "bar")
@@ -183,6 +184,47 @@ def write_synthetic_pairs(
     with PairShardWriter(out_dir, prefix, max_samples_per_shard) as writer:
         for index in range(num_pairs):
             writer.write(synthetic_pair(rng, f"{index:09d}"))
+    return writer.shard_paths
+
+
+def synthetic_conversation(rng: random.Random, conversation_id: str, image_size: int = 32) -> Conversation:
+    """An instruction conversation about one or two shape images, with answers that the images decide.
+
+    One image: "What is in the picture?" -> "A red circle.", sometimes followed by "What colour is it?" ->
+    "It is red."; two images: "Do they have the same colour?" -> "Yes, both are red." / "No: red and blue."
+    """
+    if rng.random() < 0.6:
+        picture, shape, colour = draw_shape(rng, image_size)
+        messages = [
+            Message("user", [0, "What is in the picture?"]),
+            Message("assistant", [f"{'An' if colour[0] in 'aeiou' else 'A'} {colour} {shape}."]),
+        ]
+        if rng.random() < 0.5:
+            messages += [Message("user", ["What colour is it?"]), Message("assistant", [f"It is {colour}."])]
+        pictures = [picture]
+    else:
+        first, _, colour = draw_shape(rng, image_size)
+        same = rng.random() < 0.5
+        second, _, other = draw_shape(rng, image_size, colour=colour if same else None)
+        answer = f"Yes, both are {colour}." if other == colour else f"No: {colour} and {other}."
+        messages = [Message("user", [0, 1, "Do they have the same colour?"]), Message("assistant", [answer])]
+        pictures = [first, second]
+    images = [encode_image(picture, "png") for picture in pictures]
+    return Conversation(conversation_id, messages, [f"{i}.png" for i in range(len(images))], images)
+
+
+def write_synthetic_sft(
+    out_dir: str | os.PathLike[str],
+    num_conversations: int,
+    seed: int = 0,
+    max_samples_per_shard: int = 100,
+    prefix: str = "sft",
+) -> list[Path]:
+    """Write ``num_conversations`` synthetic conversations to flamingo-sft/1 tar shards; returns their paths."""
+    rng = random.Random(seed)
+    with SftShardWriter(out_dir, prefix, max_samples_per_shard) as writer:
+        for index in range(num_conversations):
+            writer.write(synthetic_conversation(rng, f"conv{index:06d}"))
     return writer.shard_paths
 
 

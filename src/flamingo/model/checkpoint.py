@@ -79,8 +79,17 @@ def save_pretrained(model: Flamingo, directory: str | Path, save_backbones: bool
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(model.config)
+    from flamingo.model.lora import has_lora, lm_without_lora, save_lora
+
+    lora = has_lora(model)
+    if lora:  # lora/ holds the adapter (PEFT layout); lm/ stays the base LM
+        save_lora(model, directory)
     if save_backbones:
-        model.lm.save_pretrained(directory / "lm")
+        if lora:
+            with lm_without_lora(model) as lm:
+                lm.save_pretrained(directory / "lm")
+        else:
+            model.lm.save_pretrained(directory / "lm")
         fields = model.vision.save_backbone(directory / "vision")
         config.vision = dataclasses.replace(config.vision, **fields)
         config.backbones_included = True
@@ -132,6 +141,10 @@ def from_pretrained(
     model.config.vision = config.vision
     model.config.backbones_included = config.backbones_included
     load_adapter_state(model, load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
+    if (directory / "lora").is_dir():  # a LoRA on the LM, trained with model.lora (needs peft)
+        from flamingo.model.lora import load_lora
+
+        load_lora(model, directory)
     model.eval()  # like transformers' from_pretrained: inference mode until a trainer says otherwise
     return model.to(device) if device is not None else model
 

@@ -1,6 +1,9 @@
 """Resumable checkpoints, written atomically: ``<run_dir>/checkpoints/step-000100/``::
 
     model/             the trained weights in Flamingo.save_pretrained's layout (Flamingo.from_pretrained loads it)
+    model/lora/        the LM's LoRA when it has one (a PEFT adapter directory; flamingo.model.lora loads it)
+    lora/              instead, with model.lora.merge_on_save: model/lm/ holds the LM with the LoRA folded in,
+                       and the unmerged LoRA stays here for resuming
     optimizer.pt       full (unsharded) optimizer state, keyed by parameter name
     rank-00000.pt      each rank's data position and RNG states
     state.json         step, counters, world size: written last
@@ -25,6 +28,7 @@ from torch import nn
 
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
 from flamingo.model.flamingo import Flamingo
+from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
 from flamingo.train.parallel import DistInfo, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -56,25 +60,54 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
-def gather_adapter_state(model: Flamingo) -> dict[str, torch.Tensor]:
-    """Full CPU copies of the trained tensors; under FSDP2 every rank must call it (it all-gathers)."""
+def _gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = {}
-    for name, tensor in model.adapter_state_dict().items():
+    for name, tensor in tensors.items():
         full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
         state[name] = full.detach().to("cpu", copy=True).contiguous()
     return state
 
 
+def gather_adapter_state(model: Flamingo) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the trained tensors; under FSDP2 every rank must call it (it all-gathers)."""
+    return _gathered(model.adapter_state_dict())
+
+
+def gather_lora_state(model: Flamingo) -> dict[str, torch.Tensor]:
+    """Full CPU copies of the LM's LoRA tensors ({} without LoRA); collective under FSDP2 like the above."""
+    return _gathered(lora_state_dict(model))
+
+
 def write_model_dir(
-    model: Flamingo, state: dict[str, torch.Tensor], directory: Path, backbones: bool
+    model: Flamingo,
+    state: dict[str, torch.Tensor],
+    directory: Path,
+    backbones: bool,
+    lora: dict[str, torch.Tensor] | None = None,
+    merge_lora: bool = False,
 ) -> None:
-    """``directory`` in the layout of :meth:`Flamingo.save_pretrained`, from gathered ``state``."""
+    """``directory`` in the layout of :meth:`Flamingo.save_pretrained`, from gathered ``state``.
+
+    With a LoRA (gathered ``lora``): the saved LM backbone is the LM without it (``lm/`` stays a plain
+    Hugging Face model) and the LoRA goes to ``lora/``; or, with ``merge_lora``, ``lm/`` holds the LM with the
+    LoRA folded into its weights, which plain ``Flamingo.from_pretrained`` loads.
+    """
     sharded = any(hasattr(t, "full_tensor") for t in model.adapter_state_dict().values())
+    if lora and merge_lora and (sharded or not backbones):
+        raise ValueError(
+            "model.lora.merge_on_save needs the backbones saved whole: set checkpoint.save_backbones=true "
+            "(not possible under FSDP)"
+        )
     if not sharded:
-        model.save_pretrained(str(directory), save_backbones=backbones)
+        with lm_without_lora(model, merge=bool(lora) and merge_lora):
+            model.save_pretrained(str(directory), save_backbones=backbones)
+        if lora and not merge_lora:
+            save_lora(model, directory, lora)
         return
     if backbones:
         raise ValueError("checkpoint.save_backbones needs unsharded backbones; set it false under FSDP")
+    if lora:
+        save_lora(model, directory, lora)
     directory.mkdir(parents=True, exist_ok=True)  # the same files save_pretrained writes without backbones
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "flamingo", "version": "1"})
     if model.tokenizer is not None:
@@ -118,6 +151,7 @@ def save_checkpoint(
     info: DistInfo,
     keep_last: int,
     save_backbones: bool,
+    merge_lora: bool = False,
 ) -> Path:
     """Write checkpoint ``step`` (collective: every rank calls it); returns its directory."""
     final = checkpoints_dir(run_dir) / f"step-{step:06d}"
@@ -127,10 +161,13 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier(info)
     adapters = gather_adapter_state(model)
+    lora = gather_lora_state(model)
     optim_state = _optimizer_state(train_model, optimizer)
     torch.save({**per_rank, "rng": rng_state()}, tmp / f"rank-{info.rank:05d}.pt")
     if info.is_main:
-        write_model_dir(model, adapters, tmp / "model", save_backbones)
+        write_model_dir(model, adapters, tmp / "model", save_backbones, lora, merge_lora)
+        if lora and merge_lora:  # model/ has it folded in; resuming needs the factors
+            save_lora(model, tmp, lora)
         torch.save(optim_state, tmp / "optimizer.pt")
         state = {**shared, "step": step, "world_size": info.world_size}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
@@ -145,9 +182,24 @@ def save_checkpoint(
 
 
 def load_model_weights(model: Flamingo, checkpoint: Path) -> None:
-    """Load a checkpoint's trained weights into an unwrapped, unsharded model (before parallelize)."""
+    """Load a checkpoint's trained weights (and LoRA) into an unwrapped, unsharded model (before parallelize)."""
     file = checkpoint / "model" / WEIGHTS_NAME
     load_adapter_state(model, load_file(str(file)), str(file))
+    saved_lora = next((d for d in (checkpoint / "model", checkpoint) if (d / LORA_DIR).is_dir()), None)
+    if saved_lora is not None:
+        load_lora(model, saved_lora)
+    elif has_lora(model):
+        raise ValueError(f"{checkpoint} has no LoRA for this model's LoRA layers (lora/ is missing)")
+
+
+def check_resume_lora(checkpoint: Path, lora_enabled: bool) -> None:
+    """Resuming needs the same ``model.lora.enabled``: the optimizer state covers exactly what trained."""
+    trained = json.loads((checkpoint / "state.json").read_text()).get("lora_trained", False)
+    if trained != lora_enabled:
+        raise ValueError(
+            f"{checkpoint} was trained {'with' if trained else 'without'} LoRA: resume with "
+            f"model.lora.enabled={'true' if trained else 'false'}"
+        )
 
 
 def load_training_state(

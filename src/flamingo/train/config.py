@@ -32,6 +32,41 @@ def _check(condition: bool, message: str) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA on the language model (PEFT, injected in place; see flamingo.model.lora)."""
+
+    enabled: bool = False
+    """Add and train LoRA matrices in the LM's linear layers (the LM's own weights stay frozen)."""
+    r: int = 8
+    """Rank of each update ``B A``."""
+    alpha: float = 16.0
+    """Scale: the update is ``(alpha / r) * B A x``."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch's input during training."""
+    target_modules: str | list[str] = "auto"
+    """``auto``: the decoder layers' linear projections; ``all-linear``: all but the head; or a list of names.
+    ``auto`` takes attention and MLP projections whatever the family calls them; a listed name matches itself
+    and any ``*.name``. The head and the embeddings are refused."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the LoRA matrices (0: none, as QLoRA; decay pulls B A towards the base LM)."""
+    merge_on_save: bool = False
+    """Fold the LoRA into the saved LM copy model/lm/ (needs saved backbones) instead of writing model/lora/.
+    The unmerged LoRA is then kept in the checkpoint's lora/ for resuming."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"model.lora.r must be at least 1, got {self.r}")
+        _check(self.alpha > 0, f"model.lora.alpha must be positive, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.weight_decay >= 0, f"model.lora.weight_decay must be >= 0, got {self.weight_decay}")
+        targets = self.target_modules
+        _check(
+            targets in ("auto", "all-linear")
+            or (isinstance(targets, list) and bool(targets) and all(isinstance(t, str) for t in targets)),
+            f"model.lora.target_modules must be 'auto', 'all-linear' or a list of layer names, got {targets!r}",
+        )
+
+
+@dataclass
 class ModelConfig:
     """Which Flamingo to train."""
 
@@ -54,6 +89,8 @@ class ModelConfig:
     """tiny only: seed of the random backbone weights (they are rebuilt on resume)."""
     train_new_token_rows: bool = True
     """Train the embedding rows of <image>, <|endofchunk|> and pad."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA on the language model."""
 
     def __post_init__(self) -> None:
         _check(
@@ -74,7 +111,7 @@ class DataConfig:
     synthetic: bool = False
     """Generate synthetic shards into <run_dir>/data for sources without shards (tiny runs and tests)."""
     synthetic_samples: int = 200
-    """Documents or pairs generated per synthetic source."""
+    """Documents, pairs or conversations generated per synthetic source."""
     prefetch: int = 2
     """Micro-batches built ahead by a background thread per source (0: none)."""
 

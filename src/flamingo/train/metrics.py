@@ -2,8 +2,8 @@
 
 Model FLOPs per optimizer step (``flops_per_step``), matmul terms only, attention's quadratic terms ignored:
 
-* text side, per text token: ``6 * P_train`` for the trained weights it passes through (cross-attention blocks
-  and added rows: forward 2, weight gradient 2, input gradient 2) plus ``4 * P_lm`` for the frozen LM weights
+* text side, per text token: ``6 * P_train`` for the trained weights it passes through (cross-attention blocks,
+  added rows and LoRA matrices: forward 2, weight gradient 2, input gradient 2) plus ``4 * P_lm`` for the frozen LM weights
   (forward 2, input gradient 2: the gradient flows back through every frozen layer down to the first
   cross-attention block, but frozen weights need no weight gradient);
 * image side, per patch token of each image: ``2 * P_vision`` (frozen, nothing trainable below it: forward only)
@@ -48,7 +48,8 @@ class FlopsModel:
         embeddings = model.lm.get_input_embeddings().weight.numel()  # a lookup, not a matmul
         tied = model.lm.get_output_embeddings() is None or model.config.tokens.tied_output
         frozen_lm = count(model.lm, False) - (0 if tied else embeddings)
-        trained = count(model.cross_attn) + model.new_token_embeddings.numel()
+        # Trained text-side weights: cross-attention, added rows, and the LM's LoRA matrices when they train.
+        trained = count(model.cross_attn) + model.new_token_embeddings.numel() + count(model.lm, True)
         patches = (model.vision.image_size // _patch_size(model.vision)) ** 2
         return cls(trained, frozen_lm, count(model.vision), count(model.perceiver), patches)
 

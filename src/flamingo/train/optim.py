@@ -1,4 +1,9 @@
-"""The optimizer (AdamW with weight decay on the cross-attention only), the schedule and gradient clipping."""
+"""The optimizer (AdamW with weight decay on the cross-attention only), the schedule and gradient clipping.
+
+LoRA matrices of the LM (``*.lora_A.*``, ``*.lora_B.*``) form their own group with their own weight decay
+(``model.lora.weight_decay``, 0 by default): decoupled decay on A and B pulls the update B A towards zero, that
+is towards the base LM, a prior that the cross-attention's 0.1 was never tuned for.
+"""
 
 from __future__ import annotations
 
@@ -25,21 +30,33 @@ def decays(name: str, param: torch.Tensor, decay_on: str) -> bool:
     return False
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
+def is_lora(name: str) -> bool:
+    """Whether parameter ``name`` is a LoRA matrix of the LM (PEFT names them ``<layer>.lora_A.<adapter>.*``)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def build_optimizer(
+    model: nn.Module, config: OptimizerConfig, lora_weight_decay: float = 0.0
+) -> torch.optim.AdamW:
     """AdamW over the parameters that require grad only: frozen weights get no optimizer state."""
-    decay, no_decay = [], []
+    decay, no_decay, lora = [], [], []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if not param.requires_grad:
+            continue
+        if is_lora(name):
+            lora.append(param)
+        else:
             (decay if decays(_clean(name), param, config.decay_on) else no_decay).append(param)
-    if not decay and not no_decay:
+    if not decay and not no_decay and not lora:
         raise ValueError("the model has no trainable parameter: did freezing remove everything?")
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        {"params": lora, "weight_decay": lora_weight_decay},
     ]
     # The fused kernel (one launch for all tensors, DTensors included) matters on GPUs, where the per-tensor
     # launches of ~1000 parameters otherwise cost a fixed slice of every step.
-    fused = all(p.is_cuda for p in decay + no_decay)
+    fused = all(p.is_cuda for p in decay + no_decay + lora)
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=config.lr,

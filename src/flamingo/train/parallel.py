@@ -10,6 +10,8 @@
    encoder are separate units, then the root) or :func:`apply_ddp` (last: they wrap what 1 and 2 produced).
 
 Frozen weights stay ``requires_grad=False`` throughout, so neither DDP nor FSDP2 allocate gradients for them.
+LoRA (``model.lora``) is injected into the LM before any of this, so the wrappers and shards see its matrices as
+ordinary trained parameters of the decoder layers.
 After 1 or 2 replace decoder layers, ``model.attach()`` moves the Flamingo hooks onto the new modules.
 """
 
@@ -113,7 +115,10 @@ def apply_fsdp(model: Flamingo, info: DistInfo, param_dtype: torch.dtype | None,
     """FSDP2: each decoder layer, cross-attention block, the Perceiver and the vision encoder is a unit.
 
     Frozen and trainable weights sit in separate units (the root keeps the embeddings, the LM head and the
-    added-token rows), so frozen units never reduce-scatter gradients. Gradients reduce in fp32.
+    added-token rows), so frozen units never reduce-scatter gradients. Gradients reduce in fp32. With LoRA the
+    decoder-layer units mix frozen weights and trained LoRA matrices: FSDP2 all-gathers both and
+    reduce-scatters only the gradients that exist (LoRA's), and the optimizer holds state for LoRA only
+    (tested against one process with two gloo ranks).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

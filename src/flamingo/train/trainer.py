@@ -11,7 +11,10 @@ One optimizer step (:meth:`Trainer.train_step`):
 3. the accumulated gradient is clipped once; a non-finite loss or gradient on any rank skips the update on
    every rank (one all-reduce carries the flag with the losses), counted; too many in a row stop the run.
 
-Frozen backbones stay in eval mode and get neither gradients nor optimizer state.
+Frozen backbones stay in eval mode and get neither gradients nor optimizer state. With ``model.lora.enabled``
+the LM gets LoRA matrices (PEFT, injected in place before anything else touches the model, so that resuming,
+freezing and DDP/FSDP2 see them like any other trained tensor); only they, the Perceiver, the cross-attention
+and the added-token rows train, and their dropout (if any) is the one part of the LM in train mode.
 """
 
 from __future__ import annotations
@@ -24,16 +27,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from flamingo.data.loader import Mixture, SourceBatches, SourceConfig, SourceDataset, SourceLoader
-from flamingo.model.flamingo import IGNORE_INDEX, Flamingo
+from flamingo.data.loader import (
+    Mixture,
+    SourceBatches,
+    SourceConfig,
+    SourceDataset,
+    SourceLoader,
+    check_packing,
+)
+from flamingo.model.flamingo import Flamingo
+from flamingo.model.lora import add_lora, lora_config, lora_modules
 from flamingo.train import checkpointing as ckpt
-from flamingo.train.config import ModelConfig, RunConfig
+from flamingo.train.config import LoraConfig, ModelConfig, RunConfig
 from flamingo.train.freeze import freeze_backbones
 from flamingo.train.metrics import FlopsModel, MetricsLogger, default_peak_flops
 from flamingo.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
-from flamingo.train.parallel import DistInfo, all_reduce_sum, barrier, init_distributed, parallelize
+from flamingo.train.parallel import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    parallelize,
+    strategy_for,
+)
 
 
 class TrainingError(ValueError):
@@ -51,9 +68,13 @@ class StepStats:
     tokens: int
     samples: int
     images: int
+    positions: int
+    """Token slots of the step's micro-batches, padding included (rows x sequence length)."""
     grad_norm: float
     lr: float
     skipped: bool
+    source_fill: dict[str, float] = field(default_factory=dict)
+    """Per source: real tokens / token slots of its micro-batches (its packing efficiency)."""
 
 
 @dataclass
@@ -94,19 +115,43 @@ def build_model(config: ModelConfig) -> Flamingo:
         from flamingo.model.convert.openflamingo import openflamingo_config
 
         return Flamingo.from_config(openflamingo_config(config.name))
-    return Flamingo.from_pretrained(config.name)
+    return Flamingo.from_pretrained(config.name)  # with the checkpoint's LoRA, if it has one
+
+
+def prepare_lora(model: Flamingo, config: LoraConfig, seed: int = 0) -> None:
+    """Add the configured LoRA to the LM, or check the one the model came with (from a LoRA checkpoint).
+
+    A LoRA that came with the model but is not enabled stays in place, frozen, and is saved with the model.
+    """
+    existing = lora_config(model)
+    if existing is None:
+        if config.enabled:
+            torch.manual_seed(seed)  # A's random initialisation; B starts at zero
+            add_lora(model, config.r, config.alpha, config.dropout, config.target_modules)
+        return
+    if config.enabled and (existing.r, float(existing.lora_alpha)) != (config.r, float(config.alpha)):
+        raise TrainingError(
+            f"the starting model already has a LoRA with r={existing.r}, alpha={existing.lora_alpha}, which "
+            f"training continues: set model.lora.r={existing.r} model.lora.alpha={existing.lora_alpha}, or "
+            "merge it into the LM first (flamingo.model.lora.merge_lora, then save with the backbones)"
+        )
 
 
 def prepare_sources(config: RunConfig, info: DistInfo) -> list[SourceConfig]:
     """The present sources; with ``data.synthetic``, shard-less ones get synthetic shards in <run_dir>/data."""
-    from flamingo.data.synthetic import write_synthetic_interleaved, write_synthetic_pairs
+    from flamingo.data.synthetic import (
+        write_synthetic_interleaved,
+        write_synthetic_pairs,
+        write_synthetic_sft,
+    )
 
+    writers = {"pairs": write_synthetic_pairs, "sft": write_synthetic_sft}
     sources = []
     for source in config.data.sources:
         if not source.shards and config.data.synthetic:
             folder = Path(config.run_dir) / "data" / source.name
             if info.is_main and not (folder / ".complete").is_file():
-                write = write_synthetic_pairs if source.kind == "pairs" else write_synthetic_interleaved
+                write = writers.get(source.kind, write_synthetic_interleaved)
                 write(folder, config.data.synthetic_samples, seed=config.train.seed, max_samples_per_shard=50)
                 (folder / ".complete").touch()
             barrier(info)
@@ -122,8 +167,13 @@ def prepare_sources(config: RunConfig, info: DistInfo) -> list[SourceConfig]:
 
 def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture:
     tokens = model.config.tokens
+    sources = prepare_sources(config, info)
+    try:
+        check_packing(sources, model.config.cross_attn.media_policy)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     loaders = []
-    for source in prepare_sources(config, info):
+    for source in sources:
         dataset = SourceDataset(
             source,
             model.tokenizer,
@@ -147,14 +197,24 @@ class Trainer:
         self.config = config
         self.info = info or init_distributed(config.parallel, config.train.device)
         model = model if model is not None else build_model(config.model)
-        freeze_backbones(model, config.model.train_new_token_rows)
-        torch.manual_seed(config.train.seed)
+        lora = config.model.lora
+        prepare_lora(model, lora, config.train.seed)
         self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
         if self.resume_from is not None:
+            ckpt.check_resume_lora(self.resume_from, lora.enabled)
             ckpt.load_model_weights(model, self.resume_from)
+        freeze_backbones(model, config.model.train_new_token_rows, train_lora=lora.enabled)
+        torch.manual_seed(config.train.seed)
         self.model = model
+        self.strategy = strategy_for(config.parallel, self.info)
+        self.save_backbones = self._save_backbones()
+        if lora.merge_on_save and lora.enabled and not self.save_backbones:
+            raise TrainingError(
+                "model.lora.merge_on_save folds the LoRA into a saved copy of the LM, so the checkpoints must "
+                "hold the backbones: set checkpoint.save_backbones=true (not possible under FSDP)"
+            )
         self.train_model, self.strategy = parallelize(model, config.parallel, self.info, self._param_dtype())
-        self.optimizer = build_optimizer(self.train_model, config.train)
+        self.optimizer = build_optimizer(self.train_model, config.train, lora.weight_decay)
         self.trainable = [p for p in self.train_model.parameters() if p.requires_grad]
         self.step, self.skipped_steps, self.skipped_in_row = 0, 0, 0
         self.data_state: dict[str, Any] | None = None
@@ -180,10 +240,14 @@ class Trainer:
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
 
     def _set_modes(self) -> None:
-        """Adapters in train mode, frozen backbones in eval mode (no dropout, frozen norms' statistics)."""
+        """Adapters in train mode, frozen backbones in eval mode (no dropout, frozen norms' statistics); the
+        LM's trained LoRA layers in train mode (their dropout)."""
         self.train_model.train()
         self.model.lm.eval()
         self.model.vision.eval()
+        if self.config.model.lora.enabled:
+            for layer in lora_modules(self.model.lm).values():
+                layer.lora_dropout.train()
 
     def _grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
         """Synchronise gradients only on the step's last backward (DDP no_sync / FSDP2 gradient sync)."""
@@ -198,12 +262,17 @@ class Trainer:
         """Summed next-token cross-entropy of a micro-batch over its supervised tokens (fp32)."""
         batch = batch.to(self.info.device)
         with self._autocast():
+            # The model computes the loss from its final hidden states, without the (b, s, vocab) logits
+            # (flamingo.model.loss), where the LM family allows it.
             out = self.train_model(
-                batch.images, batch.input_ids, batch.attention_mask, image_mask=batch.image_mask
+                batch.images,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.labels,
+                image_mask=batch.image_mask,
+                loss_reduction="sum",
             )
-        logits = out.logits[:, :-1].float().flatten(0, 1)  # (b*(s-1), vocab)
-        targets = batch.labels[:, 1:].flatten()
-        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        return out.loss.float()
 
     def _backward_all(self, sources: list[SourceBatches], totals: torch.Tensor) -> torch.Tensor:
         """Forward/backward every micro-batch; returns this rank's summed token loss per source."""
@@ -229,12 +298,24 @@ class Trainer:
         totals = all_reduce_sum(torch.tensor([sum(c) for c in local], dtype=torch.float64), self.info)
         sums = self._backward_all(sources, totals)
         norm = clip_gradients(self.trainable, self.config.train.grad_clip).detach().double().cpu()
-        extra = [sum(b.num_tokens for b in batches), sum(len(b) for b in batches)]
-        extra += [sum(int(b.image_mask.sum()) for b in batches), float(not torch.isfinite(norm))]
-        packed = all_reduce_sum(torch.cat([sums, torch.tensor(extra, dtype=torch.float64)]), self.info)
-        losses = packed[: len(sources)] / totals.clamp(min=1)
+        n = len(sources)
+        # Real tokens and token slots (padding included) per source, then samples, images, the non-finite flag:
+        # one all-reduce carries them all with the losses.
+        fill = [
+            [sum(b.num_tokens for b in s.micro_batches), sum(b.input_ids.numel() for b in s.micro_batches)]
+            for s in sources
+        ]
+        extra = [sum(len(b) for b in batches), sum(int(b.image_mask.sum()) for b in batches)]
+        extra.append(float(not torch.isfinite(norm)))
+        local_stats = [sums, torch.tensor(fill, dtype=torch.float64).flatten()]
+        reduced = all_reduce_sum(
+            torch.cat([*local_stats, torch.tensor(extra, dtype=torch.float64)]), self.info
+        )
+        losses = reduced[:n] / totals.clamp(min=1)
+        filled = reduced[n : 3 * n].view(n, 2)  # (sources, [real tokens, slots])
+        samples, images, flag = reduced[3 * n :].tolist()
         objective = sum(s.loss_weight * float(v) for s, v in zip(sources, losses))
-        bad = packed[-1].item() > 0 or not torch.isfinite(losses).all().item()
+        bad = flag > 0 or not torch.isfinite(losses).all().item()
         lr = lr_at(self.step, self.config.train.lr, self.config.train, self.config.train.steps)
         self._update(bad, lr)
         return StepStats(
@@ -242,12 +323,14 @@ class Trainer:
             loss=objective,
             source_losses={s.name: float(v) for s, v in zip(sources, losses)},
             supervised={s.name: int(t) for s, t in zip(sources, totals)},
-            tokens=int(packed[-4]),
-            samples=int(packed[-3]),
-            images=int(packed[-2]),
+            tokens=int(filled[:, 0].sum()),
+            samples=int(samples),
+            images=int(images),
+            positions=int(filled[:, 1].sum()),
             grad_norm=float(norm),
             lr=lr,
             skipped=bad,
+            source_fill={s.name: float(f[0] / f[1].clamp(min=1)) for s, f in zip(sources, filled)},
         )
 
     def _update(self, bad: bool, lr: float) -> None:
@@ -270,12 +353,18 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ the run
+    def _save_backbones(self) -> bool:
+        backbones = self.config.checkpoint.save_backbones
+        if backbones is None:  # tiny backbones (or a checkpoint's own copies) have no other home;
+            # sharded ones cannot be written whole
+            own = self.config.model.kind == "tiny" or self.model.config.backbones_included
+            backbones = own and self.strategy != "fsdp"
+        return backbones
+
     def save(self, mixture: Mixture) -> Path:
         config = self.config
-        backbones = config.checkpoint.save_backbones
-        if backbones is None:  # tiny backbones have no other home; sharded ones cannot be written whole
-            backbones = config.model.kind == "tiny" and self.strategy != "fsdp"
         shared = {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row}
+        shared["lora_trained"] = config.model.lora.enabled
         return ckpt.save_checkpoint(
             config.run_dir,
             self.step,
@@ -286,7 +375,8 @@ class Trainer:
             {"data": mixture.state_dict()},
             self.info,
             config.checkpoint.keep_last,
-            backbones,
+            self.save_backbones,
+            merge_lora=config.model.lora.merge_on_save,
         )
 
     def fit(self) -> TrainResult:
@@ -356,6 +446,9 @@ class Trainer:
         }
         tokens = max(stats.tokens, 1)
         record["supervised_fraction"] = sum(stats.supervised.values()) / tokens
+        # Real tokens over token slots: what padding wastes, and what packing (data.sources.N.pack) wins back.
+        record["packing_efficiency"] = stats.tokens / max(stats.positions, 1)
+        record |= {f"packing_efficiency/{name}": value for name, value in stats.source_fill.items()}
         record["skipped_samples"] = mixture.counts()
         return record
 
