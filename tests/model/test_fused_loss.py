@@ -95,3 +95,14 @@ def test_forward_without_labels_still_returns_logits():
     ids = model.tokenizer(PROMPTS[:1], return_tensors="pt").input_ids
     out = model(make_images(1, 2), ids)
     assert out.loss is None and out.logits.shape[:2] == ids.shape
+
+
+def test_huge_losses_stay_exact_when_the_target_probability_underflows():
+    hidden = torch.zeros(1, 3, 4, requires_grad=True)
+    weight = torch.zeros(10, 4)
+    bias = torch.zeros(10)
+    bias[0] = 200.0  # p(target != 0) = exp(-200): 0 in fp32
+    labels = torch.tensor([[-100, 3, 0]])
+    loss = linear_cross_entropy(hidden, labels, weight, bias, reduction="sum")
+    expected = F.cross_entropy(bias.expand(2, -1), torch.tensor([3, 0]), reduction="sum")
+    assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-3

@@ -56,11 +56,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits[:, new] = (h @ new_rows.to(weight.dtype).T).float()
             if bias is not None:
                 logits += bias.float()
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            # One fused softmax kernel; -log p(target) is the loss. A target probability that underflows fp32
+            # (a loss above ~87 nats) takes the exact log-sum-exp instead.
+            probs = torch.softmax(logits, dim=-1)  # (c, v)
+            p_target = probs.gather(1, t[:, None]).squeeze(1)  # (c,)
+            losses = -p_target.log()
+            tiny = p_target < 1e-30
+            if bool(tiny.any()):
+                exact = torch.logsumexp(logits[tiny], dim=-1) - logits[tiny].gather(
+                    1, t[tiny][:, None]
+                ).squeeze(1)
+                losses = losses.masked_scatter(tiny, exact)
+            total += losses.sum()
+            del logits
             if not any(need[:4]):
                 continue
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d(sum of losses)/d logits
             if grad_bias is not None:
                 grad_bias += probs.sum(0)
