@@ -7,54 +7,20 @@ check and the connection. The address actually connected to is checked again aft
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
 
+from flamingo import netaddr
 from flamingo.build.config import FetchConfig
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RefusedAddress(Exception):
     """The URL's host resolves to an address the configuration does not allow."""
 
 
-def _unwrap(ip: IPAddress) -> IPAddress:
-    """The IPv4 address inside IPv4-mapped, 6to4 and Teredo IPv6 forms (so ::ffff:10.0.0.1 is 10.0.0.1)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.sixtofour is not None:
-            return ip.sixtofour
-        if ip.teredo is not None:
-            return ip.teredo[1]
-    return ip
-
-
 def address_refusal(address: str, config: FetchConfig) -> str | None:
-    """Why ``address`` may not be contacted (a short reason), or None when it may."""
-    try:
-        ip = _unwrap(ipaddress.ip_address(address.split("%")[0]))
-    except ValueError:
-        return f"not an IP address: {address!r}"
-    if ip.is_loopback:
-        return None if config.allow_loopback else "loopback"
-    if ip.is_multicast:
-        return "multicast"
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_reserved:
-        return "reserved"
-    private = ip.is_private or ip.is_link_local or (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED)
-    if private:
-        return None if config.allow_private else "private"
-    if not ip.is_global:
-        return "reserved"  # documentation, benchmarking and other special-purpose ranges
-    return None
-
-
-_SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; not "private" in the stdlib
+    """Why ``address`` may not be contacted under ``config`` (a short reason), or None when it may."""
+    return netaddr.address_refusal(address, config.allow_loopback, config.allow_private)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import base64
 import binascii
 import http.client
 import io
-import ipaddress
 import socket
 import ssl
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
+
+from flamingo import netaddr
 
 # Formats decoded by Pillow itself; EPS/PS (Ghostscript subprocess) and other exotic plugins are never tried.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
@@ -157,11 +158,8 @@ def is_url(text: str) -> bool:
 
 
 def address_allowed(address: str) -> bool:
-    """True for a public unicast address; IPv4-mapped IPv6 addresses are judged as the IPv4 they carry."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    """True for a public unicast address (:func:`flamingo.netaddr.address_refusal`, the builder's rule too)."""
+    return netaddr.address_refusal(address) is None
 
 
 def check_url(url: str, policy: ImagePolicy) -> tuple[str, str, int, str]:
