@@ -12,7 +12,6 @@ batch. The task helpers use the benchmark prompts of OpenFlamingo (reference/ope
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.eval import postprocess as _eval_post
 from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
 from flamingo.model.flamingo import Flamingo
 from flamingo.processing import FlamingoProcessor
@@ -46,7 +46,6 @@ CLASSIFY_QUERY = "<image>Output:"
 # Greedy decoding unless asked otherwise; the helpers use the benchmark settings (3 beams).
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 20, "num_beams": 1, "do_sample": False}
 _SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p")
-_VQA_CUT = re.compile("Question|Answer|Short")
 
 Item = Any  # str | PIL.Image.Image | pathlib.Path
 Row = Sequence[Item] | tuple[str, Sequence[Item]]
@@ -63,13 +62,13 @@ class Completion:
 
 
 def postprocess_caption(text: str) -> str:
-    """A generated caption cut at "Output", double quotes removed (as OpenFlamingo's evaluation does)."""
-    return text.split("Output", 1)[0].replace('"', "").strip()
+    """A generated caption cut at "Output", double quotes removed (the benchmark's own post-processing)."""
+    return _eval_post.postprocess_caption(text)
 
 
 def postprocess_vqa(text: str) -> str:
-    """A generated short answer cut at "Question"/"Answer"/"Short", then at the first ", "."""
-    return _VQA_CUT.split(text, maxsplit=1)[0].split(", ", 1)[0].strip()
+    """A generated short answer cut at "Question"/"Answer"/"Short", then at the first ", " (the benchmark's)."""
+    return _eval_post.postprocess_vqa(text).strip()
 
 
 def caption_prompt(demo_captions: Sequence[str]) -> str:
