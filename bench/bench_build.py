@@ -261,8 +261,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--files", type=int, default=4, help="WARC files (= shards = parallel tasks)")
-    parser.add_argument("--pages", type=int, default=40, help="pages per WARC file")
+    # 480 documents in 8 files: a run long enough that starting worker processes (imports, a Ray cluster's
+    # tasks) is not most of it, and enough files to keep two workers busy to the end.
+    parser.add_argument("--files", type=int, default=8, help="WARC files (= shards = parallel tasks)")
+    parser.add_argument("--pages", type=int, default=60, help="pages per WARC file")
     parser.add_argument("--images-per-page", type=int, default=3)
     parser.add_argument("--clip", help="CLIP spec for the CLIP-stage row (default: tiny random CLIP)")
     parser.add_argument("--clip-images", type=int, default=256)

@@ -93,20 +93,44 @@ def _pool(seed: int, size: int) -> list[tuple[world.Scene, Any]]:
 
 
 def train_clip(
-    out_dir: Path, names: list[str], steps: int = 400, batch: int = 128, seed: int = 0, log: Any = print
+    out_dir: Path,
+    names: list[str],
+    steps: int = 400,
+    batch: int = 128,
+    seed: int = 0,
+    attribute_weight: float = 1.0,
+    log: Any = print,
 ) -> ClipResult:
-    """Train the tiny CLIP on pictures of training classes and their sentences; save and evaluate it."""
+    """Train the tiny CLIP on pictures of training classes and their sentences; save and evaluate it.
+
+    Besides the contrastive loss, linear heads predict the picture's shape, colour and count from the mean of
+    the last block's patch tokens, the very tokens the Flamingo Perceiver reads (weight ``attribute_weight``; 0
+    gives plain contrastive training). The contrastive signal alone teaches colour quickly but shape slowly, and
+    only through the class token, which Flamingo never sees; the heads are dropped after training.
+    """
     started = time.perf_counter()
     model, preprocess, tokenizer = create_clip(seed)
+    dim = CLIP_CONFIG["vision_cfg"]["width"]
+    heads = torch.nn.ModuleDict(
+        {
+            "shape": torch.nn.Linear(dim, len(world.SHAPES)),
+            "colour": torch.nn.Linear(dim, len(world.COLOUR_NAMES)),
+            "count": torch.nn.Linear(dim, 3),
+        }
+    )
     # The token embedding (49408 x 64) stays at its random initialisation: random vectors already tell
     # words apart, and updating it would be most of each step's cost on this CPU.
     model.token_embedding.weight.requires_grad_(False)
     pool = _pool(seed, max(2048, batch * steps // 6))  # each picture seen ~6 times: little overfitting
     pixels = torch.stack([preprocess(im) for _, im in pool])  # (N, 3, 32, 32), preprocessed once
     rng = random.Random(f"clip-train-{seed}")
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.05
-    )
+    attributes = {
+        "shape": torch.tensor([world.SHAPES.index(s.shape) for s, _ in pool]),
+        "colour": torch.tensor([world.COLOUR_NAMES.index(s.colour) for s, _ in pool]),
+        "count": torch.tensor([s.count - 1 for s, _ in pool]),
+    }
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.05)
     losses = []
     model.train()
     for step in range(steps):
@@ -116,11 +140,25 @@ def train_clip(
         index = rng.sample(range(len(pool)), batch)
         sentences, exact = zip(*(world_sentence(pool[i][0], rng, names) for i in index))
         target = _positives([pool[i][0] for i in index], list(exact))  # (b, b)
-        image_emb = F.normalize(model.encode_image(pixels[index]), dim=-1)  # (b, d)
+        out = model.visual.forward_intermediates(
+            pixels[index],
+            indices=1,
+            intermediates_only=False,
+            output_fmt="NLC",
+            normalize_intermediates=False,
+        )
+        image_emb = F.normalize(out["image_features"], dim=-1)  # (b, d) what encode_image gives
+        # What Flamingo reads (the last block's patch tokens, legacy semantics), pooled: (b, width)
+        patches = out["image_intermediates"][-1].mean(1)
         text_emb = F.normalize(model.encode_text(tokenizer(list(sentences))), dim=-1)  # (b, d)
         logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T  # (b, b)
         by_text = target.T / target.T.sum(-1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, by_text)) / 2
+        if attribute_weight:
+            chosen = torch.tensor(index)
+            loss = loss + attribute_weight * sum(
+                F.cross_entropy(head(patches), attributes[name][chosen]) for name, head in heads.items()
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
