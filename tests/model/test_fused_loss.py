@@ -106,3 +106,18 @@ def test_huge_losses_stay_exact_when_the_target_probability_underflows():
     loss = linear_cross_entropy(hidden, labels, weight, bias, reduction="sum")
     expected = F.cross_entropy(bias.expand(2, -1), torch.tensor([3, 0]), reduction="sum")
     assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-3
+
+
+def test_no_gradient_work_under_no_grad():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(40, 16)
+    labels = torch.randint(0, 40, (2, 9))
+
+    def flops(grad: bool) -> int:
+        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(grad):
+            linear_cross_entropy(hidden, labels, weight)
+        return counter.get_total_flops()
+
+    assert flops(False) * 2 == flops(True)  # the logits matmul only; with grad also the hidden-state gradient

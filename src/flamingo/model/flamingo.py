@@ -36,11 +36,10 @@ from flamingo.model.cross_attention import (
     plan_routing,
 )
 from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
-from flamingo.model.loss import linear_cross_entropy
+from flamingo.model.loss import IGNORE_INDEX, linear_cross_entropy
 from flamingo.model.perceiver import PerceiverResampler
 from flamingo.model.vision import VisionAdapter
 
-IGNORE_INDEX = -100
 # LM families whose causal-LM forward is exactly ``logits = lm_head(final hidden states)`` (no soft-capping, no
 # logit scale): their training loss can come from the hidden states without building the logits.
 PLAIN_HEAD_TYPES = frozenset(
@@ -321,6 +320,11 @@ class Flamingo(nn.Module):
                 **lm_kwargs,
             )
         if fused:
+            if state.hidden is None:
+                raise RuntimeError(
+                    f"{type(self.lm).__name__} never called its output head module; pass return_logits=True (the "
+                    "plain loss) and report its model_type so that it leaves PLAIN_HEAD_TYPES"
+                )
             head = self.lm.get_output_embeddings()
             rows = self.new_token_embeddings if self.new_token_output is None else self.new_token_output
             loss = linear_cross_entropy(

@@ -33,11 +33,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         new_rows: torch.Tensor | None,
         targets: torch.Tensor,
         start: int,
+        with_grad: bool,
     ) -> torch.Tensor:
         """hidden (n, d); weight (v, d); bias (v,) or None; new_rows (k, d) or None; targets (n,) -> sum ()."""
         n, vocab = hidden.shape[0], weight.shape[0]
         new = slice(start, start + (0 if new_rows is None else new_rows.shape[0]))
-        need = ctx.needs_input_grad
+        # needs_input_grad stays True under torch.no_grad(): only compute gradients when autograd will use them
+        need = tuple(wanted and with_grad for wanted in ctx.needs_input_grad)
         grad_hidden = torch.zeros_like(hidden) if need[0] else None
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need[1] else None
@@ -107,6 +109,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             (grad_new * scale).to(new_dtype) if need[3] and grad_new.numel() else None,
             None,
             None,
+            None,
         )
 
 
@@ -130,7 +133,9 @@ def linear_cross_entropy(
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     targets = labels[:, 1:].to(hidden.device)
     keep = targets != IGNORE_INDEX  # (b, s-1)
-    total = _LinearCrossEntropy.apply(hidden[:, :-1][keep], weight, bias, new_rows, targets[keep], new_start)
+    total = _LinearCrossEntropy.apply(
+        hidden[:, :-1][keep], weight, bias, new_rows, targets[keep], new_start, torch.is_grad_enabled()
+    )
     if reduction == "sum":
         return total
     return total / keep.sum().clamp(min=1)
