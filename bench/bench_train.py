@@ -133,7 +133,13 @@ def of3b_sweep(args) -> list[dict]:
 
     from flamingo.train.freeze import freeze_backbones
     from flamingo.train.metrics import FlopsModel
-    from flamingo.train.parallel import DistInfo, apply_activation_checkpointing, apply_fsdp, unwrap
+    from flamingo.train.parallel import (
+        DistInfo,
+        apply_activation_checkpointing,
+        apply_compile,
+        apply_fsdp,
+        unwrap,
+    )
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
@@ -143,6 +149,8 @@ def of3b_sweep(args) -> list[dict]:
     model.vision.eval()
     if args.activation_checkpointing:  # the trainer's order: checkpointing, then compile, then FSDP
         apply_activation_checkpointing(model)
+    if args.compile:
+        apply_compile(model)
     model = apply_fsdp(model, DistInfo(0, 1, 0, torch.device("cuda")), torch.bfloat16, reshard=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     size = {"image": 224, "vocab": 50277}
@@ -159,12 +167,12 @@ def of3b_sweep(args) -> list[dict]:
 
         try:
             torch.cuda.reset_peak_memory_stats()
+            seconds = timed(step, args.iters, "cuda")  # first: compiled layers compile outside the counter
             try:
                 flops = count_flops(step)
             except Exception as err:  # FLOP counting is a nicety: fall back to the trainer's formula
                 print(f"  FLOP counter failed ({err}); using the analytic estimate", flush=True)
                 flops = FlopsModel.of(unwrap(model)).flops(batch * tokens, batch * images)
-            seconds = timed(step, args.iters, "cuda")
         except torch.OutOfMemoryError:
             print(f"  batch {batch}: out of memory", flush=True)
             optimizer.zero_grad(set_to_none=True)
@@ -183,10 +191,39 @@ def of3b_sweep(args) -> list[dict]:
                 peak_gb=torch.cuda.max_memory_allocated() / 2**30,
                 trainable_params=trainable,
                 activation_checkpointing=args.activation_checkpointing,
+                compile=args.compile,
             )
         )
+        if batch == args.profile_batch:
+            profile_step(step, args)
     dist.destroy_process_group()
     return rows
+
+
+def profile_step(step, args) -> None:
+    """One profiled step: where the GPU time goes (by op, and by op and input shapes) and the host's busiest
+    calls."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    print(f"\nprofiled step: wall {wall:.3f} s (the table's 'Self CUDA time total' is the GPU's busy time)")
+    print(events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
+    by_shape.sort(key=lambda e: e.device_time_total, reverse=True)
+    print("busiest (op, input shapes):")
+    for e in by_shape[:40]:
+        print(
+            f"  {e.device_time_total / 1e3:8.2f} ms  {e.count:5d}x  {e.key:28s} {str(e.input_shapes)[:150]}"
+        )
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
 
 
 def main() -> None:
@@ -203,6 +240,9 @@ def main() -> None:
     parser.add_argument(
         "--activation-checkpointing", action="store_true", help="OF-3B sweep: recompute layers"
     )
+    parser.add_argument("--compile", action="store_true", help="OF-3B sweep: torch.compile the layers")
+    parser.add_argument("--profile-batch", type=int, default=0, help="OF-3B sweep: profile one step here")
+    parser.add_argument("--trace", default=None, help="with --profile-batch: write a Chrome trace here")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     import torch

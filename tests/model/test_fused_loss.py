@@ -29,10 +29,20 @@ def reference_loss(hidden, labels, weight, bias, rows, start, reduction):
     )
 
 
+@pytest.fixture(params=["cpu-path", "sync-free-path"])
+def loss_path(request, monkeypatch):
+    """Both ways of taking the loss: the CPU's (-log p, exact fallback after a check) and the accelerators'
+    (always the log-sum-exp, no value read back), the latter forced onto the CPU here."""
+    if request.param == "sync-free-path":
+        monkeypatch.setattr(loss_module, "SYNC_FREE_DEVICES", ("cpu",))
+    return request.param
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_matches_cross_entropy_in_value_and_gradients(monkeypatch, with_bias, reduction):
+def test_matches_cross_entropy_in_value_and_gradients(monkeypatch, loss_path, with_bias, reduction):
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 50)  # chunks of 7 positions: several chunks
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS_CUDA", 7 * 50)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(3, 11, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g, requires_grad=True)
@@ -97,7 +107,7 @@ def test_forward_without_labels_still_returns_logits():
     assert out.loss is None and out.logits.shape[:2] == ids.shape
 
 
-def test_huge_losses_stay_exact_when_the_target_probability_underflows():
+def test_huge_losses_stay_exact_when_the_target_probability_underflows(loss_path):
     hidden = torch.zeros(1, 3, 4, requires_grad=True)
     weight = torch.zeros(10, 4)
     bias = torch.zeros(10)

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk on a CPU (32 MB in fp32): stays in cache-friendly sizes
+CHUNK_ELEMENTS_CUDA = 1 << 26  # on a GPU (256 MB in fp32): fewer, larger matmuls
+SYNC_FREE_DEVICES = ("cuda", "xpu", "mps")  # devices whose loss never reads a value back mid-step
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -49,7 +51,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if need[3] and new_rows is not None:
             grad_new = torch.zeros(new_rows.shape, dtype=torch.float32, device=new_rows.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        chunk = max(1, CHUNK_ELEMENTS // max(1, vocab))
+        on_cpu = hidden.device.type not in SYNC_FREE_DEVICES
+        chunk = max(1, (CHUNK_ELEMENTS if on_cpu else CHUNK_ELEMENTS_CUDA) // max(1, vocab))
         for begin in range(0, n, chunk):
             h = hidden[begin : begin + chunk].to(weight.dtype)  # (c, d)
             t = targets[begin : begin + chunk]
@@ -60,15 +63,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits += bias.float()
             # One fused softmax kernel; -log p(target) is the loss. A target probability that underflows fp32
             # (a loss above ~87 nats) takes the exact log-sum-exp instead.
+            # On an accelerator the check would stall the stream once per chunk, so there the loss is always
+            # the log-sum-exp (one more read of the chunk, cheap at that bandwidth).
             probs = torch.softmax(logits, dim=-1)  # (c, v)
-            p_target = probs.gather(1, t[:, None]).squeeze(1)  # (c,)
-            losses = -p_target.log()
-            tiny = p_target < 1e-30
-            if bool(tiny.any()):
-                exact = torch.logsumexp(logits[tiny], dim=-1) - logits[tiny].gather(
-                    1, t[tiny][:, None]
-                ).squeeze(1)
-                losses = losses.masked_scatter(tiny, exact)
+            if on_cpu:
+                p_target = probs.gather(1, t[:, None]).squeeze(1)  # (c,)
+                losses = -p_target.log()
+                tiny = p_target < 1e-30
+                if bool(tiny.any()):
+                    exact = torch.logsumexp(logits[tiny], dim=-1) - logits[tiny].gather(
+                        1, t[tiny][:, None]
+                    ).squeeze(1)
+                    losses = losses.masked_scatter(tiny, exact)
+            else:
+                losses = torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None]).squeeze(1)
             total += losses.sum()
             del logits
             if not any(need[:4]):
@@ -133,8 +141,11 @@ def linear_cross_entropy(
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     targets = labels[:, 1:].to(hidden.device)
     keep = targets != IGNORE_INDEX  # (b, s-1)
+    rows, cols = keep.nonzero().unbind(1)
+    # index_select (backward: a scatter-add) rather than a boolean index (backward: a sorted accumulate)
+    picked = hidden.flatten(0, 1).index_select(0, rows * hidden.shape[1] + cols)  # (n, d)
     total = _LinearCrossEntropy.apply(
-        hidden[:, :-1][keep], weight, bias, new_rows, targets[keep], new_start, torch.is_grad_enabled()
+        picked, weight, bias, new_rows, targets[rows, cols], new_start, torch.is_grad_enabled()
     )
     if reduction == "sum":
         return total
