@@ -57,6 +57,23 @@ def test_decoder_layers_found_through_the_fallback() -> None:
     assert decoder_layers_path(model) == "model.layers"
 
 
+def test_copy_sequences_supervise_only_names_that_can_be_copied() -> None:
+    from flamingo.quickstart import text
+    from flamingo.quickstart.lm_train import IGNORE, CopyData
+
+    train, heldout = world.invented_names(0, train=20, heldout=5)
+    tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
+    data = CopyData(tokenizer, train, length=60, seed=0)
+    for _ in range(5):
+        ids, labels, repeat = data.copy_sequence(train + heldout)
+        name_ids = set(tokenizer.convert_tokens_to_ids(train + heldout))
+        names_at = [i for i, token in enumerate(ids) if token in name_ids]
+        first = [i for i in names_at if not repeat[i]]
+        assert first and all(labels[i] == IGNORE for i in first)  # a first mention is a guess: no loss
+        assert all(labels[i] == ids[i] for i in names_at if repeat[i])
+        assert sum(label != IGNORE for label in labels) == sum(repeat)
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart

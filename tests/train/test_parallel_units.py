@@ -72,7 +72,9 @@ def test_compiled_layers_are_traced_under_fsdp2_and_match_eager():
     compiled_model = copy.deepcopy(base)
     apply_compile(compiled_model, backend="aot_eager")
     compiled = apply_fsdp(compiled_model, CPU, None, reshard=False)
-    assert all(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in decoder_layers(compiled))
+    assert all(
+        isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in decoder_layers(compiled)
+    )
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     loss_c, grads_c = _loss_and_grads(compiled, images, ids)

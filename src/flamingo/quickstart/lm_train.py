@@ -2,7 +2,11 @@
 
 The corpus is text only: the world's page sentences (caption, Q&A and bursty pages, and the evaluation
 prompt formats) and "copy" sequences ``key name <|endofchunk|> key name <|endofchunk|> ...`` in which each
-sequence maps 2-5 random keys to random invented names, mentioned repeatedly (loss on the names only). Copy
+sequence maps 2-5 random keys to random invented names, mentioned repeatedly. The loss counts only the names
+whose key appeared before: a first mention cannot be predicted, and an LM trained to guess a name there falls
+back on that guess whenever the match is uncertain. In the quickstart that guess became the answer to about a
+fifth of the 4-shot episodes, although the right name ranked first among the episode's names 96% of the time.
+Masking first mentions raised 4-shot accuracy from 0.76 to 0.91 (2 threads, three evaluation seeds). Copy
 sequences use names of both pools, like any word an LM knows: a name the LM never saw keeps a random embedding
 that training pushes away from every prediction, so it could never be copied (measured: 0.000 held-out copy
 accuracy after 1500 steps). Held-out names still never appear in any multimodal training data, nor in the
@@ -87,7 +91,7 @@ class CopyData:
             key = self.rng.choice(list(mapping))
             name = self.vocab[mapping[key]]
             ids += [key, name, self.eoc]
-            labels += [IGNORE, name, IGNORE]
+            labels += [IGNORE, name if key in seen else IGNORE, IGNORE]  # only names that can be copied
             repeat += [False, key in seen, False]
             seen.add(key)
         pad = self.length - len(ids)

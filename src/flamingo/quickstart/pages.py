@@ -78,10 +78,16 @@ def qa_page(index: int, rng: random.Random, folder: Path) -> Page:
 
 
 def bursty_page(index: int, rng: random.Random, folder: Path, names: list[str]) -> Page:
-    """2-4 objects of distinct training classes with invented names, each shown 1-3 times (5-8 pictures)."""
-    classes = rng.sample(world.training_combos(), rng.randint(2, 4))
+    """2-3 objects of distinct training classes with invented names, 7-8 pictures in all.
+
+    Mostly repeats: a name right after a picture is predictable from the page only when that object was shown
+    before, and first mentions teach the adapters to guess some training name instead. With 2-4 objects in 5-8
+    pictures (about 45% first mentions) a fifth of 4-shot answers were training names; with 2-3 in 7-8 (about
+    a third) 4-shot accuracy rose from 0.62 to 0.83 in runs at 1 thread (held-out combinations 0.65 to 0.86).
+    """
+    classes = rng.sample(world.training_combos(), rng.randint(2, 3))
     cast = list(zip(rng.sample(names, len(classes)), classes))
-    mentions = cast + [rng.choice(cast) for _ in range(rng.randint(5, 8) - len(cast))]
+    mentions = cast + [rng.choice(cast) for _ in range(rng.randint(7, 8) - len(cast))]
     rng.shuffle(mentions)
     items = []
     for i, (name, (shape, colour)) in enumerate(mentions):
