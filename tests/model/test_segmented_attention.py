@@ -27,7 +27,7 @@ def test_plan_groups_queries_by_the_image_they_see():
     plan = plan_routing(positions, num_slots=2, num_latents=3, policy="previous", segmented=True)
     seg = plan.segments
     assert plan.mask is None and seg is not None
-    assert seg.batch.tolist() == [0, 0, 1] and seg.slot.tolist() == [0, 1, 0]
+    assert seg.media.tolist() == [0, 1, 2]  # (row 0, slot 0), (row 0, slot 1), (row 1, slot 0); t = 2
     dummy = positions.numel()
     assert seg.index.tolist() == [[1, 2, dummy, dummy], [3, 4, 5, dummy], [6, 7, 8, 9]]
     # Every query that sees an image appears exactly once; the others never.

@@ -54,7 +54,7 @@ def test_frozen_weights_are_stored_in_the_compute_dtype_with_the_same_results(mo
         expected = torch.float32 if param.requires_grad else torch.bfloat16
         assert param.to_local().dtype == expected, name
     with monkeypatch.context() as patch:  # FSDP2 casting fp32 frozen weights on every all-gather instead
-        patch.setattr(parallel, "store_frozen_in", lambda model, dtype: 0)
+        patch.setattr(parallel, "store_frozen_in", lambda model, dtype: None)
         cast = apply_fsdp(copy.deepcopy(base), CPU, torch.bfloat16, reshard=False)
     assert any(not p.requires_grad and p.to_local().dtype == torch.float32 for p in cast.parameters())
     loss_a, grads_a = _loss_and_grads(stored, images, ids)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from flamingo.model.loss import IGNORE_INDEX
 
 
 @dataclass

@@ -56,15 +56,13 @@ def media_mask(positions: torch.Tensor, num_slots: int, num_latents: int, policy
 class Segments:
     """Queries grouped by the image they see (policy ``previous``).
 
-    ``batch`` (n,) and ``slot`` (n,) name segment k's row and 0-based image slot, ``media`` (n,) is
-    ``batch * t + slot`` (its row in the (b*t) flattened media); ``index`` (n, m) holds the
+    ``media`` (n,) is segment k's row in the (b*t) flattened media (``row * t + 0-based slot``); ``index`` (n, m)
+    holds the
     flat query indices (into b*q) of its queries, padded with b*q (a dummy zero query); ``tokens`` (k,) are
     all queries that see an image and ``where`` (k,) their flat position in ``index``; ``latents`` is l.
     """
 
     latents: int
-    batch: torch.Tensor
-    slot: torch.Tensor
     media: torch.Tensor
     index: torch.Tensor
     tokens: torch.Tensor
@@ -109,12 +107,9 @@ def plan_routing(
     where = segment * longest + rank
     index = torch.full((unique.numel() * longest,), b * q, dtype=torch.long, device=tokens.device)
     index[where] = tokens
-    batch, slot = unique // (num_slots + 1), unique % (num_slots + 1) - 1
     segments = Segments(
         latents=num_latents,
-        batch=batch,
-        slot=slot,
-        media=batch * num_slots + slot,
+        media=unique // (num_slots + 1) * num_slots + unique % (num_slots + 1) - 1,
         index=index.view(unique.numel(), longest),
         tokens=tokens,
         where=where,

@@ -118,7 +118,8 @@ class Flamingo(nn.Module):
         untied = head is not None and not config.tokens.tied_output
         self.new_token_output = nn.Parameter(head.weight[self._new].detach().clone()) if untied else None
         self.segmented_attention: bool | None = None
-        """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``); True
+        """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``; dense on
+        one-token decode steps); True
         or False force segmented or dense attention (the same result; for tests and benchmarks)."""
         self._hooks: list[Any] = []
         self.attach()
@@ -162,12 +163,17 @@ class Flamingo(nn.Module):
         state.positions = media_positions(ids, self.config.tokens.image_id, offset)
         state.offset = state.positions[::expand, -1]
         b, slots, latents = state.media.shape[:3]
+        segmented = self.segmented_attention
+        if segmented is None and ids.shape[1] == 1:
+            # A decode step: one query per row sees one image, and planning segments would read sizes back
+            # from the device at every new token; the dense mask is built on the device.
+            segmented = False
         state.routing = plan_routing(
             state.positions.reshape(b, -1),
             slots,
             latents,
             self.config.cross_attn.media_policy,
-            segmented=self.segmented_attention,
+            segmented=segmented,
         )
 
     def _cross_attend(self, key: str, hidden: torch.Tensor) -> torch.Tensor:

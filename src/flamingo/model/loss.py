@@ -51,8 +51,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if need[3] and new_rows is not None:
             grad_new = torch.zeros(new_rows.shape, dtype=torch.float32, device=new_rows.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        on_cpu = hidden.device.type not in SYNC_FREE_DEVICES
-        chunk = max(1, (CHUNK_ELEMENTS if on_cpu else CHUNK_ELEMENTS_CUDA) // max(1, vocab))
+        sync_free = hidden.device.type in SYNC_FREE_DEVICES
+        chunk = max(1, (CHUNK_ELEMENTS_CUDA if sync_free else CHUNK_ELEMENTS) // max(1, vocab))
         for begin in range(0, n, chunk):
             h = hidden[begin : begin + chunk].to(weight.dtype)  # (c, d)
             t = targets[begin : begin + chunk]
@@ -66,7 +66,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # On an accelerator the check would stall the stream once per chunk, so there the loss is always
             # the log-sum-exp (one more read of the chunk, cheap at that bandwidth).
             probs = torch.softmax(logits, dim=-1)  # (c, v)
-            if on_cpu:
+            if not sync_free:
                 p_target = probs.gather(1, t[:, None]).squeeze(1)  # (c,)
                 losses = -p_target.log()
                 tiny = p_target < 1e-30

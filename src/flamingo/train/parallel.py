@@ -115,19 +115,16 @@ def apply_compile(model: Flamingo, backend: str = "inductor") -> None:
     model.attach()
 
 
-def store_frozen_in(model: nn.Module, dtype: torch.dtype) -> int:
-    """Keep the frozen floating-point weights in ``dtype`` (the FSDP2 compute dtype); returns how many.
+def store_frozen_in(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the frozen floating-point weights in ``dtype`` (the FSDP2 compute dtype).
 
     FSDP2's mixed precision casts every weight to ``dtype`` on each all-gather, so frozen weights give the
     same values either way; storing them cast saves their fp32 copy and one cast per unit per step.
     Trainable weights keep fp32 (the optimizer's precision).
     """
-    count = 0
     for param in model.parameters():
         if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
-            count += 1
-    return count
 
 
 def apply_fsdp(model: Flamingo, info: DistInfo, param_dtype: torch.dtype | None, reshard: bool) -> nn.Module:
