@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,23 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         read_openflamingo_checkpoint(path)
     assert not marker.exists()
+
+
+def test_open_clip_config_folder_is_removed_at_exit(tmp_path):
+    """A custom open_clip architecture is registered through a temporary folder that must not outlive the
+    process (every test run and training job would otherwise leave one behind)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from flamingo.model.tiny import TINY_OPEN_CLIP\n"
+        "from flamingo.model import vision\n"
+        "vision._register_open_clip_config('flamingo-exit-test', TINY_OPEN_CLIP)\n"
+        "folder = vision._OPEN_CLIP_CONFIG_DIR\n"
+        "assert (folder / 'flamingo-exit-test.json').is_file()\n"
+        "print(folder)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("flamingo-open-clip-")
+    assert not folder.exists()

@@ -74,6 +74,25 @@ def test_copy_sequences_supervise_only_names_that_can_be_copied() -> None:
         assert sum(label != IGNORE for label in labels) == sum(repeat)
 
 
+def test_world_vqa_scores_its_own_answers_as_right(tmp_path: Path) -> None:
+    """The world's answers spell numbers ("three"); the official VQA metric turns a predicted "three" into
+    "3" but leaves identical annotator answers as they are, so every right count answer would score 0. The
+    world task uses OpenFlamingo's variant, which normalises both sides: its own answers score 100."""
+    from flamingo.eval.metrics import get_metric
+    from flamingo.eval.tasks import load_task
+    from flamingo.quickstart import pages
+    from flamingo.quickstart.pipeline import TASKS_DIR
+
+    pages.write_vqa_set(tmp_path, train=4, test=60, seed=0)
+    spec = load_task(TASKS_DIR / "world_vqa.yaml")
+    test = spec.load_split("test", str(tmp_path))
+    assert any(example.references[0] in world.COUNT_WORDS for example in test)
+    gold = [example.references[0] for example in test]
+    references = [example.references for example in test]
+    assert get_metric(spec.metric)(gold, references) == 100.0
+    assert get_metric("vqa_accuracy")(gold, references) < 100.0  # what the official metric would say
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
@@ -94,6 +113,8 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
     assert summary["lm"]["copy_accuracy"][-1][1] >= 0.9
     report = validate_shards(str(out / "build" / "shards"))
     assert report.ok and report.documents > 100 and report.images > 500
+    pairs = validate_shards(str(out / "build" / "pairs" / "shards"))
+    assert pairs.ok and pairs.pairs == 300
     metrics = summary["train"]["metrics"]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     model = Flamingo.from_pretrained(str(out / "model"))  # backbones included

@@ -140,15 +140,19 @@ def _load_visual_weights(visual: nn.Module, path: Path) -> None:
 
 def _register_open_clip_config(name: str, model_cfg: dict[str, Any]) -> None:
     """Make a custom architecture dict known to open_clip under ``name`` through its public registry."""
+    import atexit
     import json
+    import shutil
     import tempfile
 
     import open_clip
 
     global _OPEN_CLIP_CONFIG_DIR
     if _OPEN_CLIP_CONFIG_DIR is None:
-        # open_clip rescans every registered folder on each addition, so this one must outlive the call.
+        # open_clip rescans every registered folder on each addition, so this one must outlive the call;
+        # it is removed when the process exits.
         _OPEN_CLIP_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="flamingo-open-clip-"))
+        atexit.register(shutil.rmtree, _OPEN_CLIP_CONFIG_DIR, ignore_errors=True)
     path = _OPEN_CLIP_CONFIG_DIR / f"{name}.json"
     path.write_text(json.dumps(model_cfg))
     open_clip.add_model_config(path)

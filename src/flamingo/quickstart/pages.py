@@ -1,9 +1,12 @@
-"""The world as web pages in WARC files, and the evaluation sets in the real benchmarks' file formats.
+"""The world as web pages in WARC files, alt-text pairs, and the evaluation sets in the real benchmarks' formats.
 
 Pages are HTML with ``<img src="file:///...png">`` pictures stored as local files (the builder reads them
 through ``FetchConfig.local_root``). Each sentence sits in its own ``<p>`` with its picture in front, but the
 builder does not know that: it places pictures by its own CLIP similarities. Three page kinds, one WARC each:
 caption pages, Q&A pages and bursty pages (pets and products with invented names, mentioned again).
+
+Alt-text pairs (``pairs/alt-text.csv``: a ``file://`` URL and the picture's alt text) play LAION's part: the
+converter (``flamingo data convert pairs``) turns them into img2dataset-layout pair shards.
 
 Evaluation files (written under ``eval/``): captions as a Karpathy-split JSON, VQA as question and annotation
 JSONs, each with a ``train`` split (the demonstration pool) and a ``test`` split of fresh pictures.
@@ -140,6 +143,27 @@ def write_world_warcs(
         write_warc(pages[i::files], root / "warc" / f"world-{i}.warc.gz")
         for i in range(min(files, len(pages)))
     ]
+
+
+def write_alt_text_pairs(root: Path, count: int, seed: int) -> Path:
+    """``count`` pictures under ``root/images/pairs`` and ``root/pairs/alt-text.csv`` (``url``, ``caption``).
+
+    The alt text is the bare description (``two red triangles``), like a short LAION alt text.
+    """
+    import csv
+
+    rng = random.Random(f"pairs-{seed}")
+    folder = root / "images" / "pairs"
+    path = root / "pairs" / "alt-text.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["url", "caption"])
+        for i in range(count):
+            scene = world.random_scene(rng)
+            image = _save(world.draw_scene(scene, rng), folder / f"p{i:05d}.png")
+            writer.writerow([image.resolve().as_uri(), scene.caption()])
+    return path
 
 
 # ------------------------------------------------------------------------------------------ evaluation files

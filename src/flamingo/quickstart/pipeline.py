@@ -2,9 +2,9 @@
 
 Every stage prints what it does and how long it took; everything lands under one output folder::
 
-    <out>/world/        names, WARC files (warc/) and their pictures (images/)
+    <out>/world/        names, WARC files (warc/), the alt-text pair list (pairs/) and their pictures (images/)
     <out>/backbones/    clip/ (open_clip weights), lm/ (the smeared-key LM and its tokenizer)
-    <out>/build/        the builder's output: shards/, stats.json, report.md
+    <out>/build/        the builder's output: shards/, stats.json, report.md; pairs/ (the converted pair shards)
     <out>/train/        the trainer's run directory: metrics.jsonl, checkpoints/
     <out>/model/        the final checkpoint (backbones included): flamingo generate / serve open it
     <out>/eval/         evaluation data (Karpathy / VQA JSON), results of the generic evaluator, episodes.json
@@ -35,6 +35,14 @@ class QuickstartConfig:
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
     """Web pages per kind (3200 pages: 1000 steps of 16 documents see each about 5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
+    pairs: int = 2000
+    """Alt-text pairs (picture + bare description), trained on beside the pages like LAION in OpenFlamingo."""
+    pair_batch_size: int = 32
+    """Pairs per training step."""
+    pair_loss_weight: float = 0.2
+    """Weight of the pairs' loss (OpenFlamingo: 0.2 with twice the batch)."""
+    pair_pack_tokens: int | None = None
+    """Pack consecutive pairs into rows of this many tokens (None: one pair per row)."""
     clip_steps: int = 1200
     """CLIP steps (batch 128): contrastive loss plus shape/colour/count heads."""
     clip_attribute_weight: float = 1.0
@@ -67,6 +75,7 @@ class QuickstartConfig:
             out=out,
             seeds=seeds,
             pages={"captions": 40, "qa": 40, "bursty": 240},
+            pairs=300,
             clip_steps=500,
             lm_max_steps=1200,
             lm_copy_threshold=0.9,
@@ -123,8 +132,18 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
             world_info["warcs"], out / "world" / "images", out / "build",
             clip_result.full_weights, config.similarity_threshold,
         )  # fmt: skip
+        if world_info["pair_list"] is not None:
+            pairs = stages.convert_pairs(
+                world_info["pair_list"], out / "world" / "images", out / "build" / "pairs"
+            )
+            built.pairs_dir, built.pairs_stats, built.pairs_validation = pairs
         _log_build(log, built)
-    summary["build"] = {"stats": built.stats, "validation": built.validation}
+    summary["build"] = {
+        "stats": built.stats,
+        "validation": built.validation,
+        "pairs_stats": built.pairs_stats,
+        "pairs_validation": built.pairs_validation,
+    }
     model_dir, metrics = _train_stage(
         config, out, log, lm_result.directory, clip_result.visual_weights, built
     )
@@ -150,6 +169,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         root.mkdir(parents=True, exist_ok=True)
         (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
         warcs = pages.write_world_warcs(root, config.pages, train_names, config.seed)
+        pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
         pages.write_caption_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
         pages.write_vqa_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
@@ -160,12 +180,14 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
             "heldout_combos": sorted(world.HELDOUT_COMBOS),
         }
         log(
-            f"  {sum(config.pages.values())} pages in {len(warcs)} WARC files; vocabulary {len(tokenizer)} words"
+            f"  {sum(config.pages.values())} pages in {len(warcs)} WARC files, {config.pairs} alt-text pairs; "
+            f"vocabulary {len(tokenizer)} words"
         )
     return {
         "train_names": train_names,
         "heldout_names": heldout_names,
         "warcs": warcs,
+        "pair_list": pair_list,
         "tokenizer": tokenizer,
         "stats": stats,
     }
@@ -205,6 +227,8 @@ def _log_build(log: StageLog, built: Any) -> None:
         f"  shards valid: {validation['ok']}; {validation['documents']} documents, {validation['images']} images; "
         f"images per document {validation['images_per_document']}"
     )
+    if built.pairs_validation is not None:
+        log(f"  pair shards valid: {built.pairs_validation['ok']}; {built.pairs_validation['pairs']} pairs")
 
 
 def _train_stage(
@@ -221,7 +245,9 @@ def _train_stage(
         )
         run = stages.train_config(
             init_dir, built.shards_dir, out / "train", config.train_steps, config.batch_size,
-            config.similarity_threshold, config.seed,
+            config.similarity_threshold, config.seed, pair_shards=built.pairs_dir,
+            pair_batch_size=config.pair_batch_size, pair_loss_weight=config.pair_loss_weight,
+            pair_pack_tokens=config.pair_pack_tokens,
         )  # fmt: skip
         trained_dir, metrics = stages.train_adapters(run)
         log(f"  loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}")
@@ -270,7 +296,7 @@ def _shot_scores(results: dict[str, Any]) -> dict[str, float]:
 def _paths(out: Path) -> dict[str, str]:
     names = {
         "warc": "world/warc", "images": "world/images", "clip": "backbones/clip", "lm": "backbones/lm",
-        "shards": "build/shards", "build_report": "build/report.md", "train_metrics": "train/metrics.jsonl",
+        "shards": "build/shards", "pair_shards": "build/pairs/shards", "build_report": "build/report.md", "train_metrics": "train/metrics.jsonl",
         "model": "model", "eval_results": "eval/results", "report": "report.html",
     }  # fmt: skip
     return {k: str(out / v) for k, v in names.items()}

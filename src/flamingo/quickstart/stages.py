@@ -1,7 +1,8 @@
 """The quickstart's middle stages through the framework's public APIs: build shards, train the adapters.
 
 - build: ``flamingo.build.run_pipeline`` over the world's WARC files with the tiny CLIP as the embedder
-  (``flamingo.build.clip.ClipEmbedder``), then ``flamingo.data.validate_shards``;
+  (``flamingo.build.clip.ClipEmbedder``), ``flamingo.build.convert`` over the alt-text pair list, then
+  ``flamingo.data.validate_shards`` on both;
 - train: a new Flamingo over the pretrained (frozen) LM and CLIP vision tower, saved as a checkpoint directory
   and trained by ``flamingo.train.trainer.train`` (``model.kind: pretrained``), like ``flamingo train``.
 """
@@ -37,6 +38,9 @@ class BuildOutcome:
     shards_dir: Path
     stats: dict[str, Any]
     validation: dict[str, Any]
+    pairs_dir: Path | None = None
+    pairs_stats: dict[str, Any] | None = None
+    pairs_validation: dict[str, Any] | None = None
 
 
 def build_shards(
@@ -61,6 +65,21 @@ def build_shards(
     result = run_pipeline(warcs, out_dir, config, workers=1, embedder=embedder, nsfw_scorer=NoNSFW())
     report = validate_shards(str(out_dir / "shards"))
     return BuildOutcome(out_dir / "shards", result.stats.to_dict(), report.to_dict())
+
+
+def convert_pairs(pair_list: Path, images_root: Path, out_dir: Path) -> tuple[Path, dict, dict]:
+    """The alt-text pair list -> img2dataset-layout pair shards, as ``flamingo data convert pairs`` does.
+
+    Returns the shard folder, the conversion's stats and the validation report.
+    """
+    from flamingo.build import FetchConfig
+    from flamingo.build.convert import ConvertConfig, convert
+    from flamingo.data import validate_shards
+
+    config = ConvertConfig(fetch=FetchConfig(threads=4), progress=False)
+    result = convert([pair_list], out_dir, "pairs", config, image_dir=images_root)
+    report = validate_shards(str(out_dir / "shards"))
+    return out_dir / "shards", result.stats.to_dict(), report.to_dict()
 
 
 def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: float, seed: int) -> Path:
@@ -91,9 +110,21 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
 
 
 def train_config(
-    init_dir: Path, shards: Path, run_dir: Path, steps: int, batch_size: int, threshold: float, seed: int
+    init_dir: Path,
+    shards: Path,
+    run_dir: Path,
+    steps: int,
+    batch_size: int,
+    threshold: float,
+    seed: int,
+    pair_shards: Path | None = None,
+    pair_batch_size: int = 16,
+    pair_loss_weight: float = 1.0,
+    pair_pack_tokens: int | None = None,
 ) -> Any:
-    """The training run, as ``flamingo train`` would read it from YAML."""
+    """The training run, as ``flamingo train`` would read it from YAML: interleaved documents, plus
+    image-text pairs when ``pair_shards`` is given (every step takes a batch of each, as in OpenFlamingo),
+    packed into rows of ``pair_pack_tokens`` when it is set (``pair_batch_size`` then counts rows)."""
     from flamingo.data.loader import SourceConfig
     from flamingo.train.config import (
         CheckpointConfig,
@@ -116,10 +147,26 @@ def train_config(
         single_image_drop_prob=0.0,
         shuffle_block=64,
     )
+    sources = [source]
+    if pair_shards is not None:
+        sources.append(
+            SourceConfig(
+                name="pairs",
+                kind="pairs",
+                shards=[str(pair_shards)],
+                batch_size=pair_batch_size,
+                loss_weight=pair_loss_weight,
+                max_tokens=16,
+                pack=pair_pack_tokens is not None,
+                pack_max_tokens=pair_pack_tokens,
+                min_image_bytes=0,
+                shuffle_block=64,
+            )
+        )
     return RunConfig(
         run_dir=str(run_dir),
         model=ModelConfig(kind="pretrained", name=str(init_dir), seed=seed),
-        data=DataConfig(sources=[source], prefetch=2),
+        data=DataConfig(sources=sources, prefetch=2),
         train=TrainConfig(
             steps=steps,
             lr=3e-3,
