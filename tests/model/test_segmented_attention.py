@@ -93,13 +93,32 @@ def test_single_block_output_matches_dense_exactly_where_no_image_is_seen():
     assert torch.equal(dense[0, before], seg[0, before])
 
 
+def test_gathered_keys_match_dense_for_every_query():
+    """Decode-step routing: each query gathers its own image's keys; rows of several queries (beams), images
+    at different slots and queries that see no image (exactly zero) all agree with the dense mask."""
+    model = build_tiny_flamingo("llama", gate_init=0.7)
+    block = model.cross_attn["0"]
+    media = model.encode_media(make_images(2, 3))  # (2, 3, l, d)
+    positions = torch.tensor([[0, 1, 3, 2], [2, 2, 0, 1]])  # (b, q): 1-based image each query sees
+    x = torch.randn(2, 4, 64)
+    with torch.no_grad():
+        dense, _ = block(x, plan_routing(positions, 3, media.shape[2], "previous", segmented=False), media)
+        plan = plan_routing(positions, 3, media.shape[2], "previous", gather=True)
+        assert plan.gather is not None and plan.gather.numel() == 8 * media.shape[2]
+        gathered, _ = block(x, plan, media)
+    assert torch.allclose(dense, gathered, atol=1e-6)
+    attn_only = block.attn(x, block.attn.media_kv(media), plan)
+    assert torch.equal(attn_only[positions == 0], torch.zeros(2, 64))
+    assert plan_routing(positions, 3, 4, "all_previous", gather=True).mask is not None  # dense there
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generation_matches_dense(beams):
     model = build_tiny_flamingo("llama", gate_init=0.8)
     inputs = batch(model)
     kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": beams, "do_sample": False}
     outputs = []
-    for segmented in (False, True):
+    for segmented in (False, True, None):  # None, the default: segments for the prompt, gathers per new token
         model.segmented_attention = segmented
         outputs.append(
             model.generate(
@@ -110,4 +129,4 @@ def test_generation_matches_dense(beams):
                 **kwargs,
             )
         )
-    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])

@@ -9,6 +9,9 @@ Two ways to run the same attention, chosen once per LM call by :func:`plan_routi
 - **segmented** (policy ``previous`` only): the queries that see image j of row r form segment (r, j); the
   segments are padded to a common length and attend to their own image's ``l`` keys only, in one batched
   attention call. With 32 demonstration images this does 1/32 of the dense attention's work.
+- **gathered** (policy ``previous``, for decode steps): each query gathers its own image's ``l`` keys and values
+  by an index computed on the device, so a new token costs the same however many images the prompt holds, and
+  nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -73,23 +76,37 @@ class Segments:
 class MediaRouting:
     """Which media keys each query of one LM call attends to, computed once and shared by every block.
 
-    ``positions`` (b, q) media index of each (folded) query; exactly one of ``mask`` (b, 1, q, t*l) and
-    ``segments`` is set.
+    ``positions`` (b, q) media index of each (folded) query; exactly one of ``mask`` (b, 1, q, t*l),
+    ``segments`` and ``gather`` (b*q*l,): the flat key index, into (b*t*l), of every latent each query sees.
     """
 
     positions: torch.Tensor
     mask: torch.Tensor | None = None
     segments: Segments | None = None
+    gather: torch.Tensor | None = None
 
 
 def plan_routing(
-    positions: torch.Tensor, num_slots: int, num_latents: int, policy: str, segmented: bool | None = None
+    positions: torch.Tensor,
+    num_slots: int,
+    num_latents: int,
+    policy: str,
+    segmented: bool | None = None,
+    gather: bool = False,
 ) -> MediaRouting:
-    """Choose dense or segmented attention for the folded ``positions`` (b, q) and precompute it.
+    """Choose dense, segmented or gathered attention for the folded ``positions`` (b, q) and precompute it.
 
-    ``segmented=None`` picks the cheaper one: segments when the policy is ``previous``, there are at least
-    two image slots and the padded segments hold at most half the dense attention's query-key pairs.
+    ``segmented=None`` picks the cheaper of the first two: segments when the policy is ``previous``, there are
+    at least two image slots and the padded segments hold at most half the dense attention's query-key pairs.
+    ``gather=True`` (policy ``previous`` only; meant for few queries per row, as in a decode step) gathers each
+    query's own keys without reading anything back from the device.
     """
+    if gather and policy == "previous":
+        b, q = positions.shape
+        slot = (positions - 1).clamp(min=0)  # queries that see no image take slot 0; their output is zeroed
+        image = torch.arange(b, device=positions.device)[:, None] * num_slots + slot  # (b, q)
+        keys = image.flatten()[:, None] * num_latents + torch.arange(num_latents, device=positions.device)
+        return MediaRouting(positions, gather=keys.flatten())
     if policy != "previous" or (segmented is None and num_slots < 2) or segmented is False:
         return MediaRouting(positions, mask=media_mask(positions, num_slots, num_latents, policy))
     b, q = positions.shape
@@ -144,6 +161,10 @@ class MaskedCrossAttention(nn.Module):
         k, v = kv
         if routing.segments is not None:
             return self.to_out(self._segmented(x, k, v, routing.segments))
+        if routing.gather is not None:
+            return self.to_out(self._gathered(x, k, v, routing.gather)) * (routing.positions > 0)[
+                ..., None
+            ].to(x.dtype)
         q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b, h, q, dh)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=routing.mask)
         seen = (routing.positions > 0)[..., None].to(x.dtype)  # (b, q, 1)
@@ -161,14 +182,35 @@ class MaskedCrossAttention(nn.Module):
         flat = self.to_q(self.norm(x)).flatten(0, 1)  # (b*q, h*dh)
         flat = torch.cat([flat, flat.new_zeros(1, h * dh)])  # row b*q: the padding query
         queries = flat.index_select(0, seg.index.flatten()).view(n, m, h, dh).transpose(1, 2)  # (n, h, m, dh)
-        keys, values = (
-            z.unflatten(2, (-1, seg.latents)).transpose(1, 2).flatten(0, 1).index_select(0, seg.media)
-            for z in (k, v)
-        )  # each (n, h, l, dh)
+        if torch.is_grad_enabled():
+            keys, values = (
+                z.unflatten(2, (-1, seg.latents)).transpose(1, 2).flatten(0, 1).index_select(0, seg.media)
+                for z in (k, v)
+            )  # each (n, h, l, dh)
+        else:  # no graph (generation, evaluation): index to_kv's output in place, copying only what is picked
+            keys, values = (
+                z.transpose(1, 2).unflatten(1, (-1, seg.latents)).flatten(0, 1)[seg.media].transpose(1, 2)
+                for z in (k, v)
+            )
         out = F.scaled_dot_product_attention(queries, keys.to(queries.dtype), values.to(queries.dtype))
         out = out.transpose(1, 2).flatten(0, 1).flatten(1)  # (n*m, h*dh)
         result = out.new_zeros(b * q, h * dh).index_copy(0, seg.tokens, out.index_select(0, seg.where))
         return result.view(b, q, h * dh)
+
+    def _gathered(
+        self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """x (b, q, d); k, v (b, h, t*l, dh); index (b*q*l,) from :func:`plan_routing` -> (b, q, h*dh)."""
+        b, q, _ = x.shape
+        h, dh = k.shape[1], k.shape[-1]
+        queries = self.to_q(self.norm(x)).view(b * q, 1, h, dh).transpose(1, 2)  # (b*q, h, 1, dh)
+        # (b*t*l, h, dh) is a view of to_kv's output and indexing reads it in place, so only the selected keys
+        # are copied (index_select would first copy the whole strided tensor). Decoding builds no graph.
+        keys, values = (
+            z.transpose(1, 2).flatten(0, 1)[index].view(b * q, -1, h, dh).transpose(1, 2) for z in (k, v)
+        )  # each (b*q, h, l, dh)
+        out = F.scaled_dot_product_attention(queries, keys.to(queries.dtype), values.to(queries.dtype))
+        return out.view(b, q, h * dh)
 
 
 class GatedCrossAttentionBlock(nn.Module):

@@ -164,16 +164,17 @@ class Flamingo(nn.Module):
         state.offset = state.positions[::expand, -1]
         b, slots, latents = state.media.shape[:3]
         segmented = self.segmented_attention
-        if segmented is None and ids.shape[1] == 1:
-            # A decode step: one query per row sees one image, and planning segments would read sizes back
-            # from the device at every new token; the dense mask is built on the device.
-            segmented = False
+        # A decode step: one query per row sees one image, and planning segments would read sizes back from
+        # the device at every new token; each query gathers its own image's keys instead (dense for
+        # all_previous), so a new token's cost does not grow with the number of images in the prompt.
+        decoding = segmented is None and ids.shape[1] == 1
         state.routing = plan_routing(
             state.positions.reshape(b, -1),
             slots,
             latents,
             self.config.cross_attn.media_policy,
-            segmented=segmented,
+            segmented=False if decoding else segmented,
+            gather=decoding,
         )
 
     def _cross_attend(self, key: str, hidden: torch.Tensor) -> torch.Tensor:
