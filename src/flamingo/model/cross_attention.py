@@ -59,10 +59,10 @@ def media_mask(positions: torch.Tensor, num_slots: int, num_latents: int, policy
 class Segments:
     """Queries grouped by the image they see (policy ``previous``).
 
-    ``media`` (n,) is segment k's row in the (b*t) flattened media (``row * t + 0-based slot``); ``index`` (n, m)
-    holds the
-    flat query indices (into b*q) of its queries, padded with b*q (a dummy zero query); ``tokens`` (k,) are
-    all queries that see an image and ``where`` (k,) their flat position in ``index``; ``latents`` is l.
+    ``media`` (n,) is segment k's row in the (b*t) flattened media (``row * t + 0-based slot``); ``index``
+    (n, m) holds the flat query indices (into b*q) of its queries, padded with b*q (a dummy zero query);
+    ``tokens`` (k,) are all queries that see an image and ``where`` (k,) their flat position in ``index``;
+    ``latents`` is l.
     """
 
     latents: int
@@ -162,13 +162,13 @@ class MaskedCrossAttention(nn.Module):
         if routing.segments is not None:
             return self.to_out(self._segmented(x, k, v, routing.segments))
         if routing.gather is not None:
-            return self.to_out(self._gathered(x, k, v, routing.gather)) * (routing.positions > 0)[
-                ..., None
-            ].to(x.dtype)
-        q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b, h, q, dh)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=routing.mask)
+            out = self._gathered(x, k, v, routing.gather)  # (b, q, h*dh)
+        else:
+            q = self.to_q(self.norm(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (b, h, q, dh)
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=routing.mask)
+            out = out.transpose(1, 2).flatten(2)
         seen = (routing.positions > 0)[..., None].to(x.dtype)  # (b, q, 1)
-        return self.to_out(out.transpose(1, 2).flatten(2)) * seen
+        return self.to_out(out) * seen
 
     def _segmented(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments) -> torch.Tensor:
         """x (b, q, d); k, v (b, h, t*l, dh) -> attention output (b, q, h*dh), zero where no image is seen."""

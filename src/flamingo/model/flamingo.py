@@ -118,9 +118,9 @@ class Flamingo(nn.Module):
         untied = head is not None and not config.tokens.tied_output
         self.new_token_output = nn.Parameter(head.weight[self._new].detach().clone()) if untied else None
         self.segmented_attention: bool | None = None
-        """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``; dense on
-        one-token decode steps); True
-        or False force segmented or dense attention (the same result; for tests and benchmarks)."""
+        """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``; one-token
+        decode steps gather each query's own keys); True or False force segmented or dense attention on every
+        call (the same result; for tests and benchmarks)."""
         self._hooks: list[Any] = []
         self.attach()
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
+from flamingo.model.loss import IGNORE_INDEX as IGNORE
 from flamingo.quickstart import text, world
 from flamingo.quickstart.lm import SmearLMConfig, SmearLMForCausalLM
-
-IGNORE = -100
 
 
 @dataclass

@@ -296,7 +296,8 @@ def _shot_scores(results: dict[str, Any]) -> dict[str, float]:
 def _paths(out: Path) -> dict[str, str]:
     names = {
         "warc": "world/warc", "images": "world/images", "clip": "backbones/clip", "lm": "backbones/lm",
-        "shards": "build/shards", "pair_shards": "build/pairs/shards", "build_report": "build/report.md", "train_metrics": "train/metrics.jsonl",
+        "shards": "build/shards", "pair_shards": "build/pairs/shards", "build_report": "build/report.md",
+        "train_metrics": "train/metrics.jsonl",
         "model": "model", "eval_results": "eval/results", "report": "report.html",
     }  # fmt: skip
     return {k: str(out / v) for k, v in names.items()}

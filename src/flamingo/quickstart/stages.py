@@ -117,10 +117,11 @@ def train_config(
     batch_size: int,
     threshold: float,
     seed: int,
-    pair_shards: Path | None = None,
-    pair_batch_size: int = 16,
-    pair_loss_weight: float = 1.0,
-    pair_pack_tokens: int | None = None,
+    *,
+    pair_shards: Path | None,
+    pair_batch_size: int,
+    pair_loss_weight: float,
+    pair_pack_tokens: int | None,
 ) -> Any:
     """The training run, as ``flamingo train`` would read it from YAML: interleaved documents, plus
     image-text pairs when ``pair_shards`` is given (every step takes a batch of each, as in OpenFlamingo),
