@@ -121,3 +121,86 @@ def test_generation_stops_at_end_of_chunk_by_default():
     out = model.generate(make_images(1, 2), ids, max_new_tokens=10)
     generated = out[0, ids.shape[1] :].tolist()
     assert eoc in generated and generated.index(eoc) == len(generated) - 1
+
+
+def test_suppressed_tokens_are_never_generated():
+    """<image> and the caller's suppress_tokens (argument or GenerationConfig) never appear, even when they
+    would be the argmax; the caller's own logits processors still run."""
+    from transformers import GenerationConfig, LogitsProcessor
+
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    image_id, banned = model.config.tokens.image_id, 7
+
+    def favour(module, args, logits):  # runs after Flamingo's head hook
+        logits = logits.clone()
+        logits[..., image_id] += 1e4
+        logits[..., banned] += 5e3
+        return logits
+
+    model.lm.lm_head.register_forward_hook(favour)
+    seen = []
+
+    class Record(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen.append(scores.shape)
+            return scores
+
+    ids = model.tokenizer([PROMPTS[0]], return_tensors="pt").input_ids
+    images = make_images(1, 2)
+    plain = model.generate(images, ids, max_new_tokens=3, eos_token_id=None)
+    assert (plain[0, ids.shape[1] :] == banned).all()  # only <image> is suppressed by default
+    by_kwarg = model.generate(
+        images,
+        ids,
+        max_new_tokens=3,
+        eos_token_id=None,
+        suppress_tokens=[banned],
+        logits_processor=[Record()],
+    )
+    config = GenerationConfig(max_new_tokens=3, suppress_tokens=[banned])
+    by_config = model.generate(images, ids, generation_config=config, eos_token_id=None)
+    for out in (plain, by_kwarg, by_config):
+        assert not (out[0, ids.shape[1] :] == image_id).any()
+    for out in (by_kwarg, by_config):
+        assert not (out[0, ids.shape[1] :] == banned).any()
+    assert len(seen) == 3
+    assert config.suppress_tokens == [banned]  # the caller's config is not modified
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_linear_equals_linear(rows, bias):
+    from flamingo.model.flamingo import skinny_linear
+
+    g = torch.Generator().manual_seed(rows)
+    head = torch.nn.Linear(32, 1000, bias=bias)
+    x = torch.randn(rows, 1, 32, generator=g)
+    expected = head(x)
+    got = skinny_linear(x, head.weight, head.bias)
+    assert got.shape == expected.shape == (rows, 1, 1000) and got.is_contiguous()
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_decode_steps_take_the_skinny_head_with_the_same_logits(monkeypatch):
+    """No-graph CPU calls with few head rows use skinny_linear; the logits (new-token rows included) equal the
+    plain head's, and calls with a graph or many rows keep the plain head."""
+    import flamingo.model.flamingo as fm
+
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    calls = []
+    original = fm.skinny_linear
+    monkeypatch.setattr(fm, "skinny_linear", lambda *a: calls.append(a[0].shape) or original(*a))
+    ids = model.tokenizer([PROMPTS[0]], return_tensors="pt").input_ids
+    images = make_images(1, 2)
+    with torch.no_grad():
+        last = model(images, ids, logits_to_keep=1).logits  # (1, 1, vocab): one row
+        assert calls == [(1, 1, 64)]
+        full = model(images, ids).logits  # many rows: the plain head
+        assert len(calls) == 1
+    assert (last[:, -1] - full[:, -1]).abs().max().item() < 1e-5
+    image_id = model.config.tokens.image_id  # an added row, from the trainable output rows
+    assert torch.isclose(last[0, -1, image_id], full[0, -1, image_id], atol=1e-6)
+    model(images, ids, logits_to_keep=1)  # a graph: plain head
+    assert len(calls) == 1
+    model.generate(images, ids, max_new_tokens=4, min_new_tokens=4, num_beams=3)
+    assert len(calls) == 5 and calls[-1][0] == 3  # prompt + 3 steps, each over the 3 beams

@@ -130,3 +130,33 @@ def test_generation_matches_dense(beams):
             )
         )
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+
+
+def test_every_image_segments_take_views_and_match_dense():
+    """When each image of every row is seen (one prompt, all its images), the segments are the images in order:
+    the keys are views (no gather) and the outputs and gradients equal the dense attention's."""
+    seen = plan_routing(torch.tensor([[1, 1, 2, 2], [1, 2, 2, 2]]), 2, 3, "previous", segmented=True)
+    assert seen.segments.every_image and seen.segments.media.tolist() == [0, 1, 2, 3]
+    partial = plan_routing(torch.tensor([[0, 1, 1, 2, 2, 2], [1, 1, 1, 1, 0, 0]]), 2, 3, "previous", True)
+    assert not partial.segments.every_image
+
+    model = build_tiny_flamingo("llama", gate_init=0.7)
+    block = model.cross_attn["0"]
+    ids = model.tokenizer([PROMPTS[0], PROMPTS[0]], return_tensors="pt").input_ids
+    positions = media_positions(ids, model.config.tokens.image_id)
+    with torch.no_grad():
+        media = model.encode_media(make_images(2, 3))
+    x = torch.randn(2, ids.shape[1], 64)
+    outputs, grads = [], []
+    for segmented in (False, True):
+        plan = plan_routing(positions, 3, media.shape[2], "previous", segmented=segmented)
+        assert segmented is False or plan.segments.every_image
+        block.zero_grad(set_to_none=True)
+        out, _ = block(x, plan, media)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(block.attn.to_kv.weight.grad.clone())
+        with torch.no_grad():
+            assert torch.allclose(block(x, plan, media)[0], out, atol=1e-6)
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

@@ -62,7 +62,8 @@ class Segments:
     ``media`` (n,) is segment k's row in the (b*t) flattened media (``row * t + 0-based slot``); ``index``
     (n, m) holds the flat query indices (into b*q) of its queries, padded with b*q (a dummy zero query);
     ``tokens`` (k,) are all queries that see an image and ``where`` (k,) their flat position in ``index``;
-    ``latents`` is l.
+    ``latents`` is l. ``every_image``: segment k is image k, for all b*t images (``media`` is ``arange``), so the
+    keys are a view of the blocks' keys and need no gather.
     """
 
     latents: int
@@ -70,6 +71,7 @@ class Segments:
     index: torch.Tensor
     tokens: torch.Tensor
     where: torch.Tensor
+    every_image: bool = False
 
 
 @dataclass
@@ -130,6 +132,8 @@ def plan_routing(
         index=index.view(unique.numel(), longest),
         tokens=tokens,
         where=where,
+        # distinct sorted ids, one per image, can only be every image in order
+        every_image=unique.numel() == b * num_slots,
     )
     return MediaRouting(positions, segments=segments)
 
@@ -182,7 +186,9 @@ class MaskedCrossAttention(nn.Module):
         flat = self.to_q(self.norm(x)).flatten(0, 1)  # (b*q, h*dh)
         flat = torch.cat([flat, flat.new_zeros(1, h * dh)])  # row b*q: the padding query
         queries = flat.index_select(0, seg.index.flatten()).view(n, m, h, dh).transpose(1, 2)  # (n, h, m, dh)
-        if torch.is_grad_enabled():
+        if seg.every_image:
+            keys, values = (z.unflatten(2, (-1, seg.latents)).transpose(1, 2).flatten(0, 1) for z in (k, v))
+        elif torch.is_grad_enabled():
             keys, values = (
                 z.unflatten(2, (-1, seg.latents)).transpose(1, 2).flatten(0, 1).index_select(0, seg.media)
                 for z in (k, v)
