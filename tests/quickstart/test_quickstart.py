@@ -74,6 +74,23 @@ def test_copy_sequences_supervise_only_names_that_can_be_copied() -> None:
         assert sum(label != IGNORE for label in labels) == sum(repeat)
 
 
+def test_lm_pretraining_data_is_a_function_of_the_seed() -> None:
+    """The tokenizer's vocabulary comes from a hash map whose order changes from call to call; the copy data
+    must not depend on it (it did, and two quickstart runs of the same seed pretrained different LMs)."""
+    from flamingo.quickstart import text
+    from flamingo.quickstart.lm_train import CopyData
+
+    train, heldout = world.invented_names(0, train=40, heldout=10)
+    batches = []
+    for _ in range(4):
+        tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
+        data = CopyData(tokenizer, train, length=48, seed=3)
+        batches.append([data.batch(4, train + heldout) for _ in range(3)])
+    for other in batches[1:]:
+        for (ids, labels), (ids2, labels2) in zip(batches[0], other):
+            assert torch.equal(ids, ids2) and torch.equal(labels, labels2)
+
+
 def test_world_vqa_scores_its_own_answers_as_right(tmp_path: Path) -> None:
     """The world's answers spell numbers ("three"); the official VQA metric turns a predicted "three" into
     "3" but leaves identical annotator answers as they are, so every right count answer would score 0. The

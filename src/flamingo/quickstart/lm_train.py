@@ -73,9 +73,11 @@ class CopyData:
         self.eoc = self.vocab[text.EOC]
         specials = {text.EOS, text.EOC, text.PAD, text.UNK}
         all_names = set(names)
-        self.keys = [
+        # sorted: get_vocab() comes from a hash map whose order changes from one call to the next, and the keys
+        # are sampled from this list (unsorted, two runs of the same seed trained different LMs)
+        self.keys = sorted(
             i for w, i in self.vocab.items() if w not in specials and w not in all_names and w.isalpha()
-        ]
+        )
         self.rng = random.Random(seed)
         docs = page_texts(self.rng, names, 3000)
         self.text_ids = [i for ids in tokenizer(docs)["input_ids"] for i in ids]

@@ -35,6 +35,8 @@ class QuickstartConfig:
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
     """Web pages per kind (3200 pages: 1000 steps of 16 documents see each about 5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
+    train_names: int = 400
+    """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
     """Alt-text pairs (picture + bare description), trained on beside the pages like LAION in OpenFlamingo."""
     pair_batch_size: int = 32
@@ -164,7 +166,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
     from flamingo.quickstart import pages, text, world
 
     with log.stage("world", "drawing pictures, writing web pages (WARC) and evaluation sets"):
-        train_names, heldout_names = world.invented_names(config.seed)
+        train_names, heldout_names = world.invented_names(config.seed, train=config.train_names)
         root = out / "world"
         root.mkdir(parents=True, exist_ok=True)
         (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
