@@ -51,11 +51,12 @@ class QuickstartConfig:
     """Weight of the CLIP's attribute heads (0: contrastive only)."""
     lm_max_steps: int = 1500
     """Most LM pretraining steps; stops earlier once copy accuracy reaches ``lm_copy_threshold``."""
-    lm_copy_threshold: float = 0.98
-    """Held-out copy accuracy at which LM pretraining stops."""
+    lm_copy_threshold: float = 0.995
+    """Held-out copy accuracy at which LM pretraining stops (0.98 stopped at 800 steps; 4-shot novel labels
+    0.850, against 0.882 with 0.995 and 1500 adapter steps, same world, 2 threads)."""
     similarity_threshold: float = 0.2
     """Builder and loader: image-sentence pairs with a lower CLIP cosine similarity are dropped."""
-    train_steps: int = 1000
+    train_steps: int = 1500
     """Flamingo training steps."""
     batch_size: int = 16
     """Documents per training step."""
