@@ -504,11 +504,13 @@ SKINNY_HEAD_ROWS = 16
 
 
 def skinny_head_applies(module: nn.Module, hidden: torch.Tensor) -> bool:
-    """Whether ``module(hidden)`` is a no-graph fp32 CPU linear over at most ``SKINNY_HEAD_ROWS`` rows."""
+    """Whether ``module(hidden)`` is a no-graph fp32 CPU linear over at most ``SKINNY_HEAD_ROWS`` rows whose
+    weight lives on the CPU (an offloaded head's weight is only there while its own forward runs)."""
     return (
         type(module) is nn.Linear
         and not torch.is_grad_enabled()
         and hidden.device.type == "cpu"
+        and module.weight.device == hidden.device  # not offloaded (accelerate keeps such weights on "meta")
         and hidden.dtype == module.weight.dtype == torch.float32
         and 0 < hidden[..., 0].numel() <= SKINNY_HEAD_ROWS
     )
