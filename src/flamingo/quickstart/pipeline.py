@@ -33,7 +33,7 @@ class QuickstartConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     """Evaluation seeds (demonstrations and episodes)."""
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
-    """Web pages per kind (3200 pages: 1000 steps of 16 documents see each about 5 times; with 1000 pages the
+    """Web pages per kind (3200 pages: 1500 steps of 16 documents see each about 7.5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
