@@ -35,6 +35,11 @@ class QuickstartConfig:
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
     """Web pages per kind (3200 pages: 1500 steps of 16 documents see each about 7.5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
+    bursty_objects: tuple[int, int] = (2, 3)
+    """Objects per bursty page (a range; each is a distinct training class under its own invented name)."""
+    bursty_pictures: tuple[int, int] = (7, 8)
+    """Pictures per bursty page (a range): the first picture of each object is a first mention, whose name can
+    only be guessed; the rest are repeats, whose name the adapters learn to copy."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -171,7 +176,10 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         root = out / "world"
         root.mkdir(parents=True, exist_ok=True)
         (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
-        warcs = pages.write_world_warcs(root, config.pages, train_names, config.seed)
+        warcs = pages.write_world_warcs(
+            root, config.pages, train_names, config.seed,
+            objects=tuple(config.bursty_objects), pictures=tuple(config.bursty_pictures),
+        )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
         pages.write_caption_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
@@ -250,7 +258,7 @@ def _train_stage(
             init_dir, built.shards_dir, out / "train", config.train_steps, config.batch_size,
             config.similarity_threshold, config.seed, pair_shards=built.pairs_dir,
             pair_batch_size=config.pair_batch_size, pair_loss_weight=config.pair_loss_weight,
-            pair_pack_tokens=config.pair_pack_tokens,
+            pair_pack_tokens=config.pair_pack_tokens, max_images=max(8, config.bursty_pictures[1]),
         )  # fmt: skip
         trained_dir, metrics = stages.train_adapters(run)
         log(f"  loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}")

@@ -122,10 +122,12 @@ def train_config(
     pair_batch_size: int,
     pair_loss_weight: float,
     pair_pack_tokens: int | None,
+    max_images: int = 8,
 ) -> Any:
     """The training run, as ``flamingo train`` would read it from YAML: interleaved documents, plus
     image-text pairs when ``pair_shards`` is given (every step takes a batch of each, as in OpenFlamingo),
-    packed into rows of ``pair_pack_tokens`` when it is set (``pair_batch_size`` then counts rows)."""
+    packed into rows of ``pair_pack_tokens`` when it is set (``pair_batch_size`` then counts rows). Documents keep
+    at most ``max_images`` pictures and 160 tokens."""
     from flamingo.data.loader import SourceConfig
     from flamingo.train.config import (
         CheckpointConfig,
@@ -142,7 +144,7 @@ def train_config(
         shards=[str(shards)],
         batch_size=batch_size,
         max_tokens=160,
-        max_images=8,
+        max_images=max_images,
         min_image_bytes=0,
         sim_threshold=threshold,
         single_image_drop_prob=0.0,
