@@ -33,6 +33,27 @@ def test_world_is_deterministic_and_holds_out_combinations() -> None:
     assert not set(train) & set(heldout) and all(3 <= len(n) <= 5 for n in train + heldout)
 
 
+def test_page_shapes_follow_the_config_and_bad_ranges_are_refused(tmp_path: Path) -> None:
+    from flamingo.quickstart import pages
+
+    train, _ = world.invented_names()
+    bursty = pages.make_pages(tmp_path, "bursty", 6, train, seed=0, pictures=(9, 10), objects=(2, 2))
+    for page in bursty:
+        assert 9 <= len(page.items) <= 10
+        names = [sentence.split(",")[0].lower() for _, sentence in page.items]
+        assert len(set(names)) == 2 and set(names) <= set(train)
+    quiz = pages.make_pages(tmp_path, "qa", 6, train, seed=0, pictures=(7, 7))
+    assert all(len(page.items) == 7 for page in quiz)
+    default = pages.make_pages(tmp_path, "captions", 6, train, seed=0)
+    assert all(4 <= len(page.items) <= 6 for page in default)
+    with pytest.raises(ValueError, match="range"):
+        pages.make_pages(tmp_path, "qa", 1, train, seed=0, pictures=(5, 3))
+    with pytest.raises(ValueError, match="objects <= pictures"):
+        pages.make_pages(tmp_path, "bursty", 1, train, seed=0, pictures=(2, 3), objects=(3, 4))
+    with pytest.raises(ValueError, match="unknown page kind"):
+        pages.make_pages(tmp_path, "blog", 1, train, seed=0)
+
+
 def test_smeared_lm_cached_generation_equals_uncached_and_padding_is_invisible() -> None:
     torch.manual_seed(0)
     model = SmearLMForCausalLM(SmearLMConfig(vocab_size=40, pad_token_id=0, eos_token_id=1)).eval()

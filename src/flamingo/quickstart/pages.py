@@ -26,6 +26,8 @@ from PIL import Image
 from flamingo.quickstart import text, world
 
 PAGE_KINDS = ("captions", "qa", "bursty")
+DEFAULT_PICTURES = {"captions": (4, 6), "qa": (4, 6), "bursty": (7, 8)}
+"""Pictures per page of each kind (a range)."""
 
 
 @dataclass
@@ -58,10 +60,10 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def caption_page(index: int, rng: random.Random, folder: Path) -> Page:
-    """4-6 pictures of training classes, one caption sentence each."""
+def caption_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int] = (4, 6)) -> Page:
+    """``pictures`` (a range) of training classes, one caption sentence each."""
     items = []
-    for i in range(rng.randint(4, 6)):
+    for i in range(rng.randint(*pictures)):
         scene = world.random_scene(rng)
         path = _save(world.draw_scene(scene, rng), folder / f"c{index:05d}_{i}.png")
         items.append((path, text.caption_sentence(scene, rng)))
@@ -69,10 +71,10 @@ def caption_page(index: int, rng: random.Random, folder: Path) -> Page:
     return Page(url, "Drawings", rng.choice(text.CAPTION_PAGE_INTROS), items, rng.choice(text.OUTROS))
 
 
-def qa_page(index: int, rng: random.Random, folder: Path) -> Page:
-    """4-6 pictures, one question-and-answer sentence each."""
+def qa_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int] = (4, 6)) -> Page:
+    """``pictures`` (a range), one question-and-answer sentence each."""
     items = []
-    for i in range(rng.randint(4, 6)):
+    for i in range(rng.randint(*pictures)):
         scene = world.random_scene(rng)
         path = _save(world.draw_scene(scene, rng), folder / f"q{index:05d}_{i}.png")
         items.append((path, text.qa_sentence(scene, rng.choice(text.QUESTION_KINDS))))
@@ -132,29 +134,50 @@ def write_warc(pages: list[Page], path: Path) -> Path:
 
 
 def make_pages(
-    root: Path, kind: str, count: int, names: list[str], seed: int, **bursty: tuple[int, int]
+    root: Path,
+    kind: str,
+    count: int,
+    names: list[str],
+    seed: int,
+    pictures: tuple[int, int] | None = None,
+    objects: tuple[int, int] = (2, 3),
 ) -> list[Page]:
-    """``count`` pages of one kind, pictures under ``root/images/<kind>``; ``bursty``: objects/pictures ranges."""
+    """``count`` pages of one kind, pictures under ``root/images/<kind>``.
+
+    ``pictures``: pictures per page, a range (None: :data:`DEFAULT_PICTURES` of the kind); ``objects``: named
+    objects per bursty page, a range.
+    """
+    if kind not in PAGE_KINDS:
+        raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
+    pictures = tuple(pictures or DEFAULT_PICTURES[kind])
+    if not 1 <= pictures[0] <= pictures[1]:
+        raise ValueError(f"pictures per {kind} page must be a range (low, high) with 1 <= low <= high")
     rng = random.Random(f"pages-{kind}-{seed}")
     folder = root / "images" / kind
     if kind == "captions":
-        return [caption_page(i, rng, folder) for i in range(count)]
+        return [caption_page(i, rng, folder, pictures) for i in range(count)]
     if kind == "qa":
-        return [qa_page(i, rng, folder) for i in range(count)]
-    if kind == "bursty":
-        return [bursty_page(i, rng, folder, names, **bursty) for i in range(count)]
-    raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
+        return [qa_page(i, rng, folder, pictures) for i in range(count)]
+    return [bursty_page(i, rng, folder, names, objects, pictures) for i in range(count)]
 
 
 def write_world_warcs(
-    root: Path, counts: dict[str, int], names: list[str], seed: int, files: int = 3, **bursty: tuple[int, int]
+    root: Path,
+    counts: dict[str, int],
+    names: list[str],
+    seed: int,
+    files: int = 3,
+    pictures: dict[str, tuple[int, int]] | None = None,
+    objects: tuple[int, int] = (2, 3),
 ) -> list[Path]:
-    """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``."""
-    pages = [
-        page
-        for kind, count in counts.items()
-        for page in make_pages(root, kind, count, names, seed, **bursty)
-    ]
+    """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
+
+    ``pictures``: pictures per page by kind (kinds left out keep :data:`DEFAULT_PICTURES`); ``objects``: named
+    objects per bursty page.
+    """
+    pages = []
+    for kind, count in counts.items():
+        pages.extend(make_pages(root, kind, count, names, seed, (pictures or {}).get(kind), objects))
     random.Random(f"crawl-{seed}").shuffle(pages)
     return [
         write_warc(pages[i::files], root / "warc" / f"world-{i}.warc.gz")

@@ -35,11 +35,13 @@ class QuickstartConfig:
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
     """Web pages per kind (3200 pages: 1500 steps of 16 documents see each about 7.5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
+    pictures: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: {"captions": (4, 6), "qa": (4, 6), "bursty": (7, 8)}
+    )
+    """Pictures per page of each kind (a range). On a bursty page the first picture of each object is a first
+    mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy."""
     bursty_objects: tuple[int, int] = (2, 3)
     """Objects per bursty page (a range; each is a distinct training class under its own invented name)."""
-    bursty_pictures: tuple[int, int] = (7, 8)
-    """Pictures per bursty page (a range): the first picture of each object is a first mention, whose name can
-    only be guessed; the rest are repeats, whose name the adapters learn to copy."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -178,7 +180,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
         warcs = pages.write_world_warcs(
             root, config.pages, train_names, config.seed,
-            objects=tuple(config.bursty_objects), pictures=tuple(config.bursty_pictures),
+            pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
@@ -258,13 +260,20 @@ def _train_stage(
             init_dir, built.shards_dir, out / "train", config.train_steps, config.batch_size,
             config.similarity_threshold, config.seed, pair_shards=built.pairs_dir,
             pair_batch_size=config.pair_batch_size, pair_loss_weight=config.pair_loss_weight,
-            pair_pack_tokens=config.pair_pack_tokens, max_images=max(8, config.bursty_pictures[1]),
+            pair_pack_tokens=config.pair_pack_tokens, max_images=_max_pictures(config),
+            max_tokens=max(160, 16 * _max_pictures(config) + 16),
         )  # fmt: skip
         trained_dir, metrics = stages.train_adapters(run)
         log(f"  loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}")
         model = Flamingo.from_pretrained(str(trained_dir))
         model.save_pretrained(str(out / "model"), save_backbones=True)
     return out / "model", metrics
+
+
+def _max_pictures(config: QuickstartConfig) -> int:
+    """Pictures a training document keeps: the most any page has (at least 8). A picture's sentence, with its
+    ``<image>`` and ``<|endofchunk|>``, is at most 16 tokens, so documents keep 16 tokens per picture plus 16."""
+    return max([8, *(high for _, high in config.pictures.values())])
 
 
 def _eval_stage(

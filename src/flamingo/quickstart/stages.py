@@ -123,11 +123,12 @@ def train_config(
     pair_loss_weight: float,
     pair_pack_tokens: int | None,
     max_images: int = 8,
+    max_tokens: int = 160,
 ) -> Any:
     """The training run, as ``flamingo train`` would read it from YAML: interleaved documents, plus
     image-text pairs when ``pair_shards`` is given (every step takes a batch of each, as in OpenFlamingo),
     packed into rows of ``pair_pack_tokens`` when it is set (``pair_batch_size`` then counts rows). Documents keep
-    at most ``max_images`` pictures and 160 tokens."""
+    at most ``max_images`` pictures and ``max_tokens`` tokens."""
     from flamingo.data.loader import SourceConfig
     from flamingo.train.config import (
         CheckpointConfig,
@@ -143,7 +144,7 @@ def train_config(
         kind="interleaved",
         shards=[str(shards)],
         batch_size=batch_size,
-        max_tokens=160,
+        max_tokens=max_tokens,
         max_images=max_images,
         min_image_bytes=0,
         sim_threshold=threshold,
