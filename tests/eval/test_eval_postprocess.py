@@ -10,6 +10,7 @@ from flamingo.eval.postprocess import (
     postprocess_caption,
     postprocess_okvqa,
     postprocess_vqa,
+    postprocess_vqa_uncased,
 )
 from flamingo.eval.stemming import okvqa_stem, singularize, strip_ing
 
@@ -39,6 +40,25 @@ def test_caption_cut_at_output_and_quotes_removed(raw, expected):
 )
 def test_vqa_cut_at_question_answer_short_and_first_comma(raw, expected):
     assert postprocess_vqa(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected_cased", "expected_uncased"),
+    [
+        ("three question : how", "three question : how", "three "),
+        ("diamond? answer", "diamond? answer", "diamond? "),
+        ("red short answer: blue", "red short answer: blue", "red "),
+        ("yes Question: is it", "yes ", "yes "),
+        ("red, white", "red", "red"),
+        ("tennis<|endofchunk|>question", "tennis", "tennis"),
+    ],
+)
+def test_uncased_vqa_cut_fires_on_lower_case_and_keeps_the_rest_of_the_rules(
+    raw, expected_cased, expected_uncased
+):
+    assert postprocess_vqa(raw) == expected_cased
+    assert postprocess_vqa_uncased(raw) == expected_uncased
+    assert get_postprocessor("vqa_uncased") is postprocess_vqa_uncased
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 They follow OpenFlamingo's evaluation (reference/openflamingo-facts.md section 5): a generated caption
 is cut at "Output" and its double quotes removed; a VQA answer is cut at "Question", "Answer" or
 "Short" and then at the first ", ". All of them first cut at ``<|endofchunk|>``, the stop token, in
-case the generator leaves it in.
+case the generator leaves it in. ``vqa_uncased`` makes the same cuts whatever the case, for models whose
+tokenizer lower-cases (the quickstart world's): they write "question", never "Question", so OpenFlamingo's
+case-sensitive cut would never fire.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from flamingo.eval.stemming import okvqa_stem
 
 END_OF_CHUNK = "<|endofchunk|>"
 _VQA_CUT = re.compile("Question|Answer|Short")
+_VQA_CUT_UNCASED = re.compile("question|answer|short", re.IGNORECASE)
 
 PostprocessFn = Callable[[str], str]
 
@@ -34,6 +37,12 @@ def postprocess_vqa(text: str) -> str:
     return answer.split(", ", 1)[0]
 
 
+def postprocess_vqa_uncased(text: str) -> str:
+    """:func:`postprocess_vqa` with case-insensitive cuts, for tokenizers that lower-case everything."""
+    answer = _VQA_CUT_UNCASED.split(_before_stop(text), maxsplit=1)[0]
+    return answer.split(", ", 1)[0]
+
+
 def postprocess_okvqa(text: str) -> str:
     """A VQA answer, then stemmed like OK-VQA v1.1's references (see ``flamingo.eval.stemming``)."""
     return okvqa_stem(postprocess_vqa(text))
@@ -42,6 +51,7 @@ def postprocess_okvqa(text: str) -> str:
 POSTPROCESSORS: dict[str, PostprocessFn] = {
     "caption": postprocess_caption,
     "vqa": postprocess_vqa,
+    "vqa_uncased": postprocess_vqa_uncased,
     "okvqa": postprocess_okvqa,
     "strip": lambda text: _before_stop(text).strip(),
     "none": lambda text: text,
