@@ -54,6 +54,28 @@ def test_page_shapes_follow_the_config_and_bad_ranges_are_refused(tmp_path: Path
         pages.make_pages(tmp_path, "blog", 1, train, seed=0)
 
 
+def test_bursty_cast_intros_and_lookalike_casts(tmp_path: Path) -> None:
+    from flamingo.quickstart import pages
+
+    train, _ = world.invented_names()
+    named = pages.make_pages(tmp_path, "bursty", 8, train, seed=0, objects=(3, 3), cast_intro=1.0)
+    for page in named:
+        cast = {sentence.split(",")[0].lower() for _, sentence in page.items}
+        listed = page.intro.split(":")[1].strip(" .").lower().split(", ")
+        assert set(listed) == cast and len(listed) == 3
+    alike = pages.make_pages(tmp_path, "bursty", 20, train, seed=0, objects=(3, 3), lookalikes=1.0)
+    shared = {"shape": 0, "colour": 0}
+    for page in alike:
+        looks = {tuple(sentence.split(",")[1].split()[1:]) for _, sentence in page.items}  # (colour, shape)
+        assert len(looks) == 3 and not looks & {(c, s) for s, c in world.HELDOUT_COMBOS}
+        shared["colour"] += len({c for c, _ in looks}) == 1
+        shared["shape"] += len({s for _, s in looks}) == 1
+        assert len({c for c, _ in looks}) == 1 or len({s for _, s in looks}) == 1
+    assert shared["colour"] and shared["shape"]
+    plain = pages.make_pages(tmp_path, "bursty", 8, train, seed=0)
+    assert all(":" not in page.intro for page in plain)
+
+
 def test_smeared_lm_cached_generation_equals_uncached_and_padding_is_invisible() -> None:
     torch.manual_seed(0)
     model = SmearLMForCausalLM(SmearLMConfig(vocab_size=40, pad_token_id=0, eos_token_id=1)).eval()

@@ -26,7 +26,7 @@ from PIL import Image
 from flamingo.quickstart import text, world
 
 PAGE_KINDS = ("captions", "qa", "bursty")
-DEFAULT_PICTURES = {"captions": (4, 6), "qa": (4, 6), "bursty": (7, 8)}
+DEFAULT_PICTURES = {"captions": (4, 6), "qa": (4, 10), "bursty": (7, 8)}
 """Pictures per page of each kind (a range)."""
 
 
@@ -89,6 +89,8 @@ def bursty_page(
     names: list[str],
     objects: tuple[int, int] = (2, 3),
     pictures: tuple[int, int] = (7, 8),
+    cast_intro: float = 0.0,
+    lookalikes: float = 0.0,
 ) -> Page:
     """``objects`` (a range) of distinct training classes with invented names, ``pictures`` (a range) in all.
 
@@ -101,8 +103,11 @@ def bursty_page(
         raise ValueError(
             f"bursty pages need 1 <= objects <= pictures as ranges, got {objects} and {pictures}"
         )
-    classes = rng.sample(world.training_combos(), rng.randint(*objects))
+    classes = _cast_classes(rng, rng.randint(*objects), lookalikes)
     cast = list(zip(rng.sample(names, len(classes)), classes))
+    intro = rng.choice(text.BURSTY_INTROS)
+    if cast_intro and rng.random() < cast_intro:
+        intro = f"{intro[:-1]}: {', '.join(name.capitalize() for name, _ in cast)}."
     mentions = cast + [rng.choice(cast) for _ in range(rng.randint(*pictures) - len(cast))]
     rng.shuffle(mentions)
     items = []
@@ -111,7 +116,21 @@ def bursty_page(
         path = _save(world.draw_scene(scene, rng), folder / f"b{index:05d}_{i}.png")
         items.append((path, text.bursty_sentence(name, scene, rng)))
     url = f"http://world.quickstart/friends/{index}.html"
-    return Page(url, "Friends", rng.choice(text.BURSTY_INTROS), items, rng.choice(text.OUTROS))
+    return Page(url, "Friends", intro, items, rng.choice(text.OUTROS))
+
+
+def _cast_classes(rng: random.Random, count: int, lookalikes: float) -> list[tuple[str, str]]:
+    """``count`` distinct training classes; with probability ``lookalikes`` all of one shape or all of one colour
+    (half each), so that only the other attribute tells them apart."""
+    combos = world.training_combos()
+    if lookalikes and rng.random() < lookalikes:
+        by_shape = rng.random() < 0.5
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for combo in combos:
+            groups.setdefault(combo[0] if by_shape else combo[1], []).append(combo)
+        group = groups[rng.choice(sorted(k for k, v in groups.items() if len(v) >= count))]
+        return rng.sample(group, count)
+    return rng.sample(combos, count)
 
 
 def write_warc(pages: list[Page], path: Path) -> Path:
@@ -141,6 +160,8 @@ def make_pages(
     seed: int,
     pictures: tuple[int, int] | None = None,
     objects: tuple[int, int] = (2, 3),
+    cast_intro: float = 0.0,
+    lookalikes: float = 0.0,
 ) -> list[Page]:
     """``count`` pages of one kind, pictures under ``root/images/<kind>``.
 
@@ -158,7 +179,9 @@ def make_pages(
         return [caption_page(i, rng, folder, pictures) for i in range(count)]
     if kind == "qa":
         return [qa_page(i, rng, folder, pictures) for i in range(count)]
-    return [bursty_page(i, rng, folder, names, objects, pictures) for i in range(count)]
+    return [
+        bursty_page(i, rng, folder, names, objects, pictures, cast_intro, lookalikes) for i in range(count)
+    ]
 
 
 def write_world_warcs(
@@ -169,6 +192,8 @@ def write_world_warcs(
     files: int = 3,
     pictures: dict[str, tuple[int, int]] | None = None,
     objects: tuple[int, int] = (2, 3),
+    cast_intro: float = 0.0,
+    lookalikes: float = 0.0,
 ) -> list[Path]:
     """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
 
@@ -177,7 +202,11 @@ def write_world_warcs(
     """
     pages = []
     for kind, count in counts.items():
-        pages.extend(make_pages(root, kind, count, names, seed, (pictures or {}).get(kind), objects))
+        pages.extend(
+            make_pages(
+                root, kind, count, names, seed, (pictures or {}).get(kind), objects, cast_intro, lookalikes
+            )
+        )
     random.Random(f"crawl-{seed}").shuffle(pages)
     return [
         write_warc(pages[i::files], root / "warc" / f"world-{i}.warc.gz")

@@ -36,12 +36,16 @@ class QuickstartConfig:
     """Web pages per kind (3200 pages: 1500 steps of 16 documents see each about 7.5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
     pictures: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"captions": (4, 6), "qa": (4, 6), "bursty": (7, 8)}
+        default_factory=lambda: {"captions": (4, 6), "qa": (4, 10), "bursty": (7, 8)}
     )
     """Pictures per page of each kind (a range). On a bursty page the first picture of each object is a first
     mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy."""
     bursty_objects: tuple[int, int] = (2, 3)
     """Objects per bursty page (a range; each is a distinct training class under its own invented name)."""
+    bursty_cast_intro: float = 0.0
+    """Share of bursty pages whose intro lists the cast's names (``Meet my pets: Zorp, Blix.``)."""
+    bursty_lookalikes: float = 0.0
+    """Share of bursty pages whose objects all share a shape or all share a colour."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -181,6 +185,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         warcs = pages.write_world_warcs(
             root, config.pages, train_names, config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
+            cast_intro=config.bursty_cast_intro, lookalikes=config.bursty_lookalikes,
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
