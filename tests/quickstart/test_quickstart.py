@@ -54,7 +54,7 @@ def test_page_shapes_follow_the_config_and_bad_ranges_are_refused(tmp_path: Path
         pages.make_pages(tmp_path, "blog", 1, train, seed=0)
 
 
-def test_bursty_cast_intros_and_lookalike_casts(tmp_path: Path) -> None:
+def test_bursty_cast_intros_list_the_names_of_the_page(tmp_path: Path) -> None:
     from flamingo.quickstart import pages
 
     train, _ = world.invented_names()
@@ -63,17 +63,27 @@ def test_bursty_cast_intros_and_lookalike_casts(tmp_path: Path) -> None:
         cast = {sentence.split(",")[0].lower() for _, sentence in page.items}
         listed = page.intro.split(":")[1].strip(" .").lower().split(", ")
         assert set(listed) == cast and len(listed) == 3
-    alike = pages.make_pages(tmp_path, "bursty", 20, train, seed=0, objects=(3, 3), lookalikes=1.0)
-    shared = {"shape": 0, "colour": 0}
-    for page in alike:
-        looks = {tuple(sentence.split(",")[1].split()[1:]) for _, sentence in page.items}  # (colour, shape)
-        assert len(looks) == 3 and not looks & {(c, s) for s, c in world.HELDOUT_COMBOS}
-        shared["colour"] += len({c for c, _ in looks}) == 1
-        shared["shape"] += len({s for _, s in looks}) == 1
-        assert len({c for c, _ in looks}) == 1 or len({s for _, s in looks}) == 1
-    assert shared["colour"] and shared["shape"]
     plain = pages.make_pages(tmp_path, "bursty", 8, train, seed=0)
     assert all(":" not in page.intro for page in plain)
+
+
+def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
+    from flamingo.quickstart.cli import _read_overrides
+    from flamingo.quickstart.pipeline import QuickstartConfig
+
+    path = tmp_path / "qs.yaml"
+    path.write_text("train_steps: 7\npictures: {qa: [3, 4]}\nseeds: [5]\nbursty_cast_intro: 0.5\n")
+    config = QuickstartConfig.small().updated(_read_overrides(str(path)))
+    assert config.train_steps == 7 and config.seeds == (5,) and config.bursty_cast_intro == 0.5
+    assert config.pictures["qa"] == (3, 4) and config.pictures["bursty"] == (7, 8)  # other kinds kept
+    assert config.pages == QuickstartConfig.small().pages
+    with pytest.raises(ValueError, match="unknown quickstart setting"):
+        config.updated({"train_step": 3})
+    with pytest.raises(ValueError, match="unknown page kind"):
+        config.updated({"pictures": {"blog": [1, 2]}})
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="mapping"):
+        _read_overrides(str(path))
 
 
 def test_smeared_lm_cached_generation_equals_uncached_and_padding_is_invisible() -> None:

@@ -1,4 +1,4 @@
-"""``flamingo quickstart [--out DIR] [--seeds N] [--small] [--threads N]``."""
+"""``flamingo quickstart [--out DIR] [--seeds N] [--small] [--threads N] [--config FILE]``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="evaluation seeds (default 3)")
     parser.add_argument("--small", action="store_true", help="the few-minute CI configuration")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the CPU is shared)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML or JSON file of QuickstartConfig fields to change (e.g. train_steps: 800), applied on top "
+        "of the default or --small configuration",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -31,5 +37,19 @@ def _run(args: argparse.Namespace) -> int:
     else:
         config = QuickstartConfig(out=args.out or "runs/quickstart", seeds=seeds)
     config.threads = args.threads
+    if args.config:
+        config = config.updated(_read_overrides(args.config))
     run_quickstart(config)
     return 0
+
+
+def _read_overrides(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as stream:
+        overrides = yaml.safe_load(stream) or {}  # YAML is a superset of JSON
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of QuickstartConfig fields, got {type(overrides).__name__}"
+        )
+    return overrides

@@ -90,7 +90,6 @@ def bursty_page(
     objects: tuple[int, int] = (2, 3),
     pictures: tuple[int, int] = (7, 8),
     cast_intro: float = 0.0,
-    lookalikes: float = 0.0,
 ) -> Page:
     """``objects`` (a range) of distinct training classes with invented names, ``pictures`` (a range) in all.
 
@@ -98,12 +97,14 @@ def bursty_page(
     before, and first mentions teach the adapters to guess some training name instead. With 2-4 objects in 5-8
     pictures (about 45% first mentions) a fifth of 4-shot answers were training names; with 2-3 in 7-8 (about
     a third) 4-shot accuracy rose from 0.62 to 0.83 in runs at 1 thread (held-out combinations 0.65 to 0.86).
+    With probability ``cast_intro`` the intro lists the cast (``Meet my pets: Zorp, Blix.``), so that a first
+    mention is a name from the context, which is what a guess should be in an episode.
     """
     if not 1 <= objects[0] <= objects[1] <= pictures[0] <= pictures[1]:
         raise ValueError(
             f"bursty pages need 1 <= objects <= pictures as ranges, got {objects} and {pictures}"
         )
-    classes = _cast_classes(rng, rng.randint(*objects), lookalikes)
+    classes = rng.sample(world.training_combos(), rng.randint(*objects))
     cast = list(zip(rng.sample(names, len(classes)), classes))
     intro = rng.choice(text.BURSTY_INTROS)
     if cast_intro and rng.random() < cast_intro:
@@ -117,20 +118,6 @@ def bursty_page(
         items.append((path, text.bursty_sentence(name, scene, rng)))
     url = f"http://world.quickstart/friends/{index}.html"
     return Page(url, "Friends", intro, items, rng.choice(text.OUTROS))
-
-
-def _cast_classes(rng: random.Random, count: int, lookalikes: float) -> list[tuple[str, str]]:
-    """``count`` distinct training classes; with probability ``lookalikes`` all of one shape or all of one colour
-    (half each), so that only the other attribute tells them apart."""
-    combos = world.training_combos()
-    if lookalikes and rng.random() < lookalikes:
-        by_shape = rng.random() < 0.5
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for combo in combos:
-            groups.setdefault(combo[0] if by_shape else combo[1], []).append(combo)
-        group = groups[rng.choice(sorted(k for k, v in groups.items() if len(v) >= count))]
-        return rng.sample(group, count)
-    return rng.sample(combos, count)
 
 
 def write_warc(pages: list[Page], path: Path) -> Path:
@@ -161,12 +148,11 @@ def make_pages(
     pictures: tuple[int, int] | None = None,
     objects: tuple[int, int] = (2, 3),
     cast_intro: float = 0.0,
-    lookalikes: float = 0.0,
 ) -> list[Page]:
     """``count`` pages of one kind, pictures under ``root/images/<kind>``.
 
     ``pictures``: pictures per page, a range (None: :data:`DEFAULT_PICTURES` of the kind); ``objects``: named
-    objects per bursty page, a range.
+    objects per bursty page, a range; ``cast_intro``: share of bursty pages whose intro lists the cast's names.
     """
     if kind not in PAGE_KINDS:
         raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
@@ -179,9 +165,7 @@ def make_pages(
         return [caption_page(i, rng, folder, pictures) for i in range(count)]
     if kind == "qa":
         return [qa_page(i, rng, folder, pictures) for i in range(count)]
-    return [
-        bursty_page(i, rng, folder, names, objects, pictures, cast_intro, lookalikes) for i in range(count)
-    ]
+    return [bursty_page(i, rng, folder, names, objects, pictures, cast_intro) for i in range(count)]
 
 
 def write_world_warcs(
@@ -193,19 +177,16 @@ def write_world_warcs(
     pictures: dict[str, tuple[int, int]] | None = None,
     objects: tuple[int, int] = (2, 3),
     cast_intro: float = 0.0,
-    lookalikes: float = 0.0,
 ) -> list[Path]:
     """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
 
     ``pictures``: pictures per page by kind (kinds left out keep :data:`DEFAULT_PICTURES`); ``objects``: named
-    objects per bursty page.
+    objects per bursty page; ``cast_intro``: share of bursty pages whose intro lists the cast's names.
     """
     pages = []
     for kind, count in counts.items():
         pages.extend(
-            make_pages(
-                root, kind, count, names, seed, (pictures or {}).get(kind), objects, cast_intro, lookalikes
-            )
+            make_pages(root, kind, count, names, seed, (pictures or {}).get(kind), objects, cast_intro)
         )
     random.Random(f"crawl-{seed}").shuffle(pages)
     return [

@@ -42,10 +42,12 @@ class QuickstartConfig:
     mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy."""
     bursty_objects: tuple[int, int] = (2, 3)
     """Objects per bursty page (a range; each is a distinct training class under its own invented name)."""
-    bursty_cast_intro: float = 0.0
-    """Share of bursty pages whose intro lists the cast's names (``Meet my pets: Zorp, Blix.``)."""
-    bursty_lookalikes: float = 0.0
-    """Share of bursty pages whose objects all share a shape or all share a colour."""
+    bursty_cast_intro: float = 0.5
+    """Share of bursty pages whose intro lists the cast's names (``Meet my pets: Zorp, Blix.``). A first mention
+    on such a page is one of the names above it, so the adapters learn to pick a name from the context where
+    they cannot copy one, instead of a training name (1 thread, same backbones: 4-shot novel labels 0.872 with
+    none, 0.946 with half, 0.947 with all, but then blanked demonstrations 0.15, as the model names one of them
+    anyway)."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -81,6 +83,28 @@ class QuickstartConfig:
     """torch threads (use 1 when other work shares the CPU)."""
     seed: int = 0
     """Seed of the world and of training."""
+
+    def updated(self, overrides: dict[str, Any]) -> QuickstartConfig:
+        """A copy with ``overrides`` (field name -> value) applied; unknown names are refused, lists become
+        tuples where the field holds ranges or seeds."""
+        from dataclasses import fields, replace
+
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown quickstart setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(overrides)
+        if "pictures" in values:
+            values["pictures"] = {**self.pictures, **{k: tuple(v) for k, v in values["pictures"].items()}}
+            bad = sorted(set(values["pictures"]) - set(self.pictures))
+            if bad:
+                raise ValueError(f"pictures: unknown page kind(s) {bad}; use {sorted(self.pictures)}")
+        if "pages" in values:
+            values["pages"] = {**self.pages, **values["pages"]}
+        for name in ("seeds", "bursty_objects"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return replace(self, **values)
 
     @classmethod
     def small(cls, out: str = "runs/quickstart-small", seeds: tuple[int, ...] = (0, 1)) -> QuickstartConfig:
@@ -185,7 +209,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         warcs = pages.write_world_warcs(
             root, config.pages, train_names, config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
-            cast_intro=config.bursty_cast_intro, lookalikes=config.bursty_lookalikes,
+            cast_intro=config.bursty_cast_intro,
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
