@@ -73,14 +73,30 @@ def _plots(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
             marker="o",
             label=f"seed {seed}",
         )
+    for condition, marker in (("4-shot blanked", "x"), ("4-shot text-only", "+")):
+        values = [r[condition]["open_accuracy"] for r in episodes.values() if condition in r]
+        if values:
+            axes[0].scatter(
+                [4] * len(values), values, marker=marker, color="black", zorder=3, label=condition
+            )
     axes[0].set_title("novel labels: open accuracy")
-    axes[0].legend()
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(loc="center right", fontsize=8)
     for ax, (task, data) in zip(axes[1:], summary["eval"]["generic"].items()):
         scores = shot_scores(data)
-        ax.plot([int(k) for k in scores], list(scores.values()), marker="o")
+        ax.plot([int(k) for k in scores], list(scores.values()), marker="o", label="mean")
+        seeds = [
+            (int(k), v) for k, row in data.get("scores", {}).items() for v in row.get("per_seed", {}).values()
+        ]
+        if seeds:
+            ax.scatter(*zip(*seeds), s=12, color="grey", zorder=3, label="each seed")
+            ax.legend(loc="lower right")
         ax.set_title(f"{task}: {data.get('metric', '')}")
+        top = max([*scores.values(), *(v for _, v in seeds)], default=1.0)
+        ax.set_ylim(0, 102 if 50 < top <= 100 and "acc" in data.get("metric", "") else top * 1.05 or 1.0)
     for ax in axes:
         ax.set_xlabel("shots")
+        ax.set_xticks([0, 4, 8])
     fig.tight_layout()
     paths["shots"] = folder / "shots.png"
     fig.savefig(paths["shots"], dpi=90)
