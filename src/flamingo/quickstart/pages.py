@@ -60,7 +60,7 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def caption_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int] = (4, 6)) -> Page:
+def caption_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int]) -> Page:
     """``pictures`` (a range) of training classes, one caption sentence each."""
     items = []
     for i in range(rng.randint(*pictures)):
@@ -71,7 +71,7 @@ def caption_page(index: int, rng: random.Random, folder: Path, pictures: tuple[i
     return Page(url, "Drawings", rng.choice(text.CAPTION_PAGE_INTROS), items, rng.choice(text.OUTROS))
 
 
-def qa_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int] = (4, 10)) -> Page:
+def qa_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int]) -> Page:
     """``pictures`` (a range), one question-and-answer sentence each."""
     items = []
     for i in range(rng.randint(*pictures)):

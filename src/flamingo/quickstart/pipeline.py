@@ -35,9 +35,7 @@ class QuickstartConfig:
     pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 400, "bursty": 2400})
     """Web pages per kind (3200 pages: 1500 steps of 16 documents see each about 7.5 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context)."""
-    pictures: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {"captions": (4, 6), "qa": (4, 10), "bursty": (7, 8)}
-    )
+    pictures: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(_default_pictures()))
     """Pictures per page of each kind (a range). On a bursty page the first picture of each object is a first
     mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy. Quiz
     pages go to 10 so that an 8-shot VQA prompt (9 pictures) is not where pages end (with 4-6, 8-shot VQA was 66
@@ -125,6 +123,12 @@ class QuickstartConfig:
             episodes=100,
             eval_samples=24,
         )
+
+
+def _default_pictures() -> dict[str, tuple[int, int]]:
+    from flamingo.quickstart.pages import DEFAULT_PICTURES
+
+    return DEFAULT_PICTURES
 
 
 @dataclass

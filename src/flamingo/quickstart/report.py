@@ -92,8 +92,7 @@ def _plots(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
             ax.scatter(*zip(*seeds), s=12, color="grey", zorder=3, label="each seed")
             ax.legend(loc="lower right")
         ax.set_title(f"{task}: {data.get('metric', '')}")
-        top = max([*scores.values(), *(v for _, v in seeds)], default=1.0)
-        ax.set_ylim(0, 102 if 50 < top <= 100 and "acc" in data.get("metric", "") else top * 1.05 or 1.0)
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1e-6) * 1.05)
     for ax in axes:
         ax.set_xlabel("shots")
         ax.set_xticks([0, 4, 8])
