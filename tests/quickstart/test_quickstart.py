@@ -67,14 +67,61 @@ def test_bursty_cast_intros_list_the_names_of_the_page(tmp_path: Path) -> None:
     assert all(":" not in page.intro for page in plain)
 
 
+def test_quiz_pages_ask_only_the_configured_question_kinds(tmp_path: Path) -> None:
+    from flamingo.quickstart import pages
+
+    train, _ = world.invented_names()
+    quiz = pages.make_pages(tmp_path, "qa", 10, train, seed=0, qa_kinds=("colour", "shape"))
+    sentences = [sentence for page in quiz for _, sentence in page.items]
+    assert sentences and not any("how many" in s for s in sentences)
+    assert any("what colour" in s for s in sentences) and any("what shape" in s for s in sentences)
+    every = pages.make_pages(tmp_path, "qa", 10, train, seed=0)
+    assert any("how many" in sentence for page in every for _, sentence in page.items)
+    for bad in ((), ("size",)):
+        with pytest.raises(ValueError, match="question kinds"):
+            pages.make_pages(tmp_path, "qa", 1, train, seed=0, qa_kinds=bad)
+
+
+def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> None:
+    from flamingo.eval.results import write_predictions
+    from flamingo.quickstart.report import vqa_by_kind
+
+    annotations = tmp_path / "annotations.json"
+    kinds = {1: "colour", 2: "count", 3: "count"}
+    items = [{"question_id": i, "question_type": k} for i, k in kinds.items()]
+    annotations.write_text(json.dumps({"annotations": items}))
+    outputs = {  # (example, shots) -> output; the reference answers are "red", "three", "two"
+        (1, 0): "red", (2, 0): "three", (3, 0): "two",
+        (1, 4): "red", (2, 4): "three are the", (3, 4): "two",
+        (1, 16): "Red.", (2, 16): "three are the", (3, 16): "2",
+    }  # fmt: skip
+    answers = {1: "red", 2: "three", 3: "two"}
+    records = [
+        {"example_id": str(i), "seed": 0, "shots": shots, "demo_ids": [], "raw_output": out,
+         "processed_output": out, "references": [answers[i]] * 10}
+        for (i, shots), out in outputs.items()
+    ]  # fmt: skip
+    predictions = tmp_path / "predictions.jsonl"
+    write_predictions(predictions, records)
+    result = vqa_by_kind(predictions, annotations)
+    assert list(result["scores"]["count"]) == ["0", "4", "16"]  # shot counts in numeric order
+    assert result["scores"]["colour"] == {"0": 100.0, "4": 100.0, "16": 100.0}  # normalised like the metric
+    assert result["scores"]["count"] == {"0": 100.0, "4": 50.0, "16": 50.0}
+    assert result["counts"]["count"] == {"0": 2, "4": 2, "16": 2}
+    assert result["errors"]["count"] == [("three are the", "three", 2)]
+
+
 def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
     from flamingo.quickstart.cli import _read_overrides
     from flamingo.quickstart.pipeline import QuickstartConfig
 
     path = tmp_path / "qs.yaml"
-    path.write_text("train_steps: 7\npictures: {qa: [3, 4]}\nseeds: [5]\nbursty_cast_intro: 0.5\n")
+    path.write_text(
+        "train_steps: 7\npictures: {qa: [3, 4]}\nseeds: [5]\nbursty_cast_intro: 0.5\nqa_kinds: [colour]\n"
+    )
     config = QuickstartConfig.small().updated(_read_overrides(str(path)))
     assert config.train_steps == 7 and config.seeds == (5,) and config.bursty_cast_intro == 0.5
+    assert config.qa_kinds == ("colour",)
     assert config.pictures["qa"] == (3, 4) and config.pictures["bursty"] == (7, 8)  # other kinds kept
     assert config.pages == QuickstartConfig.small().pages
     with pytest.raises(ValueError, match="unknown quickstart setting"):
@@ -192,7 +239,19 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
     for task in ("world_captions", "world_vqa"):
         results = json.loads((out / "eval" / "results" / task / "results.json").read_text())
         assert set(results["scores"]) == {"0", "4", "8"}
+        # 0 shots without any demonstration: no demonstration ids, text or pictures, and one seed
+        bare = json.loads((out / "eval" / "results_no_demos" / task / "results.json").read_text())
+        assert set(bare["scores"]) == {"0"} and bare["task_settings"]["zero_shot_text_demos"] == 0
+        rows = (out / "eval" / "results_no_demos" / task / "predictions.jsonl").read_text().splitlines()
+        assert len(rows) == 24 and all(json.loads(row)["demo_ids"] == [] for row in rows)
+    by_kind = summary["eval"]["vqa_by_kind"]
+    assert set(by_kind["scores"]) == {"colour", "shape", "count"}
+    assert set(summary["eval"]["vqa_by_kind_no_demos"]["scores"]["colour"]) == {"0"}
+    assert (
+        sum(n for counts in by_kind["counts"].values() for n in counts.values()) == 3 * 3 * 24
+    )  # shots x seeds
     assert (out / "report.md").stat().st_size > 0 and (out / "report.html").stat().st_size > 0
+    assert "| 0 shots, no demonstrations |" in (out / "report.md").read_text()
     assert (out / "plots" / "losses.png").is_file() and (out / "plots" / "shots.png").is_file()
 
 

@@ -71,13 +71,19 @@ def caption_page(index: int, rng: random.Random, folder: Path, pictures: tuple[i
     return Page(url, "Drawings", rng.choice(text.CAPTION_PAGE_INTROS), items, rng.choice(text.OUTROS))
 
 
-def qa_page(index: int, rng: random.Random, folder: Path, pictures: tuple[int, int]) -> Page:
-    """``pictures`` (a range), one question-and-answer sentence each."""
+def qa_page(
+    index: int,
+    rng: random.Random,
+    folder: Path,
+    pictures: tuple[int, int],
+    kinds: tuple[str, ...] = text.QUESTION_KINDS,
+) -> Page:
+    """``pictures`` (a range), one question-and-answer sentence each, about one of ``kinds``."""
     items = []
     for i in range(rng.randint(*pictures)):
         scene = world.random_scene(rng)
         path = _save(world.draw_scene(scene, rng), folder / f"q{index:05d}_{i}.png")
-        items.append((path, text.qa_sentence(scene, rng.choice(text.QUESTION_KINDS))))
+        items.append((path, text.qa_sentence(scene, rng.choice(kinds))))
     url = f"http://world.quickstart/quiz/{index}.html"
     return Page(url, "Quiz", "Test your eyes.", items, rng.choice(text.OUTROS))
 
@@ -148,11 +154,13 @@ def make_pages(
     pictures: tuple[int, int] | None = None,
     objects: tuple[int, int] = (2, 3),
     cast_intro: float = 0.0,
+    qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
 ) -> list[Page]:
     """``count`` pages of one kind, pictures under ``root/images/<kind>``.
 
     ``pictures``: pictures per page, a range (None: :data:`DEFAULT_PICTURES` of the kind); ``objects``: named
-    objects per bursty page, a range; ``cast_intro``: share of bursty pages whose intro lists the cast's names.
+    objects per bursty page, a range; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
+    ``qa_kinds``: the question kinds quiz pages ask.
     """
     if kind not in PAGE_KINDS:
         raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
@@ -164,7 +172,12 @@ def make_pages(
     if kind == "captions":
         return [caption_page(i, rng, folder, pictures) for i in range(count)]
     if kind == "qa":
-        return [qa_page(i, rng, folder, pictures) for i in range(count)]
+        bad = sorted(set(qa_kinds) - set(text.QUESTION_KINDS))
+        if bad or not qa_kinds:
+            raise ValueError(
+                f"quiz question kinds {list(qa_kinds)}: use a non-empty subset of {text.QUESTION_KINDS}"
+            )
+        return [qa_page(i, rng, folder, pictures, tuple(qa_kinds)) for i in range(count)]
     return [bursty_page(i, rng, folder, names, objects, pictures, cast_intro) for i in range(count)]
 
 
@@ -177,16 +190,20 @@ def write_world_warcs(
     pictures: dict[str, tuple[int, int]] | None = None,
     objects: tuple[int, int] = (2, 3),
     cast_intro: float = 0.0,
+    qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
 ) -> list[Path]:
     """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
 
     ``pictures``: pictures per page by kind (kinds left out keep :data:`DEFAULT_PICTURES`); ``objects``: named
-    objects per bursty page; ``cast_intro``: share of bursty pages whose intro lists the cast's names.
+    objects per bursty page; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
+    ``qa_kinds``: the question kinds quiz pages ask.
     """
     pages = []
     for kind, count in counts.items():
         pages.extend(
-            make_pages(root, kind, count, names, seed, (pictures or {}).get(kind), objects, cast_intro)
+            make_pages(
+                root, kind, count, names, seed, (pictures or {}).get(kind), objects, cast_intro, qa_kinds
+            )
         )
     random.Random(f"crawl-{seed}").shuffle(pages)
     return [

@@ -49,6 +49,8 @@ class QuickstartConfig:
     none, 0.946 with half, 0.947 with all, but then blanked demonstrations 0.15, as the model names one of them
     anyway). Runs are sensitive to this share: a quarter gave 0.708 on the default world at 2 threads, and on
     world seed 1 at 1 thread 0.859 with none and 0.942 with a quarter (blanked 0.014 and 0.076)."""
+    qa_kinds: tuple[str, ...] = ("colour", "shape", "count")
+    """Question kinds the quiz pages ask (the VQA benchmark asks all three)."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -102,7 +104,7 @@ class QuickstartConfig:
                 raise ValueError(f"pictures: unknown page kind(s) {bad}; use {sorted(self.pictures)}")
         if "pages" in values:
             values["pages"] = {**self.pages, **values["pages"]}
-        for name in ("seeds", "bursty_objects"):
+        for name in ("seeds", "bursty_objects", "qa_kinds"):
             if name in values:
                 values[name] = tuple(values[name])
         return replace(self, **values)
@@ -216,7 +218,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         warcs = pages.write_world_warcs(
             root, config.pages, train_names, config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
-            cast_intro=config.bursty_cast_intro,
+            cast_intro=config.bursty_cast_intro, qa_kinds=tuple(config.qa_kinds),
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
@@ -318,6 +320,7 @@ def _eval_stage(
     from flamingo import Flamingo, FlamingoProcessor
     from flamingo.eval.evaluator import evaluate
     from flamingo.eval.models import FlamingoEvalModel
+    from flamingo.quickstart import report
     from flamingo.quickstart.episodes import run_conditions
 
     results: dict[str, Any] = {}
@@ -337,8 +340,25 @@ def _eval_stage(
             progress=False,
         )  # fmt: skip
         results["generic"] = generic
+        # OpenFlamingo's 0-shot prompt holds two text-only demonstrations, which already show the world's
+        # answer format; 0 shots with no demonstration at all (as in the novel-label episodes) shows what the
+        # demonstrations add. It does not depend on the seed, so one seed is run.
+        no_demos = evaluate(
+            FlamingoEvalModel(model, processor), tasks, str(out / "eval" / "data"), shots=(0,),
+            seeds=config.seeds[:1], zero_shot_text_demos=0, query_set_size=256, batch_size=16,
+            out_dir=out / "eval" / "results_no_demos", progress=False,
+        )  # fmt: skip
+        results["generic_no_demos"] = no_demos
+        annotations = out / "eval" / "data" / "vqa" / "annotations_test.json"
+        results["vqa_by_kind"] = report.vqa_by_kind(
+            out / "eval" / "results" / "world_vqa" / "predictions.jsonl", annotations
+        )
+        results["vqa_by_kind_no_demos"] = report.vqa_by_kind(
+            out / "eval" / "results_no_demos" / "world_vqa" / "predictions.jsonl", annotations
+        )
         for task, data in generic.items():
-            log(f"  {task}: {json.dumps(_shot_scores(data))}")
+            none = _shot_scores(no_demos[task]).get("0", float("nan"))
+            log(f"  {task}: {json.dumps(_shot_scores(data))}; 0 shots without demonstrations: {none:.3f}")
     return results
 
 

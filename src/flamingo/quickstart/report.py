@@ -23,6 +23,42 @@ def shot_scores(results: dict[str, Any]) -> dict[str, float]:
     return scores
 
 
+def vqa_by_kind(predictions: Path, annotations: Path, top_errors: int = 3) -> dict[str, Any]:
+    """VQA accuracy (OpenFlamingo's variant, 0-100) per question kind and shot count, all seeds pooled.
+
+    ``predictions``: the evaluator's ``predictions.jsonl``; ``annotations``: the VQA annotation JSON whose
+    ``question_type`` names the kind. Returns ``{"scores": {kind: {shots: accuracy}}, "counts": {kind: {shots:
+    prompts}}, "errors": {kind: [(raw output, right answer, times), ...]}}`` (the most frequent wrong outputs at
+    any shot count, so that a run-on such as ``three are the`` shows as what it is).
+    """
+    import json
+    from collections import Counter, defaultdict
+
+    from flamingo.eval.metrics import vqa_question_accuracy
+    from flamingo.eval.results import read_predictions
+
+    items = json.loads(Path(annotations).read_text())["annotations"]
+    kinds = {str(a["question_id"]): a.get("question_type", "all") for a in items}
+    totals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    errors: dict[str, Counter] = defaultdict(Counter)
+    for record in read_predictions(predictions):
+        kind = kinds.get(str(record.example_id), "unknown")
+        score = vqa_question_accuracy(str(record.processed_output), record.references, "openflamingo")
+        totals[kind][str(record.shots)].append(score)
+        if score < 1.0:
+            errors[kind][(str(record.raw_output).strip(), record.references[0])] += 1
+    ordered = sorted(totals)
+    return {
+        "scores": {k: {s: 100.0 * statistics.fmean(v) for s, v in _by_shots(totals[k])} for k in ordered},
+        "counts": {k: {s: len(v) for s, v in _by_shots(totals[k])} for k in ordered},
+        "errors": {k: [(*key, n) for key, n in errors[k].most_common(top_errors)] for k in ordered},
+    }
+
+
+def _by_shots(values: dict[str, list[float]]) -> list[tuple[str, list[float]]]:
+    return sorted(values.items(), key=lambda item: int(item[0]))
+
+
 def episode_table(episodes: dict[Any, dict[str, Any]]) -> list[tuple[str, list[float]]]:
     """(condition, open accuracy per seed) for every condition, in :data:`CONDITIONS` order."""
     rows = []
@@ -90,7 +126,12 @@ def _plots(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
         ]
         if seeds:
             ax.scatter(*zip(*seeds), s=12, color="grey", zorder=3, label="each seed")
-            ax.legend(loc="lower right")
+        none = shot_scores(summary["eval"].get("generic_no_demos", {}).get(task, {})).get("0")
+        if none is not None:
+            ax.scatter(
+                [0], [none], marker="x", color="black", zorder=3, label="0 shots, no text demonstrations"
+            )
+        ax.legend(loc="lower right", fontsize=8)
         ax.set_title(f"{task}: {data.get('metric', '')}")
         ax.set_ylim(0, max(ax.get_ylim()[1], 1e-6) * 1.05)
     for ax in axes:
@@ -138,9 +179,35 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     for condition, values in episode_table(summary["eval"]["episodes"]):
         lines.append(f"| {condition} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {_spread(values)} |")
     lines += ["", "## Captioning and VQA (generic evaluator, task files in flamingo/quickstart/tasks)", ""]
-    for task, data in summary["eval"]["generic"].items():
-        scores = ", ".join(f"{k} shots: {v:.3f}" for k, v in shot_scores(data).items())
-        lines.append(f"- {task} ({data.get('metric', '')}): {scores}")
+    lines += _generic_table(summary["eval"]["generic"], summary["eval"].get("generic_no_demos", {}))
+    by_kind = summary["eval"].get("vqa_by_kind")
+    if by_kind and by_kind["scores"]:
+        none = (summary["eval"].get("vqa_by_kind_no_demos") or {}).get("scores", {})
+        by_kind = {
+            **by_kind,
+            "scores": {k: {**({"none": none[k]["0"]} if "0" in none.get(k, {}) else {}), **v}
+                       for k, v in by_kind["scores"].items()},
+        }  # fmt: skip
+        shots = sorted(
+            {s for v in by_kind["scores"].values() for s in v}, key=lambda s: -1 if s == "none" else int(s)
+        )
+        lines += [
+            "",
+            "VQA accuracy by question kind (all seeds; most frequent wrong outputs, with the answer):",
+            "",
+        ]
+        lines += [
+            "| kind | "
+            + " | ".join(_shots_label(s) for s in shots)
+            + " | wrong outputs (with demonstrations) |",
+            "|---" * (len(shots) + 2) + "|",
+        ]
+        for kind, scores in by_kind["scores"].items():
+            wrong = "; ".join(
+                f"`{raw}` for `{answer}` x{n}" for raw, answer, n in by_kind["errors"].get(kind, [])
+            )
+            cells = " | ".join(f"{scores[s]:.1f}" if s in scores else "" for s in shots)
+            lines.append(f"| {kind} | {cells} | {wrong} |")
     lines += ["", "## Backbones", ""]
     lines.append("- tiny CLIP: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["clip"]["metrics"].items()))
     copy = ", ".join(f"step {s}: {a:.3f}" for s, a in summary["lm"]["copy_accuracy"])
@@ -161,6 +228,29 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _shots_label(shots: str) -> str:
+    return "0 shots, no demonstrations" if shots == "none" else f"{shots} shots"
+
+
+def _generic_table(generic: dict[str, Any], no_demos: dict[str, Any]) -> list[str]:
+    """Markdown rows: each task's mean score (and spread over seeds) at every shot count, with the 0-shot
+    score of a prompt without any demonstration beside OpenFlamingo's 0-shot (two text-only ones)."""
+    lines = [
+        "| task (metric) | 0 shots, no demonstrations | 0 shots (OpenFlamingo: 2 text-only demonstrations) "
+        "| 4 shots | 8 shots |",
+        "|---|---|---|---|---|",
+    ]
+    for task, data in generic.items():
+        cells = []
+        for shots in ("0", "4", "8"):
+            per_seed = list((data.get("scores", {}).get(shots) or {}).get("per_seed", {}).values())
+            cells.append(_spread(per_seed) if per_seed else "")
+        none = shot_scores(no_demos.get(task, {})).get("0")
+        none_cell = f"{none:.3f}" if none is not None else ""
+        lines.append(f"| {task} ({data.get('metric', '')}) | {none_cell} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
