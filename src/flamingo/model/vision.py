@@ -98,13 +98,24 @@ def apply_transform(transform: Callable, images: Sequence[Image.Image]) -> torch
             out.append(picture)
         return torch.stack(out)
     import numpy as np
-    import torchvision.transforms.functional as TF
 
-    batch = torch.from_numpy(np.stack([np.asarray(p, dtype=np.uint8) for p in pictures]))  # (N, h, w, 3)
-    pixels = batch.permute(0, 3, 1, 2).to(torch.get_default_dtype()).div(255)  # what to_tensor does
+    width, height = pictures[0].size
+    out = torch.empty(len(pictures), 3, height, width, dtype=torch.get_default_dtype())
+    mean = std = None
     if normalize is not None:
-        pixels = TF.normalize(pixels, normalize.mean, normalize.std)
-    return pixels.contiguous()
+        mean = torch.as_tensor(normalize.mean, dtype=out.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(normalize.std, dtype=out.dtype).view(-1, 1, 1)
+    # Chunks of about 2**18 values stay in cache: one pass over a whole batch of large pictures is slower
+    # than picture by picture.
+    chunk = max(1, 2**18 // (3 * height * width))
+    for start in range(0, len(pictures), chunk):
+        part = pictures[start : start + chunk]
+        batch = torch.from_numpy(np.stack([np.asarray(p, dtype=np.uint8) for p in part]))  # (n, h, w, 3)
+        view = out[start : start + len(part)]
+        view.copy_(batch.permute(0, 3, 1, 2)).div_(255)  # what to_tensor does
+        if mean is not None:
+            view.sub_(mean).div_(std)  # what Normalize does
+    return out
 
 
 class OpenClipAdapter(VisionAdapter):
