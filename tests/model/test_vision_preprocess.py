@@ -33,12 +33,20 @@ def _open_clip_transform(size: int) -> object:
         ([(32, 32)], ["RGB"]),
     ],
 )
-def test_batched_open_clip_preprocessing_is_bit_identical(sizes: list, modes: list) -> None:
+def test_batched_open_clip_preprocessing_is_bit_identical(
+    sizes: list, modes: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.transforms.functional as TF
+
     transform = _open_clip_transform(32)
     assert _batched_plan(transform) is not None  # open_clip's pipeline takes the batched path
     pictures = _pictures(sizes, modes)
     expected = torch.stack([transform(p) for p in pictures])
+    calls = []
+    to_tensor = TF.to_tensor
+    monkeypatch.setattr(TF, "to_tensor", lambda pic: calls.append(pic) or to_tensor(pic))
     got = apply_transform(transform, pictures)
+    assert calls == []  # converted as one batch, not picture by picture
     assert got.shape == expected.shape == (len(pictures), 3, 32, 32)
     assert got.dtype == expected.dtype and torch.equal(got, expected)
 
@@ -55,6 +63,13 @@ def test_pictures_of_different_sizes_after_the_picture_steps_fall_back_per_pictu
 
 
 def test_other_transforms_run_per_picture() -> None:
+    from torchvision import transforms as T
+
+    class Scaled(T.ToTensor):  # a subclass of ToTensor may do anything: not batched
+        def __call__(self, pic: Image.Image) -> torch.Tensor:
+            return super().__call__(pic) * 2
+
+    assert _batched_plan(T.Compose([Scaled(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])) is None
     transform = _clip_transform(16, OPENAI_MEAN, OPENAI_STD)  # torchvision v2: not batched
     assert _batched_plan(transform) is None
     pictures = _pictures([(20, 16), (16, 16)], ["RGB", "L"])

@@ -128,9 +128,7 @@ def _plots(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
             ax.scatter(*zip(*seeds), s=12, color="grey", zorder=3, label="each seed")
         none = shot_scores(summary["eval"].get("generic_no_demos", {}).get(task, {})).get("0")
         if none is not None:
-            ax.scatter(
-                [0], [none], marker="x", color="black", zorder=3, label="0 shots, no text demonstrations"
-            )
+            ax.scatter([0], [none], marker="x", color="black", zorder=3, label="0 shots, no demonstrations")
         ax.legend(loc="lower right", fontsize=8)
         ax.set_title(f"{task}: {data.get('metric', '')}")
         ax.set_ylim(0, max(ax.get_ylim()[1], 1e-6) * 1.05)
@@ -244,7 +242,7 @@ def _generic_table(generic: dict[str, Any], no_demos: dict[str, Any]) -> list[st
     ]
     for task, data in generic.items():
         cells = []
-        for shots in ("0", "4", "8"):
+        for shots in ("0", "4", "8"):  # the quickstart's shot counts
             per_seed = list((data.get("scores", {}).get(shots) or {}).get("per_seed", {}).values())
             cells.append(_spread(per_seed) if per_seed else "")
         none = shot_scores(no_demos.get(task, {})).get("0")
