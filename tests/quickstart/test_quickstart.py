@@ -210,13 +210,44 @@ def test_world_vqa_scores_its_own_answers_as_right(tmp_path: Path) -> None:
     assert get_metric("vqa_accuracy")(gold, references) < 100.0  # what the official metric would say
 
 
+def test_background_stages_send_results_in_order_and_their_errors_reach_the_parent():
+    from flamingo.quickstart.pipeline import StageLog, _BackgroundStage
+
+    if not _BackgroundStage.available():
+        pytest.skip("needs fork")
+    lines: list[str] = []
+    log = StageLog(lines.append)
+
+    def two(send):
+        with log.stage("first", "one"):
+            pass
+        send("a", [1, 2])
+        send("b", {"x": 3})
+
+    stage = _BackgroundStage.start("both", two, 1, log)
+    assert stage.result("b") == {"x": 3} and stage.result("a") == [1, 2]
+    assert "first" in log.seconds  # the child's stage timings join the parent's
+    stage.close()
+
+    def fails(send):
+        send("a", 1)
+        raise KeyError("no such stage input")
+
+    stage = _BackgroundStage.start("failing", fails, 1, log)
+    assert stage.result("a") == 1
+    with pytest.raises(RuntimeError, match=r"(?s)failing process failed:.*no such stage input"):
+        stage.result("b")
+    stage.close(kill=True)
+    assert not stage.process.is_alive()
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
 
     out = tmp_path_factory.mktemp("quickstart")
     config = QuickstartConfig.small(out=str(out), seeds=(0, 1, 2))
-    config.threads = 1
+    config.threads = 2  # the LM in a second process beside the CLIP, training with data worker processes
     return out, run_quickstart(config)
 
 
@@ -227,7 +258,8 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
     out, summary = small_run
     assert len(list((out / "world" / "warc").glob("*.warc.gz"))) == 3
     assert summary["clip"]["metrics"]["page_retrieval_top1"] > 0.8
-    assert summary["lm"]["copy_accuracy"][-1][1] >= 0.9
+    assert summary["lm"]["copy_accuracy"][-1][1] >= 0.9 and summary["lm"]["beside_clip"]
+    assert summary["timings"]["lm"] > 0 and "second process" in (out / "report.md").read_text()
     report = validate_shards(str(out / "build" / "shards"))
     assert report.ok and report.documents > 100 and report.images > 500
     pairs = validate_shards(str(out / "build" / "pairs" / "shards"))

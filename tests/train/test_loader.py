@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +60,94 @@ def test_resuming_from_a_saved_state_continues_exactly(shards, tiny_model):
     resumed.close()
     assert _rows(got) == _rows(expected)
     assert all(torch.equal(a.images, b.images) for a, b in zip(got, expected))
+
+
+def test_a_worker_process_gives_the_same_batches_positions_and_counts_as_the_loop(
+    tmp_path, shards, tiny_model
+):
+    masked = all_masked_document(tiny_model.tokenizer, 96)
+    paths = hostile_interleaved_shards(tmp_path, shards["interleaved"], masked)
+    source = interleaved_source(paths, shuffle_block=2, batch_size=3)
+    runs = {}
+    for worker, prefetch in (("process", 2), ("thread", 2), ("thread", 0)):
+        loader = make_loader(tiny_model, source, prefetch=prefetch, worker=worker)
+        batches, states = [], []
+        for _ in range(10):  # crosses shards, epochs and every kind of bad input
+            batches.append(loader.next_batch())
+            states.append(loader.state_dict())
+        if worker == "process":
+            assert loader._iterator.process.is_alive()
+        loader.close()
+        runs[worker, prefetch] = batches, states, loader.counts()
+        if worker == "process":
+            assert not loader._iterator.process.is_alive()
+    batches, states, counts = runs["process", 2]
+    assert counts["read_corrupt_image"] >= 1 and counts["no_supervised_tokens"] >= 1
+    for other, other_states, other_counts in (runs["thread", 2], runs["thread", 0]):
+        assert _rows(other) == _rows(batches) and other_states == states and other_counts == counts
+        for a, b in zip(other, batches):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+            assert torch.equal(a.attention_mask, b.attention_mask)
+
+
+def test_a_worker_process_error_reaches_the_training_loop(tmp_path, tiny_model):
+    document = synthetic_document(random.Random(0), "doc0", num_sentences=3, num_images=1)
+    with InterleavedShardWriter(tmp_path, "x") as writer:
+        writer.write(document)
+    source = interleaved_source([str(p) for p in writer.shard_paths], min_image_bytes=10**9)
+    loader = make_loader(tiny_model, source, prefetch=2, worker="process")
+    with pytest.raises(ValueError, match="no usable sample"):
+        loader.next_batch()
+    loader.close()
+    assert not loader._iterator.process.is_alive()
+    with pytest.raises(ValueError, match="worker must be"):
+        make_loader(tiny_model, source, worker="fiber")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_training_process_leaves_no_data_worker_behind(tmp_path, shards):
+    """The worker notices that its parent is gone (here: SIGKILL, no clean-up at all) and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from train_support import interleaved_source, make_loader\n"
+        "from flamingo.model.tiny import build_tiny_flamingo\n"
+        "source = interleaved_source(sys.argv[2:])\n"
+        "loader = make_loader(build_tiny_flamingo('llama'), source, prefetch=2, worker='process')\n"
+        "loader.next_batch()\n"
+        "print(loader._iterator.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    here = str(Path(__file__).parent)
+    process = subprocess.Popen(
+        [sys.executable, str(script), here, *shards["interleaved"]], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(process.stdout.readline())
+    assert _running(worker)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 20
+    while _running(worker):
+        if time.monotonic() > deadline:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the data worker outlived its killed parent by 20 s")
+        time.sleep(0.2)
 
 
 def test_epochs_reshuffle_and_the_order_depends_on_the_seed(shards, tiny_model):

@@ -60,13 +60,13 @@ def shards(tmp_path_factory) -> dict[str, list[str]]:
 
 
 def make_loader(
-    model, source: SourceConfig, rank: int = 0, world: int = 1, prefetch: int = 0
+    model, source: SourceConfig, rank: int = 0, world: int = 1, prefetch: int = 0, worker: str = "thread"
 ) -> SourceLoader:
     tokens = model.config.tokens
     dataset = SourceDataset(
         source, model.tokenizer, model.vision.preprocess, tokens.image_id, tokens.eoc_id, 0, rank, world
     )
-    return SourceLoader(dataset, tokens.pad_id, prefetch)
+    return SourceLoader(dataset, tokens.pad_id, prefetch, worker)
 
 
 def interleaved_source(shards: list[str], **fields) -> SourceConfig:

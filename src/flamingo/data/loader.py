@@ -24,10 +24,15 @@ that did not fit and builds the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import multiprocessing
+import os
+import pickle
 import queue
 import random
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -392,13 +397,25 @@ class SourceDataset(torch.utils.data.IterableDataset):
 
 
 class SourceLoader:
-    """Micro-batches of one source, built ahead by a background thread (``prefetch`` batches deep).
+    """Micro-batches of one source, built ahead (``prefetch`` batches deep) by a worker.
 
-    Iterating yields ``(batch, state)``; ``state`` is the dataset position after the batch's last sample.
+    ``worker="process"`` builds them in a forked worker process, ``"thread"`` in a background thread of this
+    process. Reading, decoding and tokenizing is Python code that holds the GIL, so a thread takes its time from
+    the training step's own Python work; a process runs beside it. Both give the same batches in the same order:
+    the worker runs the same generator, and each batch travels with the dataset position after it. Without
+    ``fork`` (Windows, or ``prefetch=0``) the thread or no worker is used.
     """
 
-    def __init__(self, dataset: SourceDataset, pad_id: int, prefetch: int = 2) -> None:
-        self.dataset, self.pad_id, self.prefetch = dataset, pad_id, prefetch
+    def __init__(
+        self,
+        dataset: SourceDataset,
+        pad_id: int,
+        prefetch: int = 2,
+        worker: Literal["process", "thread"] = "thread",
+    ) -> None:
+        if worker not in ("process", "thread"):
+            raise ValueError(f"worker must be 'process' or 'thread', got {worker!r}")
+        self.dataset, self.pad_id, self.prefetch, self.worker = dataset, pad_id, prefetch, worker
         self.config = dataset.config
         self._iterator: Iterator[tuple[Batch, dict[str, Any]]] | None = None
         self.state: dict[str, Any] = dataset.state_dict()
@@ -421,14 +438,18 @@ class SourceLoader:
 
     def next_batch(self) -> Batch:
         if self._iterator is None:
-            batches = self._batches()
-            self._iterator = _Prefetcher(batches, self.prefetch) if self.prefetch > 0 else batches
+            if self.prefetch <= 0:
+                self._iterator = self._batches()
+            elif self.worker == "process" and _ProcessPrefetcher.available():
+                self._iterator = _ProcessPrefetcher(self._batches, self.prefetch, self.config.name)
+            else:
+                self._iterator = _Prefetcher(self._batches(), self.prefetch)
         batch, self.state = next(self._iterator)
         return batch
 
     def close(self) -> None:
-        """Stop the background thread (if any); the loader cannot be used afterwards."""
-        if isinstance(self._iterator, _Prefetcher):
+        """Stop the worker (if any); the loader cannot be used afterwards."""
+        if isinstance(self._iterator, _Prefetcher | _ProcessPrefetcher):
             self._iterator.close()
 
     def state_dict(self) -> dict[str, Any]:
@@ -502,6 +523,110 @@ class _Prefetcher:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
+
+
+_WORKER_NICENESS = 10
+"""Added to a data worker process's niceness (lower CPU priority than the training step)."""
+
+
+class _ProcessPrefetcher:
+    """The items of ``make_iterator()``, produced by a forked daemon process up to ``depth`` ahead.
+
+    The child inherits the dataset (tokenizer, transform, position) through ``fork``, so nothing is pickled but
+    the items, which travel as plain pickles through a pipe (a copy of a few MB per batch, no shared-memory file
+    descriptors to run out of). Its errors are re-raised here (as ``RuntimeError`` with the child's traceback
+    when they cannot be pickled). The child runs torch on one thread, and exits when :meth:`close` is called or
+    when its parent is gone (a killed training run leaves no worker behind).
+    """
+
+    _DONE = "__done__"
+
+    @staticmethod
+    def available() -> bool:
+        return "fork" in multiprocessing.get_all_start_methods()
+
+    def __init__(self, make_iterator: Callable[[], Iterator[Any]], depth: int, name: str) -> None:
+        context = multiprocessing.get_context("fork")
+        self.items = context.Queue(maxsize=depth)
+        self.stop = context.Event()
+        self.process = context.Process(
+            target=_ProcessPrefetcher._produce,
+            args=(make_iterator, self.items, self.stop, os.getpid()),
+            name=f"flamingo-data-{name}",
+            daemon=True,
+        )
+        self.process.start()
+        self.finished = False
+
+    @staticmethod
+    def _produce(make_iterator: Callable[[], Iterator[Any]], items: Any, stop: Any, parent: int) -> None:
+        torch.set_num_threads(1)
+        items.cancel_join_thread()  # exiting must not wait for a reader of what is still buffered
+        if _WORKER_NICENESS:
+            # The training step is the critical path; the worker, ``depth`` batches ahead, fills idle time.
+            with contextlib.suppress(OSError):
+                os.nice(_WORKER_NICENESS)
+
+        def wanted() -> bool:
+            return not stop.is_set() and os.getppid() == parent
+
+        def put(item: Any, error: BaseException | None = None) -> bool:
+            payload = pickle.dumps((item, error), protocol=pickle.HIGHEST_PROTOCOL)
+            while wanted():
+                try:
+                    items.put(payload, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in make_iterator():
+                if not put(item):
+                    return
+        except BaseException as error:  # handed to the consumer
+            try:
+                pickle.dumps(error)
+            except Exception:
+                error = RuntimeError(f"data worker failed:\n{traceback.format_exc()}")
+            put(_ProcessPrefetcher._DONE, error)
+        else:
+            put(_ProcessPrefetcher._DONE)
+        while wanted():  # stay until closed, so the pipe is read to the end
+            stop.wait(0.5)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self.finished:
+            raise StopIteration
+        while True:
+            try:
+                item, error = pickle.loads(self.items.get(timeout=1.0))
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise RuntimeError(
+                        f"the data worker process died (exit code {self.process.exitcode}) without an error; "
+                        "it may have run out of memory (or use data.worker: thread)"
+                    ) from None
+        if error is not None:
+            self.finished = True
+            raise error
+        if isinstance(item, str) and item == self._DONE:
+            self.finished = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
+        self.items.cancel_join_thread()
+        self.items.close()
 
 
 @dataclass

@@ -83,7 +83,9 @@ class QuickstartConfig:
     eval_samples: int = 100
     """Test examples per generic task (captions, VQA)."""
     threads: int = 2
-    """torch threads (use 1 when other work shares the CPU)."""
+    """Cores the quickstart may use (1 when other work shares the CPU). With 2 or more, a second process draws
+    the world and pretrains the LM beside the CLIP stage (each side with half the threads), and
+    training computes on ``threads - 1`` threads while its data worker processes take the remaining core."""
     seed: int = 0
     """Seed of the world and of training."""
 
@@ -159,32 +161,65 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
 
     from flamingo.quickstart import report, stages
 
+    if config.threads < 1:
+        raise ValueError(f"threads must be at least 1, got {config.threads}")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     log = StageLog(printer)
     summary: dict[str, Any] = {"config": asdict(config), "paths": {}}
-    world_info = _world_stage(config, out, log)
-    summary["world"] = world_info["stats"]
-    clip_result = _clip_stage(config, out, log, world_info["train_names"])
-    summary["clip"] = {"metrics": clip_result.metrics, "losses": clip_result.losses}
-    lm_result = _lm_stage(config, out, log, world_info)
+    names = _names(config, out)
+    # With two cores or more, a second process draws the world and then pretrains the LM (which needs only the
+    # names and the tokenizer) beside the CLIP here, each on half the threads: these stages use small matrices
+    # that gain little from a second thread.
+    background = None
+    if config.threads >= 2 and _BackgroundStage.available():
+
+        def world_then_lm(send: Callable[[str, Any], None]) -> None:
+            send("world", _world_stage(config, out, log, names))
+            send("lm", _lm_stage(config, out, log, names))
+
+        background = _BackgroundStage.start("world+lm", world_then_lm, config.threads // 2, log)
+    try:
+        if background:
+            torch.set_num_threads(max(1, config.threads - config.threads // 2))
+        else:
+            world_info = _world_stage(config, out, log, names)
+        clip_result = _clip_stage(config, out, log, names["train_names"])
+        summary["clip"] = {"metrics": clip_result.metrics, "losses": clip_result.losses}
+        if background:
+            # The builder runs on every thread once the LM is done (here it is done before the CLIP), so that its
+            # thread count, and with it every number downstream, never depends on which process was faster.
+            world_info, lm_result = background.result("world"), background.result("lm")
+            torch.set_num_threads(config.threads)
+        else:
+            lm_result = _lm_stage(config, out, log, names)
+        summary["world"] = world_info["stats"]
+        with log.stage("build", "builder: WARC -> fetch -> filter -> CLIP placement -> interleaved shards"):
+            built = stages.build_shards(
+                world_info["warcs"], out / "world" / "images", out / "build",
+                clip_result.full_weights, config.similarity_threshold,
+            )  # fmt: skip
+            if world_info["pair_list"] is not None:
+                pairs = stages.convert_pairs(
+                    world_info["pair_list"], out / "world" / "images", out / "build" / "pairs"
+                )
+                built.pairs_dir, built.pairs_stats, built.pairs_validation = pairs
+            _log_build(log, built)
+    except BaseException:
+        if background:
+            background.close(kill=True)
+        raise
+    if background:
+        background.close()
     summary["lm"] = {
         "steps": lm_result.steps,
         "copy_accuracy": lm_result.copy_accuracy,
         "losses": lm_result.losses,
+        "beside_clip": background is not None,
     }
-    with log.stage("build", "builder: WARC -> fetch -> filter -> CLIP placement -> interleaved shards"):
-        built = stages.build_shards(
-            world_info["warcs"], out / "world" / "images", out / "build",
-            clip_result.full_weights, config.similarity_threshold,
-        )  # fmt: skip
-        if world_info["pair_list"] is not None:
-            pairs = stages.convert_pairs(
-                world_info["pair_list"], out / "world" / "images", out / "build" / "pairs"
-            )
-            built.pairs_dir, built.pairs_stats, built.pairs_validation = pairs
-        _log_build(log, built)
+    # Training: the data workers (one process per source) build batches on one core, the step computes on the rest.
+    torch.set_num_threads(max(1, config.threads - 1))
     summary["build"] = {
         "stats": built.stats,
         "validation": built.validation,
@@ -195,8 +230,11 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
         config, out, log, lm_result.directory, clip_result.visual_weights, built
     )
     summary["train"] = {"metrics": metrics}
-    summary["eval"] = _eval_stage(config, out, log, model_dir, world_info["heldout_names"])
-    summary["timings"] = dict(log.seconds)
+    torch.set_num_threads(config.threads)
+    summary["eval"] = _eval_stage(config, out, log, model_dir, names["heldout_names"])
+    order = ["world", "clip", "lm", "build", "train", "eval"]
+    stages_run = [k for k in order if k in log.seconds] + [k for k in log.seconds if k not in order]
+    summary["timings"] = {k: log.seconds[k] for k in stages_run}
     summary["paths"] = _paths(out)
     with log.stage("report", "writing report.md, report.html and plots"):
         (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
@@ -207,16 +245,100 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     return summary
 
 
-def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str, Any]:
-    from flamingo.quickstart import pages, text, world
+class _BackgroundStage:
+    """Stages run by a forked child process on its own torch threads; :meth:`result` waits for one's result.
+
+    The child inherits everything the stages need through ``fork``. ``run(send)`` calls ``send(key, value)`` for
+    each result, which reaches the parent as a pickle together with the child's stage timings; an error in the
+    child reaches the parent as ``RuntimeError`` with the child's traceback.
+    """
+
+    def __init__(self, name: str, process: Any, connection: Any, log: StageLog) -> None:
+        self.name, self.process, self.connection, self.log = name, process, connection, log
+        self.results: dict[str, Any] = {}
+
+    @staticmethod
+    def available() -> bool:
+        import multiprocessing
+
+        return "fork" in multiprocessing.get_all_start_methods()
+
+    @classmethod
+    def start(
+        cls, name: str, run: Callable[[Callable[[str, Any], None]], None], threads: int, log: StageLog
+    ) -> _BackgroundStage:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_BackgroundStage._child, args=(run, threads, sender, log), daemon=True
+        )
+        process.start()
+        sender.close()  # the child holds the only sending end: its death ends the pipe
+        log(f"{name}: started in a second process ({threads} thread{'s' if threads > 1 else ''})")
+        return cls(name, process, receiver, log)
+
+    @staticmethod
+    def _child(run: Callable[..., None], threads: int, sender: Any, log: StageLog) -> None:
+        import traceback
+
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            run(lambda key, value: sender.send(("ok", key, value, dict(log.seconds))))
+        except BaseException:
+            sender.send(("error", None, traceback.format_exc(), {}))
+        finally:
+            sender.close()
+
+    def result(self, key: str) -> Any:
+        """The value the child sent under ``key`` (waiting for it); the child's timings join the log's."""
+        while key not in self.results:
+            try:
+                kind, got, value, seconds = self.connection.recv()
+            except EOFError:
+                self.process.join()
+                raise RuntimeError(
+                    f"the {self.name} process died (exit code {self.process.exitcode}) before sending {key!r}"
+                ) from None
+            if kind != "ok":
+                raise RuntimeError(f"the {self.name} process failed:\n{value}")
+            self.results[got] = value
+            for stage, spent in seconds.items():
+                self.log.seconds.setdefault(stage, spent)
+        return self.results[key]
+
+    def close(self, kill: bool = False) -> None:
+        """Wait for the child to exit; ``kill``: stop it first (the parent failed while it was running)."""
+        if not kill:
+            self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+def _names(config: QuickstartConfig, out: Path) -> dict[str, Any]:
+    """The invented names (training and held-out) and the world's tokenizer: all that LM pretraining needs."""
+    from flamingo.quickstart import text, world
+
+    train_names, heldout_names = world.invented_names(config.seed, train=config.train_names)
+    root = out / "world"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
+    tokenizer = text.build_tokenizer(world.vocabulary_words(), train_names + heldout_names)
+    return {"train_names": train_names, "heldout_names": heldout_names, "tokenizer": tokenizer}
+
+
+def _world_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict[str, Any]) -> dict[str, Any]:
+    from flamingo.quickstart import pages, world
 
     with log.stage("world", "drawing pictures, writing web pages (WARC) and evaluation sets"):
-        train_names, heldout_names = world.invented_names(config.seed, train=config.train_names)
         root = out / "world"
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
         warcs = pages.write_world_warcs(
-            root, config.pages, train_names, config.seed,
+            root, config.pages, names["train_names"], config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
             cast_intro=config.bursty_cast_intro, qa_kinds=tuple(config.qa_kinds),
         )  # fmt: skip
@@ -224,24 +346,17 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog) -> dict[str
         eval_root = out / "eval" / "data"
         pages.write_caption_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
         pages.write_vqa_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
-        tokenizer = text.build_tokenizer(world.vocabulary_words(), train_names + heldout_names)
+        vocabulary = len(names["tokenizer"])
         stats = {
             "pages": dict(config.pages),
-            "vocabulary": len(tokenizer),
+            "vocabulary": vocabulary,
             "heldout_combos": sorted(world.HELDOUT_COMBOS),
         }
         log(
             f"  {sum(config.pages.values())} pages in {len(warcs)} WARC files, {config.pairs} alt-text pairs; "
-            f"vocabulary {len(tokenizer)} words"
+            f"vocabulary {vocabulary} words"
         )
-    return {
-        "train_names": train_names,
-        "heldout_names": heldout_names,
-        "warcs": warcs,
-        "pair_list": pair_list,
-        "tokenizer": tokenizer,
-        "stats": stats,
-    }
+    return {"warcs": warcs, "pair_list": pair_list, "stats": stats}
 
 
 def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[str]) -> Any:
@@ -256,15 +371,15 @@ def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[
     return result
 
 
-def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, world_info: dict[str, Any]) -> Any:
+def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict[str, Any]) -> Any:
     from flamingo.quickstart.lm_train import pretrain_lm
 
     with log.stage(
         "lm", f"pretraining the smeared-key LM until held-out copy accuracy >= {config.lm_copy_threshold}"
     ):
         result = pretrain_lm(
-            out / "backbones" / "lm", world_info["tokenizer"], world_info["train_names"],
-            world_info["heldout_names"], max_steps=config.lm_max_steps, threshold=config.lm_copy_threshold,
+            out / "backbones" / "lm", names["tokenizer"], names["train_names"],
+            names["heldout_names"], max_steps=config.lm_max_steps, threshold=config.lm_copy_threshold,
             seed=config.seed, log=log,
         )  # fmt: skip
         accuracy = result.copy_accuracy[-1][1] if result.copy_accuracy else float("nan")

@@ -217,6 +217,11 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     )
     lines += ["", "## Stage timings (seconds)", ""]
     lines += [f"- {stage}: {seconds:.1f}" for stage, seconds in summary["timings"].items()]
+    if summary.get("lm", {}).get("beside_clip"):
+        lines += [
+            "",
+            "The world and lm stages ran one after the other in a second process, beside the clip stage.",
+        ]
     lines += ["", "## Artifacts", ""]
     lines += [f"- {name}: `{path}`" for name, path in summary["paths"].items()]
     lines += [

@@ -113,13 +113,22 @@ class DataConfig:
     synthetic_samples: int = 200
     """Documents, pairs or conversations generated per synthetic source."""
     prefetch: int = 2
-    """Micro-batches built ahead by a background thread per source (0: none)."""
+    """Micro-batches built ahead per source by its worker (0: none, built in the training loop)."""
+    worker: Literal["process", "thread"] = "process"
+    """Where each source's batches are built: ``process`` (a forked worker process per source, so reading,
+    decoding and tokenizing run beside the training step instead of taking turns with it for the GIL; falls
+    back to ``thread`` where ``fork`` is unavailable) or ``thread`` (a background thread)."""
 
     def __post_init__(self) -> None:
         names = [source.name for source in self.sources]
         _check(len(set(names)) == len(names), f"data.sources names must be unique, got {names}")
         _check(self.mixing in ("all", "sample"), f"data.mixing must be all or sample, got {self.mixing!r}")
         _check(self.synthetic_samples >= 1, "data.synthetic_samples must be at least 1")
+        _check(
+            self.worker in ("process", "thread"),
+            f"data.worker must be process or thread, got {self.worker!r}",
+        )
+        _check(self.prefetch >= 0, f"data.prefetch must be at least 0, got {self.prefetch}")
 
 
 @dataclass

@@ -184,7 +184,7 @@ def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture
             rank=info.rank,
             world_size=info.world_size,
         )
-        loaders.append(SourceLoader(dataset, tokens.pad_id, config.data.prefetch))
+        loaders.append(SourceLoader(dataset, tokens.pad_id, config.data.prefetch, config.data.worker))
     return Mixture(loaders, config.data.mixing, config.train.seed)
 
 
