@@ -107,7 +107,9 @@ def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[
     stats.record("read", [], docs)
     fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
     stats.record("fetch", docs, fetched)
-    filtered = hash_images(filter_images(fetched, cfg.filter))
+    filtered = filter_images(fetched, cfg.filter)
+    if cfg.filter.dedup_perceptual or eval_index is not None:  # the only readers of perceptual hashes
+        filtered = hash_images(filtered)
     stats.record("filter", fetched, filtered)
     if eval_index is not None:
         clean = decontaminate(filtered, eval_index)

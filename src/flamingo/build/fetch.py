@@ -251,6 +251,7 @@ class Manifest:
         self.entries: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._cut_short = False
+        self._file: Any = None
         if path.exists():
             with open(path, "rb") as f:
                 f.seek(max(0, path.stat().st_size - 1))
@@ -271,13 +272,22 @@ class Manifest:
         return entry["status"] != "ok" or (images_dir / entry["path"]).exists()
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Remember ``entry`` and append it to the file."""
+        """Remember ``entry`` and append it to the file (flushed at once: an interrupted run keeps it)."""
         with self._lock:
             self.entries[entry["url"]] = entry
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(("\n" if self._cut_short else "") + json.dumps(entry) + "\n")
+            if self._file is None:  # opened once: an open and close per image cost more than the fetch itself
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            self._file.write(("\n" if self._cut_short else "") + json.dumps(entry) + "\n")
+            self._file.flush()
             self._cut_short = False
+
+    def close(self) -> None:
+        """Close the file (recording again reopens it)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def _apply(image: ImageRef, entry: dict[str, Any] | None, images_dir: Path) -> ImageRef:
@@ -316,12 +326,15 @@ def fetch_documents(
     urls = list(dict.fromkeys(im.url for doc in docs for im in doc.images if im.alive))
     todo = [url for url in urls if not manifest.done(url, images_dir)]
     logger.info("shard %s: %d images, %d already in the manifest", shard, len(urls), len(urls) - len(todo))
-    with ThreadPoolExecutor(max_workers=config.threads) as pool:
-        futures = [pool.submit(fetch_one, url, config, images_dir) for url in todo]
-        for future in tqdm(
-            as_completed(futures), total=len(futures), desc=f"fetch {shard}", disable=not progress
-        ):
-            manifest.record(future.result())
+    try:
+        with ThreadPoolExecutor(max_workers=config.threads) as pool:
+            futures = [pool.submit(fetch_one, url, config, images_dir) for url in todo]
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc=f"fetch {shard}", disable=not progress
+            ):
+                manifest.record(future.result())
+    finally:
+        manifest.close()
     return [
         doc.with_images([_apply(im, manifest.entries.get(im.url), images_dir) for im in doc.images])
         for doc in docs
