@@ -96,8 +96,9 @@ def test_a_worker_process_error_reaches_the_training_loop(tmp_path, tiny_model):
         writer.write(document)
     source = interleaved_source([str(p) for p in writer.shard_paths], min_image_bytes=10**9)
     loader = make_loader(tiny_model, source, prefetch=2, worker="process")
-    with pytest.raises(ValueError, match="no usable sample"):
+    with pytest.raises(ValueError, match="no usable sample") as raised:
         loader.next_batch()
+    assert "in the data worker process" in "".join(raised.value.__notes__)  # the worker's traceback
     loader.close()
     assert not loader._iterator.process.is_alive()
     with pytest.raises(ValueError, match="worker must be"):

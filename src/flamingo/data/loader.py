@@ -584,7 +584,8 @@ class _ProcessPrefetcher:
             for item in make_iterator():
                 if not put(item):
                     return
-        except BaseException as error:  # handed to the consumer
+        except BaseException as error:  # handed to the consumer, with where it happened in the worker
+            error.add_note(f"in the data worker process:\n{traceback.format_exc()}")
             try:
                 pickle.dumps(error)
             except Exception:
