@@ -218,26 +218,40 @@ def test_background_stages_send_results_in_order_and_their_errors_reach_the_pare
     lines: list[str] = []
     log = StageLog(lines.append)
 
-    def two(send):
+    def two():
         with log.stage("first", "one"):
             pass
-        send("a", [1, 2])
-        send("b", {"x": 3})
+        yield "a", [1, 2]
+        yield "b", {"x": 3}
 
-    stage = _BackgroundStage.start("both", two, 1, log)
+    stage = _BackgroundStage("both", two, 1, log)
     assert stage.result("b") == {"x": 3} and stage.result("a") == [1, 2]
     assert "first" in log.seconds  # the child's stage timings join the parent's
+    with pytest.raises(RuntimeError, match="finished without sending 'c'"):
+        stage.result("c")
     stage.close()
+    assert not stage.process.is_alive()
 
-    def fails(send):
-        send("a", 1)
+    def fails():
+        yield "a", 1
         raise KeyError("no such stage input")
 
-    stage = _BackgroundStage.start("failing", fails, 1, log)
+    stage = _BackgroundStage("failing", fails, 1, log)
     assert stage.result("a") == 1
-    with pytest.raises(RuntimeError, match=r"(?s)failing process failed:.*no such stage input"):
+    with pytest.raises(KeyError, match="no such stage input") as raised:
         stage.result("b")
+    assert "in the failing process" in "".join(raised.value.__notes__)  # with the child's traceback
     stage.close(kill=True)
+    assert not stage.process.is_alive()
+
+    def sleeps():
+        import time
+
+        time.sleep(60)
+        yield "a", 1
+
+    stage = _BackgroundStage("sleeping", sleeps, 1, log)
+    stage.close(kill=True)  # the parent failed: the child stops at once, not after its stage
     assert not stage.process.is_alive()
 
 

@@ -56,11 +56,19 @@ class Batch:
         return self.input_ids.shape[0]
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
-    """Stack samples: images into (b, t, 1, c, h, w) with t the most images of any sample (at least 1)."""
+def collate(samples: Sequence[Sample], pad_id: int, trim_padding: bool = False) -> Batch:
+    """Stack samples: images into (b, t, 1, c, h, w) with t the most images of any sample (at least 1).
+
+    Token tensors are (b, s) with s the longest sample. ``trim_padding``: s is the end of the longest real
+    (attention-mask) span instead, so that samples padded to ``max_tokens`` on the right lose the columns no row
+    uses. Under a causal mask no real token sees those columns, so the loss is unchanged (up to float rounding)
+    while the step does less work. Left-padded samples end in a real token and are never cut.
+    """
     if not samples:
         raise ValueError("collate needs at least one sample")
     length = max(s.input_ids.shape[0] for s in samples)
+    if trim_padding:
+        length = max(1, max(_real_end(s.attention_mask) for s in samples))
     slots = max(1, max(s.pixels.shape[0] for s in samples))
     chw = next((s.pixels.shape[1:] for s in samples if s.pixels.shape[0]), None)
     if chw is None:
@@ -72,15 +80,21 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     attention_mask = torch.zeros(b, length, dtype=torch.long)
     labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
     for row, sample in enumerate(samples):
-        t, s = sample.pixels.shape[0], sample.input_ids.shape[0]
+        t, s = sample.pixels.shape[0], min(length, sample.input_ids.shape[0])
         images[row, :t, 0] = sample.pixels
         image_mask[row, :t] = True
         input_ids[row, :s], attention_mask[row, :s], labels[row, :s] = (
-            sample.input_ids,
-            sample.attention_mask,
-            sample.labels,
+            sample.input_ids[:s],
+            sample.attention_mask[:s],
+            sample.labels[:s],
         )
     return Batch(images, image_mask, input_ids, attention_mask, labels)
+
+
+def _real_end(attention_mask: torch.Tensor) -> int:
+    """One past the last real position of a (s,) attention mask (0 when it has none)."""
+    real = attention_mask.nonzero()
+    return int(real[-1, 0]) + 1 if real.numel() else 0
 
 
 def starts_with_image(sample: Sample, image_token_id: int, bos_token_id: int | None = None) -> bool:

@@ -24,15 +24,10 @@ that did not fit and builds the same rows.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import multiprocessing
-import os
-import pickle
 import queue
 import random
 import threading
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,9 +58,6 @@ from flamingo.data.sft import (
     render_conversation,
     tokenize_conversation,
 )
-
-# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
-# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
 from flamingo.data.shards import (
     FileReadLog,
     ReadStats,
@@ -74,6 +66,10 @@ from flamingo.data.shards import (
     _parse_json,
     iter_tar_samples,
 )
+
+# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
+# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
+from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
 
@@ -412,10 +408,12 @@ class SourceLoader:
         pad_id: int,
         prefetch: int = 2,
         worker: Literal["process", "thread"] = "thread",
+        trim_padding: bool = False,
     ) -> None:
         if worker not in ("process", "thread"):
             raise ValueError(f"worker must be 'process' or 'thread', got {worker!r}")
         self.dataset, self.pad_id, self.prefetch, self.worker = dataset, pad_id, prefetch, worker
+        self.trim_padding = trim_padding
         self.config = dataset.config
         self._iterator: Iterator[tuple[Batch, dict[str, Any]]] | None = None
         self.state: dict[str, Any] = dataset.state_dict()
@@ -433,15 +431,19 @@ class SourceLoader:
         for sample, state in self._rows():
             samples.append(sample)
             if len(samples) == self.config.batch_size:
-                yield collate(samples, self.pad_id), state
+                yield collate(samples, self.pad_id, self.trim_padding), state
                 samples = []
 
     def next_batch(self) -> Batch:
         if self._iterator is None:
             if self.prefetch <= 0:
                 self._iterator = self._batches()
-            elif self.worker == "process" and _ProcessPrefetcher.available():
-                self._iterator = _ProcessPrefetcher(self._batches, self.prefetch, self.config.name)
+            elif self.worker == "process" and ForkedIterator.available():
+                # The training step is the critical path; the worker, ``prefetch`` batches ahead, fills idle
+                # time at a lower priority.
+                self._iterator = ForkedIterator(
+                    self._batches, self.prefetch, "data worker", threads=1, niceness=_WORKER_NICENESS
+                )
             else:
                 self._iterator = _Prefetcher(self._batches(), self.prefetch)
         batch, self.state = next(self._iterator)
@@ -449,7 +451,7 @@ class SourceLoader:
 
     def close(self) -> None:
         """Stop the worker (if any); the loader cannot be used afterwards."""
-        if isinstance(self._iterator, _Prefetcher | _ProcessPrefetcher):
+        if isinstance(self._iterator, _Prefetcher | ForkedIterator):
             self._iterator.close()
 
     def state_dict(self) -> dict[str, Any]:
@@ -527,107 +529,6 @@ class _Prefetcher:
 
 _WORKER_NICENESS = 10
 """Added to a data worker process's niceness (lower CPU priority than the training step)."""
-
-
-class _ProcessPrefetcher:
-    """The items of ``make_iterator()``, produced by a forked daemon process up to ``depth`` ahead.
-
-    The child inherits the dataset (tokenizer, transform, position) through ``fork``, so nothing is pickled but
-    the items, which travel as plain pickles through a pipe (a copy of a few MB per batch, no shared-memory file
-    descriptors to run out of). Its errors are re-raised here (as ``RuntimeError`` with the child's traceback
-    when they cannot be pickled). The child runs torch on one thread, and exits when :meth:`close` is called or
-    when its parent is gone (a killed training run leaves no worker behind).
-    """
-
-    _DONE = "__done__"
-
-    @staticmethod
-    def available() -> bool:
-        return "fork" in multiprocessing.get_all_start_methods()
-
-    def __init__(self, make_iterator: Callable[[], Iterator[Any]], depth: int, name: str) -> None:
-        context = multiprocessing.get_context("fork")
-        self.items = context.Queue(maxsize=depth)
-        self.stop = context.Event()
-        self.process = context.Process(
-            target=_ProcessPrefetcher._produce,
-            args=(make_iterator, self.items, self.stop, os.getpid()),
-            name=f"flamingo-data-{name}",
-            daemon=True,
-        )
-        self.process.start()
-        self.finished = False
-
-    @staticmethod
-    def _produce(make_iterator: Callable[[], Iterator[Any]], items: Any, stop: Any, parent: int) -> None:
-        torch.set_num_threads(1)
-        items.cancel_join_thread()  # exiting must not wait for a reader of what is still buffered
-        if _WORKER_NICENESS:
-            # The training step is the critical path; the worker, ``depth`` batches ahead, fills idle time.
-            with contextlib.suppress(OSError):
-                os.nice(_WORKER_NICENESS)
-
-        def wanted() -> bool:
-            return not stop.is_set() and os.getppid() == parent
-
-        def put(item: Any, error: BaseException | None = None) -> bool:
-            payload = pickle.dumps((item, error), protocol=pickle.HIGHEST_PROTOCOL)
-            while wanted():
-                try:
-                    items.put(payload, timeout=0.2)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        try:
-            for item in make_iterator():
-                if not put(item):
-                    return
-        except BaseException as error:  # handed to the consumer, with where it happened in the worker
-            error.add_note(f"in the data worker process:\n{traceback.format_exc()}")
-            try:
-                pickle.dumps(error)
-            except Exception:
-                error = RuntimeError(f"data worker failed:\n{traceback.format_exc()}")
-            put(_ProcessPrefetcher._DONE, error)
-        else:
-            put(_ProcessPrefetcher._DONE)
-        while wanted():  # stay until closed, so the pipe is read to the end
-            stop.wait(0.5)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self.finished:
-            raise StopIteration
-        while True:
-            try:
-                item, error = pickle.loads(self.items.get(timeout=1.0))
-                break
-            except queue.Empty:
-                if not self.process.is_alive():
-                    raise RuntimeError(
-                        f"the data worker process died (exit code {self.process.exitcode}) without an error; "
-                        "it may have run out of memory (or use data.worker: thread)"
-                    ) from None
-        if error is not None:
-            self.finished = True
-            raise error
-        if isinstance(item, str) and item == self._DONE:
-            self.finished = True
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=10)
-        self.items.cancel_join_thread()
-        self.items.close()
 
 
 @dataclass

@@ -37,6 +37,7 @@ from flamingo.model.cross_attention import (
     media_positions,
     plan_routing,
 )
+from flamingo.model.feature_cache import VisionFeatureCache
 from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
 from flamingo.model.loss import IGNORE_INDEX, linear_cross_entropy
 from flamingo.model.perceiver import PerceiverResampler
@@ -103,6 +104,9 @@ class Flamingo(nn.Module):
         self.tokenizer = tokenizer
         self.lm = lm
         self.vision = vision
+        # A VisionFeatureCache here reuses the frozen encoder's features of images seen before (the trainer's
+        # train.vision_cache_mb); it is used while the encoder is in eval mode.
+        self.vision_cache: VisionFeatureCache | None = None
         self.perceiver = PerceiverResampler(vision.width, config.perceiver)
         self.layers_path = decoder_layers_path(lm, config.lm.decoder_layers_attr)
         layers = _get_path(lm, self.layers_path)
@@ -259,13 +263,25 @@ class Flamingo(nn.Module):
         if flat.shape[0] == 0:
             return images.new_zeros(b, t, self.config.perceiver.num_latents, self.vision.width)
         pixels = flat.flatten(0, 1).to(next(self.perceiver.parameters()).dtype)
-        features = self.vision(pixels).unflatten(0, (flat.shape[0], f))  # (N, f, n, d)
+        features = self._vision_features(pixels).unflatten(0, (flat.shape[0], f))  # (N, f, n, d)
         latents = self.perceiver(features)  # (N, l, d)
         if image_mask is None:
             return latents.unflatten(0, (b, t))
         out = latents.new_zeros(b, t, *latents.shape[1:])
         out[image_mask.bool()] = latents
         return out
+
+    def _vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (N, c, h, w) -> encoder features (N, n, d_vis), through ``vision_cache`` when one is set."""
+        cache = self.vision_cache
+        if cache is None or self.vision.training:
+            return self.vision(pixels)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters()):
+            raise ValueError(
+                "vision_cache holds features of a frozen vision encoder, but this one has trainable parameters: "
+                "freeze it or set model.vision_cache = None"
+            )
+        return cache(self.vision, pixels)
 
     def _prepare_media(
         self,

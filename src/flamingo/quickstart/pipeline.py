@@ -175,11 +175,11 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     background = None
     if config.threads >= 2 and _BackgroundStage.available():
 
-        def world_then_lm(send: Callable[[str, Any], None]) -> None:
-            send("world", _world_stage(config, out, log, names))
-            send("lm", _lm_stage(config, out, log, names))
+        def world_then_lm() -> Iterator[tuple[str, Any]]:
+            yield "world", _world_stage(config, out, log, names)
+            yield "lm", _lm_stage(config, out, log, names)
 
-        background = _BackgroundStage.start("world+lm", world_then_lm, config.threads // 2, log)
+        background = _BackgroundStage("world+lm", world_then_lm, config.threads // 2, log)
     try:
         if background:
             torch.set_num_threads(max(1, config.threads - config.threads // 2))
@@ -248,76 +248,47 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
 class _BackgroundStage:
     """Stages run by a forked child process on its own torch threads; :meth:`result` waits for one's result.
 
-    The child inherits everything the stages need through ``fork``. ``run(send)`` calls ``send(key, value)`` for
-    each result, which reaches the parent as a pickle together with the child's stage timings; an error in the
-    child reaches the parent as ``RuntimeError`` with the child's traceback.
+    ``stages()`` yields ``(key, value)`` pairs; each reaches the parent (a pickle, through
+    :class:`~flamingo.forked.ForkedIterator`) with the child's stage timings, which join the log's. An error in
+    the child is raised by :meth:`result` with the child's traceback as a note.
     """
 
-    def __init__(self, name: str, process: Any, connection: Any, log: StageLog) -> None:
-        self.name, self.process, self.connection, self.log = name, process, connection, log
+    def __init__(
+        self, name: str, stages: Callable[[], Iterator[tuple[str, Any]]], threads: int, log: StageLog
+    ) -> None:
+        from flamingo.forked import ForkedIterator
+
+        def with_timings() -> Iterator[tuple[str, Any, dict[str, float]]]:
+            for key, value in stages():
+                yield key, value, dict(log.seconds)
+
+        self.name, self.log = name, log
         self.results: dict[str, Any] = {}
+        self.items = ForkedIterator(with_timings, depth=2, name=name, threads=threads)
+        self.process = self.items.process
+        log(f"{name}: started in a second process ({threads} thread{'s' if threads > 1 else ''})")
 
     @staticmethod
     def available() -> bool:
-        import multiprocessing
+        from flamingo.forked import ForkedIterator
 
-        return "fork" in multiprocessing.get_all_start_methods()
-
-    @classmethod
-    def start(
-        cls, name: str, run: Callable[[Callable[[str, Any], None]], None], threads: int, log: StageLog
-    ) -> _BackgroundStage:
-        import multiprocessing
-
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_BackgroundStage._child, args=(run, threads, sender, log), daemon=True
-        )
-        process.start()
-        sender.close()  # the child holds the only sending end: its death ends the pipe
-        log(f"{name}: started in a second process ({threads} thread{'s' if threads > 1 else ''})")
-        return cls(name, process, receiver, log)
-
-    @staticmethod
-    def _child(run: Callable[..., None], threads: int, sender: Any, log: StageLog) -> None:
-        import traceback
-
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            run(lambda key, value: sender.send(("ok", key, value, dict(log.seconds))))
-        except BaseException:
-            sender.send(("error", None, traceback.format_exc(), {}))
-        finally:
-            sender.close()
+        return ForkedIterator.available()
 
     def result(self, key: str) -> Any:
-        """The value the child sent under ``key`` (waiting for it); the child's timings join the log's."""
+        """The value the child sent under ``key`` (waiting for it)."""
         while key not in self.results:
             try:
-                kind, got, value, seconds = self.connection.recv()
-            except EOFError:
-                self.process.join()
-                raise RuntimeError(
-                    f"the {self.name} process died (exit code {self.process.exitcode}) before sending {key!r}"
-                ) from None
-            if kind != "ok":
-                raise RuntimeError(f"the {self.name} process failed:\n{value}")
+                got, value, seconds = next(self.items)
+            except StopIteration:
+                raise RuntimeError(f"the {self.name} process finished without sending {key!r}") from None
             self.results[got] = value
             for stage, spent in seconds.items():
                 self.log.seconds.setdefault(stage, spent)
         return self.results[key]
 
     def close(self, kill: bool = False) -> None:
-        """Wait for the child to exit; ``kill``: stop it first (the parent failed while it was running)."""
-        if not kill:
-            self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join()
-        self.connection.close()
+        """Let the child exit; ``kill``: stop it at once (the parent failed while it was running)."""
+        self.items.close(kill=kill)
 
 
 def _names(config: QuickstartConfig, out: Path) -> dict[str, Any]:

@@ -109,6 +109,10 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
     return out_dir
 
 
+VISION_CACHE_MB = 512
+"""The training stage's frozen-CLIP feature cache (``train.vision_cache_mb``)."""
+
+
 def train_config(
     init_dir: Path,
     shards: Path,
@@ -181,6 +185,9 @@ def train_config(
             precision="fp32",
             device="cpu",
             seed=seed,
+            # Each picture comes back about eight times and the CLIP is frozen: its features of the
+            # quickstart's ~25k pictures (16 x 64 floats each) take about 100 MB.
+            vision_cache_mb=VISION_CACHE_MB,
         ),
         checkpoint=CheckpointConfig(every=0, keep_last=1, save_backbones=True),
         logging=LoggingConfig(every=5, progress=False),

@@ -118,6 +118,10 @@ class DataConfig:
     """Where each source's batches are built: ``process`` (a forked worker process per source, so reading,
     decoding and tokenizing run beside the training step instead of taking turns with it for the GIL; falls
     back to ``thread`` where ``fork`` is unavailable) or ``thread`` (a background thread)."""
+    trim_padding: bool = True
+    """Cut each micro-batch after its longest sample's last real token instead of keeping every sample's
+    ``max_tokens`` (OpenFlamingo pads to ``max_tokens``): the loss is the same, the step shorter. Turn it off for
+    fixed shapes (``torch.compile`` recompiles for new lengths)."""
 
     def __post_init__(self) -> None:
         names = [source.name for source in self.sources]
@@ -178,6 +182,10 @@ class TrainConfig(OptimizerConfig, ScheduleConfig):
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
     max_nonfinite_steps: int = 10
     """Stop after this many optimizer steps in a row skipped for a non-finite loss or gradient."""
+    vision_cache_mb: int = 0
+    """Keep the frozen vision encoder's output of each image, up to this many megabytes, and reuse it when the
+    same pixels come again (0: off). Worth it when a run sees its images several times (small datasets, many
+    epochs, no random augmentation); a single pass over web data only pays for the hashing. Not with FSDP."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be at least 1, got {self.steps}")
@@ -188,6 +196,7 @@ class TrainConfig(OptimizerConfig, ScheduleConfig):
         _check(self.schedule in ("constant", "cosine"), "train.schedule must be constant or cosine")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
         _check(self.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be at least 1")
+        _check(self.vision_cache_mb >= 0, f"train.vision_cache_mb must be >= 0, got {self.vision_cache_mb}")
 
 
 @dataclass

@@ -53,9 +53,12 @@ class FlopsModel:
         patches = (model.vision.image_size // _patch_size(model.vision)) ** 2
         return cls(trained, frozen_lm, count(model.vision), count(model.perceiver), patches)
 
-    def flops(self, text_tokens: int, images: int) -> float:
+    def flops(self, text_tokens: int, images: int, encoded_images: int | None = None) -> float:
+        """Model FLOPs of a step; ``encoded_images``: images the encoder ran on (default: all ``images``;
+        fewer when cached features stood in for the rest)."""
+        encoded = images if encoded_images is None else encoded_images
         text = text_tokens * (6 * self.trained_text + 4 * self.frozen_lm)
-        vision = images * self.patches_per_image * (2 * self.vision + 6 * self.perceiver)
+        vision = self.patches_per_image * (encoded * 2 * self.vision + images * 6 * self.perceiver)
         return float(text + vision)
 
 

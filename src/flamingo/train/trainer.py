@@ -36,6 +36,7 @@ from flamingo.data.loader import (
     SourceLoader,
     check_packing,
 )
+from flamingo.model.feature_cache import VisionFeatureCache
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import add_lora, lora_config, lora_modules
 from flamingo.train import checkpointing as ckpt
@@ -75,6 +76,8 @@ class StepStats:
     skipped: bool
     source_fill: dict[str, float] = field(default_factory=dict)
     """Per source: real tokens / token slots of its micro-batches (its packing efficiency)."""
+    encoded_images: int | None = None
+    """Images the vision encoder ran on (None: all of them; fewer with ``train.vision_cache_mb``)."""
 
 
 @dataclass
@@ -184,7 +187,11 @@ def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture
             rank=info.rank,
             world_size=info.world_size,
         )
-        loaders.append(SourceLoader(dataset, tokens.pad_id, config.data.prefetch, config.data.worker))
+        loaders.append(
+            SourceLoader(
+                dataset, tokens.pad_id, config.data.prefetch, config.data.worker, config.data.trim_padding
+            )
+        )
     return Mixture(loaders, config.data.mixing, config.train.seed)
 
 
@@ -225,6 +232,26 @@ class Trainer:
             self.step, self.skipped_steps = shared["step"], shared["skipped_steps"]
             self.skipped_in_row, self.data_state = shared["skipped_in_row"], per_rank["data"]
         self.flops = FlopsModel.of(model)
+        self.vision_cache = self._vision_cache()
+
+    def _vision_cache(self) -> VisionFeatureCache | None:
+        """The frozen encoder's feature cache that ``train.vision_cache_mb`` asks for, set on the model."""
+        megabytes = self.config.train.vision_cache_mb
+        if megabytes <= 0:
+            return None
+        if any(p.requires_grad for p in self.model.vision.parameters()):
+            raise TrainingError(
+                "train.vision_cache_mb caches a frozen vision encoder's features, but the encoder trains here: "
+                "set train.vision_cache_mb=0"
+            )
+        if self.strategy == "fsdp":
+            raise TrainingError(
+                "train.vision_cache_mb does not work with parallel.strategy=fsdp: a rank whose images are all "
+                "cached would skip the sharded encoder's all-gathers that the other ranks wait in; use ddp or "
+                "set train.vision_cache_mb=0"
+            )
+        self.model.vision_cache = VisionFeatureCache(megabytes * 2**20)
+        return self.model.vision_cache
 
     # ------------------------------------------------------------------ precision and modes
     def _use_bf16(self) -> bool:
@@ -296,6 +323,7 @@ class Trainer:
         batches = [b for s in sources for b in s.micro_batches]
         local = [[b.num_supervised for b in s.micro_batches] for s in sources]
         totals = all_reduce_sum(torch.tensor([sum(c) for c in local], dtype=torch.float64), self.info)
+        misses = self.vision_cache.misses if self.vision_cache is not None else 0
         sums = self._backward_all(sources, totals)
         norm = clip_gradients(self.trainable, self.config.train.grad_clip).detach().double().cpu()
         n = len(sources)
@@ -306,6 +334,7 @@ class Trainer:
             for s in sources
         ]
         extra = [sum(len(b) for b in batches), sum(int(b.image_mask.sum()) for b in batches)]
+        extra.append(extra[-1] if self.vision_cache is None else self.vision_cache.misses - misses)
         extra.append(float(not torch.isfinite(norm)))
         local_stats = [sums, torch.tensor(fill, dtype=torch.float64).flatten()]
         reduced = all_reduce_sum(
@@ -313,7 +342,7 @@ class Trainer:
         )
         losses = reduced[:n] / totals.clamp(min=1)
         filled = reduced[n : 3 * n].view(n, 2)  # (sources, [real tokens, slots])
-        samples, images, flag = reduced[3 * n :].tolist()
+        samples, images, encoded, flag = reduced[3 * n :].tolist()
         objective = sum(s.loss_weight * float(v) for s, v in zip(sources, losses))
         bad = flag > 0 or not torch.isfinite(losses).all().item()
         lr = lr_at(self.step, self.config.train.lr, self.config.train, self.config.train.steps)
@@ -331,6 +360,7 @@ class Trainer:
             lr=lr,
             skipped=bad,
             source_fill={s.name: float(f[0] / f[1].clamp(min=1)) for s, f in zip(sources, filled)},
+            encoded_images=None if self.vision_cache is None else int(encoded),
         )
 
     def _update(self, bad: bool, lr: float) -> None:
@@ -431,7 +461,7 @@ class Trainer:
     def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
         """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts."""
         seconds = max(seconds, 1e-9)
-        flops = self.flops.flops(stats.tokens, stats.images)
+        flops = self.flops.flops(stats.tokens, stats.images, stats.encoded_images)
         peak = self.config.logging.peak_flops or default_peak_flops(self.info.device)
         record: dict[str, Any] = {"step": stats.step, "loss": stats.loss, "lr": stats.lr}
         record |= {f"loss/{name}": value for name, value in stats.source_losses.items()}
@@ -449,6 +479,8 @@ class Trainer:
         # Real tokens over token slots: what padding wastes, and what packing (data.sources.N.pack) wins back.
         record["packing_efficiency"] = stats.tokens / max(stats.positions, 1)
         record |= {f"packing_efficiency/{name}": value for name, value in stats.source_fill.items()}
+        if stats.encoded_images is not None:
+            record["vision_cache_hit_rate"] = 1 - stats.encoded_images / max(stats.images, 1)
         record["skipped_samples"] = mixture.counts()
         return record
 
