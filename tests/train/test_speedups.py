@@ -110,7 +110,9 @@ def test_a_cached_step_matches_an_uncached_one(tmp_path, shards):
     source = interleaved_source(shards["interleaved"], batch_size=4)
     steps = []
     for mb in (0, 8):
-        trainer = Trainer(tiny_config(tmp_path / str(mb), "train.warmup_steps=0", f"train.vision_cache_mb={mb}"))
+        trainer = Trainer(
+            tiny_config(tmp_path / str(mb), "train.warmup_steps=0", f"train.vision_cache_mb={mb}")
+        )
         batch = make_loader(trainer.model, source).next_batch()
         stats = [trainer.train_step([SourceBatches("interleaved", 1.0, [batch])]) for _ in range(3)]
         steps.append(stats)
@@ -120,7 +122,9 @@ def test_a_cached_step_matches_an_uncached_one(tmp_path, shards):
             assert trainer.vision_cache.stats()["hits"] == 3 * stats[0].images - stats[0].encoded_images
     for a, b in zip(*steps):
         assert a.images == b.images
-        assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.grad_norm == pytest.approx(b.grad_norm, rel=1e-5)
+        assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.grad_norm == pytest.approx(
+            b.grad_norm, rel=1e-5
+        )
 
 
 def test_model_flops_count_the_encoder_only_for_the_images_it_ran_on():
