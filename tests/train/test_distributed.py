@@ -118,3 +118,26 @@ def test_multi_node_rendezvous_recipe_matches_one_process(tmp_path):
     expected, got = read_losses(reference), read_losses(run)
     assert sorted(got) == list(range(1, 7))
     assert all(abs(got[s] - expected[s]) < 1e-4 for s in expected), (got, expected)
+
+
+@pytest.mark.slow
+def test_the_vision_cache_under_ddp_gives_the_uncached_losses(tmp_path):
+    """Each rank keeps its own cache; the frozen encoder is outside DDP's gradient buckets, so ranks may skip it."""
+    from flamingo.train.metrics import read_metrics
+
+    # 16 samples per source: each rank sees its 8 documents again from step 5 and its 8 pairs from step 3.
+    common = ["train.steps=6", "checkpoint.every=0", "logging.every=1", "data.synthetic_samples=16"]
+    common += ["data.sources.0.batch_size=2", "data.sources.1.batch_size=4", "parallel.strategy=ddp"]
+    losses = {}
+    for name, extra in (("plain", []), ("cached", ["train.vision_cache_mb=16"])):
+        run = tmp_path / name
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        command += ["-m", "flamingo.cli", "train", "--config", str(TINY_PRESET), f"run_dir={run}", *QUIET]
+        command += [*common, *extra]
+        done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        losses[name] = read_losses(run)
+    assert sorted(losses["cached"]) == sorted(losses["plain"]) == list(range(1, 7))
+    assert all(abs(losses["cached"][s] - losses["plain"][s]) < 1e-5 for s in losses["plain"]), losses
+    records = read_metrics(tmp_path / "cached")
+    assert records[1]["vision_cache_hit_rate"] == 0.0 and records[6]["vision_cache_hit_rate"] > 0.5
