@@ -82,6 +82,32 @@ def test_quiz_pages_ask_only_the_configured_question_kinds(tmp_path: Path) -> No
             pages.make_pages(tmp_path, "qa", 1, train, seed=0, qa_kinds=bad)
 
 
+def test_quiz_pages_answer_in_words_or_whole_sentences_one_style_per_page(tmp_path: Path) -> None:
+    import re
+
+    from flamingo.quickstart import pages, text
+
+    train, heldout = world.invented_names()
+    word = re.compile(r"^Question: .+\? answer: [a-z]+\.$")
+    plain = pages.make_pages(tmp_path / "a", "qa", 12, train, seed=0)
+    assert all(word.match(sentence) for page in plain for _, sentence in page.items)
+    mixed = pages.make_pages(tmp_path / "b", "qa", 40, train, seed=0, qa_whole_answers=0.5)
+    styles = {all(word.match(s) for _, s in page.items) for page in mixed}
+    assert styles == {True, False}  # both styles, and never both on one page
+    for page in mixed:
+        assert len({bool(word.match(s)) for _, s in page.items}) == 1
+    tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
+    rng = random.Random(0)
+    for kind in text.QUESTION_KINDS:
+        for _ in range(30):
+            scene = world.random_scene(rng)
+            _, answer = text.question_answer(scene, kind)
+            whole = text.sentence_answer(scene, kind)
+            assert answer in whole.split()[-1]  # the one-word answer ends the sentence (plural for shapes)
+            ids = tokenizer(text.qa_sentence(scene, kind, whole=True)).input_ids
+            assert tokenizer.unk_token_id not in ids  # every word is in the world's vocabulary
+
+
 def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> None:
     from flamingo.eval.results import write_predictions
     from flamingo.quickstart.report import vqa_by_kind

@@ -54,6 +54,9 @@ class QuickstartConfig:
     world seed 1 at 1 thread 0.859 with none and 0.942 with a quarter (blanked 0.014 and 0.076)."""
     qa_kinds: tuple[str, ...] = ("colour", "shape", "count")
     """Question kinds the quiz pages ask (the VQA benchmark asks all three)."""
+    qa_whole_answers: float = 0.0
+    """Share of quiz pages that answer in sentences (``answer: the triangle is red.``); the rest answer in one
+    word, like the VQA benchmark's annotations."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -315,6 +318,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict
             root, config.pages, names["train_names"], config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
             cast_intro=config.bursty_cast_intro, qa_kinds=tuple(config.qa_kinds),
+            qa_whole_answers=config.qa_whole_answers,
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"

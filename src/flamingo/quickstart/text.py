@@ -71,10 +71,30 @@ def question_answer(scene: Scene, kind: str) -> tuple[str, str]:
     raise ValueError(f"unknown question kind {kind!r}; use one of {QUESTION_KINDS}")
 
 
-def qa_sentence(scene: Scene, kind: str) -> str:
-    """A Q&A-page sentence; ``answer`` stays lower case so the sentence splitter keeps it in one sentence."""
+def qa_sentence(scene: Scene, kind: str, whole: bool = False) -> str:
+    """A Q&A-page sentence; ``answer`` stays lower case so the sentence splitter keeps it in one sentence.
+
+    ``whole``: the answer as a short sentence (``answer: the triangle is red.``) instead of one word.
+    """
     question, answer = question_answer(scene, kind)
+    if whole:
+        answer = sentence_answer(scene, kind)
     return f"Question: {question} answer: {answer}."
+
+
+def sentence_answer(scene: Scene, kind: str) -> str:
+    """The answer of :func:`question_answer` as a short sentence, in words the vocabulary already has."""
+    many = scene.count > 1
+    if kind == "colour":
+        noun = PLURALS[scene.shape] if many else scene.shape
+        return f"the {noun} {'are' if many else 'is'} {scene.colour}"
+    if kind == "shape":
+        if many:
+            return f"the {scene.colour} objects are {PLURALS[scene.shape]}"
+        return f"the {scene.colour} object is a {scene.shape}"
+    if kind == "count":
+        return f"there are {COUNT_WORDS[scene.count - 1]}" if many else "there is one"
+    raise ValueError(f"unknown question kind {kind!r}; use one of {QUESTION_KINDS}")
 
 
 def bursty_sentence(name: str, scene: Scene, rng: random.Random) -> str:
