@@ -93,7 +93,7 @@ def test_cached_features_train_exactly_like_fresh_ones_and_the_hit_rate_is_logge
     assert "vision_cache_hit_rate" not in read_metrics(plain.run_dir)[8]
 
 
-def test_the_cache_refuses_a_trained_encoder_and_fsdp(tmp_path, shards, monkeypatch):
+def test_the_cache_refuses_a_trained_encoder_and_fsdp(tmp_path, monkeypatch):
     from flamingo.train import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "freeze_backbones", lambda model, *a, **k: None)

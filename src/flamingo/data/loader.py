@@ -58,6 +58,9 @@ from flamingo.data.sft import (
     render_conversation,
     tokenize_conversation,
 )
+
+# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
+# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
 from flamingo.data.shards import (
     FileReadLog,
     ReadStats,
@@ -66,9 +69,6 @@ from flamingo.data.shards import (
     _parse_json,
     iter_tar_samples,
 )
-
-# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
-# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
 from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]

@@ -78,8 +78,3 @@ class VisionFeatureCache:
             "entries": len(self._items),
             "megabytes": self.bytes / 2**20,
         }
-
-    def clear(self) -> None:
-        """Drop every entry and reset the counters."""
-        self._items.clear()
-        self.bytes = self.hits = self.misses = 0
