@@ -137,6 +137,30 @@ def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> N
     assert result["errors"]["count"] == [("three are the", "three", 2)]
 
 
+def test_caption_outputs_show_what_the_captions_were(tmp_path: Path) -> None:
+    from flamingo.eval.results import write_predictions
+    from flamingo.quickstart.report import caption_outputs
+
+    outputs = {  # (example, shots) -> output; example i's references are "a red circle" and "one red circle"
+        (1, 0): "a red circle", (2, 0): "what colour is it?", (3, 0): "one red circle",
+        (1, 4): "what colour is it?", (2, 4): "what colour is it?", (3, 4): "a red circle ",
+        (1, 8): "a red circle by the", (2, 8): "a red circle", (3, 8): "a red circle",
+    }  # fmt: skip
+    records = [
+        {"example_id": str(i), "seed": 0, "shots": shots, "demo_ids": [], "raw_output": out,
+         "processed_output": out, "references": ["a red circle", "one red circle"]}
+        for (i, shots), out in outputs.items()
+    ]  # fmt: skip
+    predictions = tmp_path / "predictions.jsonl"
+    write_predictions(predictions, records)
+    result = caption_outputs(predictions)
+    assert list(result["exact"]) == ["0", "4", "8"]
+    assert result["exact"] == pytest.approx({"0": 2 / 3, "4": 1 / 3, "8": 2 / 3})
+    assert result["counts"] == {"0": 3, "4": 3, "8": 3}
+    assert result["errors"]["4"] == [("what colour is it?", 2)]
+    assert result["errors"]["8"] == [("a red circle by the", 1)]
+
+
 def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
     from flamingo.quickstart.cli import _read_overrides
     from flamingo.quickstart.pipeline import QuickstartConfig
@@ -324,6 +348,10 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
     )  # shots x seeds
     assert (out / "report.md").stat().st_size > 0 and (out / "report.html").stat().st_size > 0
     assert "| 0 shots, no demonstrations |" in (out / "report.md").read_text()
+    captions = summary["eval"]["caption_outputs"]
+    assert set(captions["exact"]) == {"0", "4", "8"} and set(captions["counts"].values()) == {3 * 24}
+    assert summary["eval"]["caption_outputs_no_demos"]["counts"] == {"0": 24}
+    assert "Captions equal to a reference caption" in (out / "report.md").read_text()
     assert (out / "plots" / "losses.png").is_file() and (out / "plots" / "shots.png").is_file()
 
 

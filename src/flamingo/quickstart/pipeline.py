@@ -449,6 +449,12 @@ def _eval_stage(
         results["vqa_by_kind_no_demos"] = report.vqa_by_kind(
             out / "eval" / "results_no_demos" / "world_vqa" / "predictions.jsonl", annotations
         )
+        results["caption_outputs"] = report.caption_outputs(
+            out / "eval" / "results" / "world_captions" / "predictions.jsonl"
+        )
+        results["caption_outputs_no_demos"] = report.caption_outputs(
+            out / "eval" / "results_no_demos" / "world_captions" / "predictions.jsonl"
+        )
         for task, data in generic.items():
             none = _shot_scores(no_demos[task]).get("0", float("nan"))
             log(f"  {task}: {json.dumps(_shot_scores(data))}; 0 shots without demonstrations: {none:.3f}")

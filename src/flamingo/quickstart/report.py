@@ -55,6 +55,35 @@ def vqa_by_kind(predictions: Path, annotations: Path, top_errors: int = 3) -> di
     }
 
 
+def caption_outputs(predictions: Path, top_errors: int = 3) -> dict[str, Any]:
+    """What the captions were, per shot count, all seeds pooled: the share equal to a reference caption, and the
+    most frequent outputs equal to none.
+
+    ``predictions``: the evaluator's ``predictions.jsonl`` for the captioning task. Returns ``{"exact": {shots:
+    share}, "counts": {shots: prompts}, "errors": {shots: [(output, times), ...]}}``. CIDEr says how far the
+    captions are from the references; this says what they were instead (a quiz question where a caption was
+    asked for, a caption that runs on into page text).
+    """
+    from collections import Counter, defaultdict
+
+    from flamingo.eval.results import read_predictions
+
+    exact: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, Counter] = defaultdict(Counter)
+    for record in read_predictions(predictions):
+        output = str(record.processed_output).strip()
+        right = output in {str(r).strip() for r in record.references}
+        exact[str(record.shots)].append(1.0 if right else 0.0)
+        if not right:
+            errors[str(record.shots)][output] += 1
+    ordered = _by_shots(exact)
+    return {
+        "exact": {s: statistics.fmean(v) for s, v in ordered},
+        "counts": {s: len(v) for s, v in ordered},
+        "errors": {s: errors[s].most_common(top_errors) for s, _ in ordered},
+    }
+
+
 def _by_shots(values: dict[str, list[float]]) -> list[tuple[str, list[float]]]:
     return sorted(values.items(), key=lambda item: int(item[0]))
 
@@ -206,6 +235,21 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
             )
             cells = " | ".join(f"{scores[s]:.1f}" if s in scores else "" for s in shots)
             lines.append(f"| {kind} | {cells} | {wrong} |")
+    captions = summary["eval"].get("caption_outputs")
+    if captions and captions["exact"]:
+        bare = summary["eval"].get("caption_outputs_no_demos") or {"exact": {}, "errors": {}}
+        rows = [("none", bare["exact"]["0"], bare["errors"]["0"])] if "0" in bare["exact"] else []
+        rows += [(s, share, captions["errors"].get(s, [])) for s, share in captions["exact"].items()]
+        lines += [
+            "",
+            "Captions equal to a reference caption (all seeds), and the most frequent other outputs:",
+            "",
+            "| shots | exact | most frequent other outputs |",
+            "|---|---|---|",
+        ]
+        for shots, share, wrong in rows:
+            others = "; ".join(f"`{text}` x{n}" for text, n in wrong)
+            lines.append(f"| {_shots_label(shots)} | {share:.3f} | {others} |")
     lines += ["", "## Backbones", ""]
     lines.append("- tiny CLIP: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["clip"]["metrics"].items()))
     copy = ", ".join(f"step {s}: {a:.3f}" for s, a in summary["lm"]["copy_accuracy"])
