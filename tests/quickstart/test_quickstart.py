@@ -161,6 +161,21 @@ def test_caption_outputs_show_what_the_captions_were(tmp_path: Path) -> None:
     assert result["errors"]["8"] == [("a red circle by the", 1)]
 
 
+def test_report_html_keeps_tables_lists_and_code_together() -> None:
+    from flamingo.quickstart.report import markdown_html
+
+    markdown = "\n".join([
+        "# report", "", "| kind | 4 shots |", "|---|---|", "| colour | `red <b>` x2 |", "| count | 50.0 |", "",
+        "- first", "- second", "text with `code`", "![shots](plots/shots.png)",
+    ])  # fmt: skip
+    page = markdown_html(markdown)
+    assert page.startswith("<h1>report</h1><table><tr><th>kind</th><th>4 shots</th></tr>")
+    assert page.count("<table>") == 1 and page.count("<tr>") == 3  # one table: the header and two rows
+    assert "<td><code>red &lt;b&gt;</code> x2</td>" in page  # escaped, code spans kept
+    assert "<ul><li>first</li><li>second</li></ul><p>text with <code>code</code></p>" in page
+    assert "plots/shots.png" not in page  # the HTML embeds the plots itself
+
+
 def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
     from flamingo.quickstart.cli import _read_overrides
     from flamingo.quickstart.pipeline import QuickstartConfig

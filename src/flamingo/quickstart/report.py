@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -305,32 +306,63 @@ def write_report(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
     plots = _plots(out, summary)
     markdown = _markdown(summary, plots)
     (out / "report.md").write_text(markdown)
-    body = "".join(
-        f"<p>{html.escape(line)}</p>" if not line.startswith(("#", "|", "![")) else _html_line(line)
-        for line in markdown.splitlines()
-        if line.strip()
-    )
+    body = markdown_html(markdown)
     pictures = "".join(
         f'<h2>{name}</h2><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
         for name, path in plots.items()
     )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>flamingo quickstart</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{padding:4px;text-align:center}"
-        "table{border-collapse:collapse}</style></head><body>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:4px;text-align:center;"
+        "border:1px solid #999}table{border-collapse:collapse;margin:8px 0}</style></head><body>"
         f"{body}<h2>Example 4-shot episodes (held-out names)</h2>{_examples_html(summary)}{pictures}</body></html>"
     )
     (out / "report.html").write_text(page)
     return out / "report.md", out / "report.html"
 
 
-def _html_line(line: str) -> str:
-    if line.startswith("#"):
-        level = len(line) - len(line.lstrip("#"))
-        return f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>"
-    if line.startswith("|---"):
-        return ""
-    if line.startswith("|"):
-        cells = "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
-        return f"<table border=1><tr>{cells}</tr></table>"
-    return ""
+def markdown_html(markdown: str) -> str:
+    """HTML for the Markdown that :func:`_markdown` writes: headings, paragraphs, ``- `` lists, pipe tables (the
+    first row a header) and inline ``code``. Picture lines are dropped (the HTML embeds the plots itself)."""
+    parts: list[str] = []
+    table: list[list[str]] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if table:
+            head, *rows = table
+            cells = "".join(f"<th>{_inline_html(c)}</th>" for c in head)
+            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
+            parts.append(f"<table><tr>{cells}</tr>{body}</table>")
+            table.clear()
+        if items:
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if items:
+                flush()
+            if not line.startswith("|---"):
+                table.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if line.startswith("- "):
+            if table:
+                flush()
+            items.append(line[2:])
+            continue
+        flush()
+        if not line.strip() or line.startswith("!["):
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            parts.append(f"<h{level}>{_inline_html(line.lstrip('# '))}</h{level}>")
+        else:
+            parts.append(f"<p>{_inline_html(line)}</p>")
+    flush()
+    return "".join(parts)
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with ``code`` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
