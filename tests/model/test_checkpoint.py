@@ -109,21 +109,57 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-def test_open_clip_config_folder_is_removed_at_exit(tmp_path):
-    """A custom open_clip architecture is registered through a temporary folder that must not outlive the
-    process (every test run and training job would otherwise leave one behind)."""
+def test_open_clip_config_files_do_not_pile_up(tmp_path):
+    """A custom open_clip architecture is registered through a file that must outlive the call; processes that
+    exit or are killed (SIGKILL: no exit handlers) must not leave a new folder behind each time, and the same
+    name registered again with another architecture must give the new one."""
+    import os
+    import signal
     import subprocess
     import sys
 
     script = (
+        "import os, signal, sys\n"
         "from flamingo.model.tiny import TINY_OPEN_CLIP\n"
         "from flamingo.model import vision\n"
-        "vision._register_open_clip_config('flamingo-exit-test', TINY_OPEN_CLIP)\n"
-        "folder = vision._OPEN_CLIP_CONFIG_DIR\n"
-        "assert (folder / 'flamingo-exit-test.json').is_file()\n"
-        "print(folder)\n"
+        "cfg = dict(TINY_OPEN_CLIP, embed_dim=int(sys.argv[1]))\n"
+        "vision._register_open_clip_config('flamingo-pileup-test', cfg)\n"
+        "import open_clip.factory as f\n"
+        "assert f._MODEL_CONFIGS['flamingo-pileup-test']['embed_dim'] == int(sys.argv[1])\n"
+        "print(vision._OPEN_CLIP_CONFIG_DIR, flush=True)\n"
+        "if sys.argv[2] == 'kill':\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    folder = Path(done.stdout.strip().splitlines()[-1])
-    assert folder.name.startswith("flamingo-open-clip-")
-    assert not folder.exists()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+    def run(embed_dim: int, how: str) -> Path:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(embed_dim), how], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == (-signal.SIGKILL if how == "kill" else 0), done.stderr
+        return Path(done.stdout.strip().splitlines()[-1])
+
+    roots = {run(32, "exit"), run(32, "kill"), run(32, "exit")}
+    assert len(roots) == 1
+    (root,) = roots
+    assert root.parent == tmp_path and root.name == f"flamingo-open-clip-{os.getuid()}"
+    assert len(list(root.iterdir())) == 1  # one architecture, one folder, however many processes
+    run(48, "kill")
+    assert len(list(root.iterdir())) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("flamingo") and p != root]
+
+    import open_clip.factory as factory
+
+    from flamingo.model import vision
+
+    vision._register_open_clip_config(
+        "flamingo-pileup-test", dict(vision_cfg={"width": 8}, embed_dim=1, text_cfg={})
+    )
+    vision._register_open_clip_config(
+        "flamingo-pileup-test", dict(vision_cfg={"width": 8}, embed_dim=2, text_cfg={})
+    )
+    assert factory._MODEL_CONFIGS["flamingo-pileup-test"]["embed_dim"] == 2
+    vision._register_open_clip_config(
+        "flamingo-pileup-test", dict(vision_cfg={"width": 8}, embed_dim=1, text_cfg={})
+    )
+    assert factory._MODEL_CONFIGS["flamingo-pileup-test"]["embed_dim"] == 1

@@ -108,6 +108,35 @@ def test_quiz_pages_answer_in_words_or_whole_sentences_one_style_per_page(tmp_pa
             assert tokenizer.unk_token_id not in ids  # every word is in the world's vocabulary
 
 
+def test_plain_quiz_style_never_shows_the_vqa_prompt_convention(tmp_path: Path) -> None:
+    """``qa_style: plain``: quiz pages, the LM's text and the CLIP's sentences ask the benchmark's questions
+    but answer in sentences without the prompt's markers, and each question stays one sentence for the builder."""
+    import re
+
+    from flamingo.build.sentences import split_sentences
+    from flamingo.quickstart import clip, lm_train, pages, text
+
+    train, heldout = world.invented_names()
+    plain = re.compile(r"^(What|How) [a-z ]+\? (the|there) [a-z ]+\.$")
+    quiz = pages.make_pages(tmp_path, "qa", 12, train, seed=0, qa_style="plain")
+    sentences = [sentence for page in quiz for _, sentence in page.items]
+    assert sentences and all(plain.match(s) for s in sentences)
+    assert split_sentences(" ".join(["Test your eyes.", *sentences])) == ["Test your eyes.", *sentences]
+    tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
+    assert all(tokenizer.unk_token_id not in tokenizer(s).input_ids for s in sentences)
+    docs = lm_train.page_texts(random.Random(0), train, 300, qa_style="plain")
+    assert not any("answer" in doc.lower() or "Question" in doc for doc in docs)
+    assert sum("? the " in doc or "? there " in doc for doc in docs) > 60  # the quiz text is still there
+    marked = lm_train.page_texts(random.Random(0), train, 300)
+    assert any("Short answer:" in doc for doc in marked)  # the default keeps the prompt's convention
+    rng = random.Random(0)
+    for _ in range(50):
+        sentence, _ = clip.world_sentence(world.random_scene(rng), rng, train, qa_style="plain")
+        assert "answer" not in sentence and "Question" not in sentence
+    with pytest.raises(ValueError, match="quiz style"):
+        pages.make_pages(tmp_path, "qa", 1, train, seed=0, qa_style="loud")
+
+
 def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> None:
     from flamingo.eval.results import write_predictions
     from flamingo.quickstart.report import vqa_by_kind

@@ -215,23 +215,56 @@ def _load_visual_weights(visual: nn.Module, path: Path) -> None:
 
 
 def _register_open_clip_config(name: str, model_cfg: dict[str, Any]) -> None:
-    """Make a custom architecture dict known to open_clip under ``name`` through its public registry."""
-    import atexit
+    """Make a custom architecture dict known to open_clip under ``name`` through its public registry.
+
+    open_clip reads architectures from JSON files named after the model and rescans every registered file on
+    each addition, so the file must outlive the call. It goes to a folder named by a hash of its content under
+    :func:`_open_clip_config_root`: a process that is killed leaves nothing new behind, and the same
+    architecture registered again (in any process) reuses its file.
+    """
+    import hashlib
     import json
-    import shutil
-    import tempfile
+    import os
 
     import open_clip
 
-    global _OPEN_CLIP_CONFIG_DIR
-    if _OPEN_CLIP_CONFIG_DIR is None:
-        # open_clip rescans every registered folder on each addition, so this one must outlive the call;
-        # it is removed when the process exits.
-        _OPEN_CLIP_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="flamingo-open-clip-"))
-        atexit.register(shutil.rmtree, _OPEN_CLIP_CONFIG_DIR, ignore_errors=True)
-    path = _OPEN_CLIP_CONFIG_DIR / f"{name}.json"
-    path.write_text(json.dumps(model_cfg))
+    text = json.dumps(model_cfg, sort_keys=True)
+    digest = hashlib.sha256(f"{name}\n{text}".encode()).hexdigest()[:16]
+    folder = _open_clip_config_root() / digest
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{name}.json"
+    if not path.is_file() or path.read_text() != text:
+        partial = folder / f".{name}.{os.getpid()}.tmp"  # written whole, then renamed: readers never see half
+        partial.write_text(text)
+        os.replace(partial, path)
     open_clip.add_model_config(path)
+
+
+def _open_clip_config_root() -> Path:
+    """``<tmp>/flamingo-open-clip-<uid>``, private to this user; a fresh private folder (removed at exit)
+    instead when that path exists but is not this user's own directory."""
+    import atexit
+    import os
+    import shutil
+    import stat
+    import tempfile
+
+    global _OPEN_CLIP_CONFIG_DIR
+    if _OPEN_CLIP_CONFIG_DIR is not None:
+        return _OPEN_CLIP_CONFIG_DIR
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    root = Path(tempfile.gettempdir()) / f"flamingo-open-clip-{uid}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(root)
+        shared_safely = stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
+    except OSError:
+        shared_safely = False
+    if not shared_safely:
+        root = Path(tempfile.mkdtemp(prefix="flamingo-open-clip-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    _OPEN_CLIP_CONFIG_DIR = root
+    return root
 
 
 _OPEN_CLIP_CONFIG_DIR: Path | None = None

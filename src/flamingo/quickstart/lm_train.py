@@ -42,16 +42,21 @@ class LMResult:
     seconds: float = 0.0
 
 
-def page_texts(rng: random.Random, names: list[str], count: int) -> list[str]:
-    """``count`` text-only documents in the style of the world's pages and of the evaluation prompts."""
+def page_texts(rng: random.Random, names: list[str], count: int, qa_style: str = "marked") -> list[str]:
+    """``count`` text-only documents in the style of the world's pages and of the evaluation prompts.
+
+    ``qa_style``: the quiz pages' style (:func:`text.qa_sentence`); with ``plain`` the text never shows the VQA
+    prompt's ``Question: ... Short answer: <word>`` either (those documents become plain quiz text), so that
+    the answer convention of the VQA benchmark can only come from its demonstrations.
+    """
     docs = []
     for _ in range(count):
         kind = rng.choice(("caption", "qa", "bursty", "output", "short"))
         scenes = [world.random_scene(rng) for _ in range(rng.randint(3, 6))]
         if kind == "caption":
             lines = [text.caption_sentence(s, rng) for s in scenes]
-        elif kind == "qa":
-            lines = [text.qa_sentence(s, rng.choice(text.QUESTION_KINDS)) for s in scenes]
+        elif kind == "qa" or (kind == "short" and qa_style == "plain"):
+            lines = [text.qa_sentence(s, rng.choice(text.QUESTION_KINDS), style=qa_style) for s in scenes]
         elif kind == "output":
             lines = [f"Output: {s.caption()}" for s in scenes]
         elif kind == "short":
@@ -67,7 +72,9 @@ def page_texts(rng: random.Random, names: list[str], count: int) -> list[str]:
 class CopyData:
     """Batches of copy sequences and of page text, as token ids with labels."""
 
-    def __init__(self, tokenizer: Any, names: list[str], length: int, seed: int) -> None:
+    def __init__(
+        self, tokenizer: Any, names: list[str], length: int, seed: int, qa_style: str = "marked"
+    ) -> None:
         self.vocab = tokenizer.get_vocab()
         self.length = length
         self.eoc = self.vocab[text.EOC]
@@ -79,7 +86,7 @@ class CopyData:
             i for w, i in self.vocab.items() if w not in specials and w not in all_names and w.isalpha()
         )
         self.rng = random.Random(seed)
-        docs = page_texts(self.rng, names, 3000)
+        docs = page_texts(self.rng, names, 3000, qa_style)
         self.text_ids = [i for ids in tokenizer(docs)["input_ids"] for i in ids]
 
     def copy_sequence(self, names: list[str]) -> tuple[list[int], list[int], list[bool]]:
@@ -131,8 +138,11 @@ def pretrain_lm(
     threshold: float = 0.98,
     seed: int = 0,
     log: Any = print,
+    qa_style: str = "marked",
 ) -> LMResult:
-    """Train until held-out copy accuracy reaches ``threshold`` (checked every 100 steps); save the LM."""
+    """Train until held-out copy accuracy reaches ``threshold`` (checked every 100 steps); save the LM.
+
+    ``qa_style``: the world's quiz style, for the page text the LM also learns (:func:`page_texts`)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     config = SmearLMConfig(
@@ -144,8 +154,8 @@ def pretrain_lm(
     model = SmearLMForCausalLM(config)
     # 256 positions: few-shot prompts with 8 demonstrations run past 128 tokens, and the frozen LM's
     # position embeddings must have been trained that far.
-    data = CopyData(tokenizer, train_names, length=256, seed=seed)
-    probe = CopyData(tokenizer, train_names, length=256, seed=seed + 1)
+    data = CopyData(tokenizer, train_names, length=256, seed=seed, qa_style=qa_style)
+    probe = CopyData(tokenizer, train_names, length=256, seed=seed + 1, qa_style=qa_style)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, betas=(0.9, 0.98))
     result = LMResult(out_dir, 0)
     all_names = train_names + heldout_names

@@ -78,18 +78,19 @@ def qa_page(
     pictures: tuple[int, int],
     kinds: tuple[str, ...] = text.QUESTION_KINDS,
     whole_answers: float = 0.0,
+    style: str = "marked",
 ) -> Page:
     """``pictures`` (a range), one question-and-answer sentence each, about one of ``kinds``.
 
     ``whole_answers``: the chance that the page answers in sentences (``answer: there are three.``) rather than
-    in words (``answer: three.``); a page keeps one style throughout.
+    in words (``answer: three.``); a page keeps one style throughout. ``style``: see :func:`text.qa_sentence`.
     """
     whole = whole_answers > 0 and rng.random() < whole_answers  # no draw at 0: those worlds stay as they were
     items = []
     for i in range(rng.randint(*pictures)):
         scene = world.random_scene(rng)
         path = _save(world.draw_scene(scene, rng), folder / f"q{index:05d}_{i}.png")
-        items.append((path, text.qa_sentence(scene, rng.choice(kinds), whole)))
+        items.append((path, text.qa_sentence(scene, rng.choice(kinds), whole, style)))
     url = f"http://world.quickstart/quiz/{index}.html"
     return Page(url, "Quiz", "Test your eyes.", items, rng.choice(text.OUTROS))
 
@@ -162,13 +163,14 @@ def make_pages(
     cast_intro: float = 0.0,
     qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
     qa_whole_answers: float = 0.0,
+    qa_style: str = "marked",
 ) -> list[Page]:
     """``count`` pages of one kind, pictures under ``root/images/<kind>``.
 
     ``pictures``: pictures per page, a range (None: :data:`DEFAULT_PICTURES` of the kind); ``objects``: named
     objects per bursty page, a range; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
     ``qa_kinds``: the question kinds quiz pages ask; ``qa_whole_answers``: share of quiz pages that answer in
-    sentences.
+    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`).
     """
     if kind not in PAGE_KINDS:
         raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
@@ -181,11 +183,16 @@ def make_pages(
         return [caption_page(i, rng, folder, pictures) for i in range(count)]
     if kind == "qa":
         bad = sorted(set(qa_kinds) - set(text.QUESTION_KINDS))
+        if qa_style not in text.QA_STYLES:
+            raise ValueError(f"unknown quiz style {qa_style!r}; use one of {text.QA_STYLES}")
         if bad or not qa_kinds:
             raise ValueError(
                 f"quiz question kinds {list(qa_kinds)}: use a non-empty subset of {text.QUESTION_KINDS}"
             )
-        return [qa_page(i, rng, folder, pictures, tuple(qa_kinds), qa_whole_answers) for i in range(count)]
+        return [
+            qa_page(i, rng, folder, pictures, tuple(qa_kinds), qa_whole_answers, qa_style)
+            for i in range(count)
+        ]
     return [bursty_page(i, rng, folder, names, objects, pictures, cast_intro) for i in range(count)]
 
 
@@ -200,13 +207,14 @@ def write_world_warcs(
     cast_intro: float = 0.0,
     qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
     qa_whole_answers: float = 0.0,
+    qa_style: str = "marked",
 ) -> list[Path]:
     """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
 
     ``pictures``: pictures per page by kind (kinds left out keep :data:`DEFAULT_PICTURES`); ``objects``: named
     objects per bursty page; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
     ``qa_kinds``: the question kinds quiz pages ask; ``qa_whole_answers``: share of quiz pages that answer in
-    sentences.
+    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`).
     """
     pages = []
     for kind, count in counts.items():
@@ -222,6 +230,7 @@ def write_world_warcs(
                 cast_intro,
                 qa_kinds,
                 qa_whole_answers,
+                qa_style,
             )
         )
     random.Random(f"crawl-{seed}").shuffle(pages)

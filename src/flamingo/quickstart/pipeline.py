@@ -57,6 +57,10 @@ class QuickstartConfig:
     qa_whole_answers: float = 0.0
     """Share of quiz pages that answer in sentences (``answer: the triangle is red.``); the rest answer in one
     word, like the VQA benchmark's annotations."""
+    qa_style: str = "marked"
+    """How quiz pages (and the LM's and the CLIP's quiz text) write questions and answers: ``marked``
+    (``Question: what colour is the triangle? answer: red.``) or ``plain`` (``What colour is the triangle? the
+    triangle is red.``), in which case no text of the world shows the VQA prompt's markers and one-word answers."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -318,7 +322,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict
             root, config.pages, names["train_names"], config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
             cast_intro=config.bursty_cast_intro, qa_kinds=tuple(config.qa_kinds),
-            qa_whole_answers=config.qa_whole_answers,
+            qa_whole_answers=config.qa_whole_answers, qa_style=config.qa_style,
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
@@ -343,7 +347,7 @@ def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[
     with log.stage("clip", f"training the tiny CLIP ({config.clip_steps} steps, contrastive + attributes)"):
         result = train_clip(
             out / "backbones" / "clip", names, steps=config.clip_steps, seed=config.seed,
-            attribute_weight=config.clip_attribute_weight, log=log,
+            attribute_weight=config.clip_attribute_weight, log=log, qa_style=config.qa_style,
         )  # fmt: skip
         log("  " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
     return result
@@ -358,7 +362,7 @@ def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict[st
         result = pretrain_lm(
             out / "backbones" / "lm", names["tokenizer"], names["train_names"],
             names["heldout_names"], max_steps=config.lm_max_steps, threshold=config.lm_copy_threshold,
-            seed=config.seed, log=log,
+            seed=config.seed, log=log, qa_style=config.qa_style,
         )  # fmt: skip
         accuracy = result.copy_accuracy[-1][1] if result.copy_accuracy else float("nan")
         log(f"  stopped after {result.steps} steps: held-out copy accuracy {accuracy:.3f}")

@@ -49,6 +49,7 @@ PROMPT_TEXT = (
     "Output: Question: Short answer: Answer: what colour shape how many is are the object objects there"
 )
 QUESTION_KINDS = ("colour", "shape", "count")
+QA_STYLES = ("marked", "plain")
 
 
 def caption_sentence(scene: Scene, rng: random.Random) -> str:
@@ -71,12 +72,19 @@ def question_answer(scene: Scene, kind: str) -> tuple[str, str]:
     raise ValueError(f"unknown question kind {kind!r}; use one of {QUESTION_KINDS}")
 
 
-def qa_sentence(scene: Scene, kind: str, whole: bool = False) -> str:
+def qa_sentence(scene: Scene, kind: str, whole: bool = False, style: str = "marked") -> str:
     """A Q&A-page sentence; ``answer`` stays lower case so the sentence splitter keeps it in one sentence.
 
     ``whole``: the answer as a short sentence (``answer: the triangle is red.``) instead of one word.
+    ``style``: ``marked`` (``Question: ... answer: ...``) or ``plain``, a question answered in a sentence with
+    no markers (``What colour is the triangle? the triangle is red.``), so that neither the marker words of the
+    VQA prompt nor its one-word answers occur in the world's text.
     """
     question, answer = question_answer(scene, kind)
+    if style == "plain":
+        return f"{question[0].upper()}{question[1:]} {sentence_answer(scene, kind)}."  # capital: a new sentence
+    if style != "marked":
+        raise ValueError(f"unknown quiz style {style!r}; use one of {QA_STYLES}")
     if whole:
         answer = sentence_answer(scene, kind)
     return f"Question: {question} answer: {answer}."
