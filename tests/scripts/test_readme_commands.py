@@ -1,0 +1,80 @@
+"""Every ``flamingo`` command in the README's shell blocks parses with the real CLI, and every training command's
+preset and dotted overrides load: the README cannot drift from the code without a test failing."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shell_blocks(markdown: str) -> list[str]:
+    """The bodies of fenced ``bash`` / ``sh`` / unlabelled code blocks, line continuations joined."""
+    blocks, current, language = [], None, ""
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, language = [], line[3:].strip()
+            else:
+                if language in ("bash", "sh", ""):
+                    blocks.append(re.sub(r"\\\n\s*", " ", "\n".join(current)))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def flamingo_commands(markdown: str) -> list[list[str]]:
+    """The arguments of each ``flamingo`` / ``-m flamingo.cli`` invocation (``[--flag]`` read as ``--flag``)."""
+    commands = []
+    for block in shell_blocks(markdown):
+        for line in block.splitlines():
+            lexer = shlex.shlex(line.replace("[", " ").replace("]", " "), posix=True, punctuation_chars=";&|")
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            try:
+                tokens = list(lexer)
+            except ValueError:  # not shell (a JSON or a file listing)
+                continue
+            command: list[str] | None = None
+            for token in [*tokens, ";"]:
+                if token in (";", "&&", "||", "|", "&"):
+                    if command is not None:
+                        commands.append(command)
+                    command = None
+                elif command is not None:
+                    command.append(token)
+                elif token.endswith("/flamingo") or token in ("flamingo", "flamingo.cli"):
+                    command = []
+    return commands
+
+
+README_COMMANDS = flamingo_commands((ROOT / "README.md").read_text())
+
+
+def test_the_readme_shows_every_subcommand() -> None:
+    seen = {c[0] for c in README_COMMANDS} | {" ".join(c[:2]) for c in README_COMMANDS}
+    expected = {"quickstart", "tiny-model", "generate", "serve", "train", "eval", "eval report"}
+    expected |= {f"data {c}" for c in ("validate", "stats", "build", "show", "convert")}
+    expected |= {"convert from-openflamingo", "convert to-openflamingo"}
+    assert expected <= seen, sorted(expected - seen)
+
+
+@pytest.mark.parametrize("argv", README_COMMANDS, ids=lambda argv: " ".join(argv)[:70])
+def test_readme_command_parses(argv: list[str]) -> None:
+    from flamingo.cli import build_parser
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse prints the reason to stderr
+        pytest.fail(f"`flamingo {shlex.join(argv)}` does not parse (exit {exit.code})")
+    assert getattr(args, "func", None) is not None
+    if args.command == "train" and args.config:
+        from flamingo.train.config import load_config
+
+        assert (ROOT / args.config).is_file(), f"{args.config} is not in the repository"
+        load_config(ROOT / args.config, list(args.overrides))  # unknown fields and bad values raise
