@@ -82,7 +82,8 @@ def qa_sentence(scene: Scene, kind: str, whole: bool = False, style: str = "mark
     """
     question, answer = question_answer(scene, kind)
     if style == "plain":
-        return f"{question[0].upper()}{question[1:]} {sentence_answer(scene, kind)}."  # capital: a new sentence
+        # a capital, so that the builder's sentence splitter starts a new sentence there
+        return f"{question[0].upper()}{question[1:]} {sentence_answer(scene, kind)}."
     if style != "marked":
         raise ValueError(f"unknown quiz style {style!r}; use one of {QA_STYLES}")
     if whole:
