@@ -78,3 +78,37 @@ def test_readme_command_parses(argv: list[str]) -> None:
 
         assert (ROOT / args.config).is_file(), f"{args.config} is not in the repository"
         load_config(ROOT / args.config, list(args.overrides))  # unknown fields and bad values raise
+
+
+def python_blocks(markdown: str) -> list[str]:
+    blocks, current = [], None
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            if current is None and line[3:].strip() == "python":
+                current = []
+            elif current is not None:
+                blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_readme_python_examples_on_the_tiny_model_run(tmp_path, monkeypatch, capsys) -> None:
+    """The README's Python examples that use ``runs/tiny`` run as written, after ``flamingo tiny-model``."""
+    import torch
+
+    from flamingo.cli import main
+
+    blocks = [b for b in python_blocks((ROOT / "README.md").read_text()) if '"runs/tiny"' in b]
+    assert len(blocks) >= 2  # the model API and the pipeline
+    monkeypatch.chdir(tmp_path)
+    assert main(["tiny-model", "--out", "runs/tiny"]) == 0
+    namespaces = []
+    for block in blocks:
+        namespaces.append({})
+        exec(compile(block, "README.md", "exec"), namespaces[-1])  # the README's own example, as written
+    assert len(capsys.readouterr().out.splitlines()) >= 2 * len(blocks)  # every example prints its answers
+    (model_example,) = [n for n in namespaces if "logits_again" in n]
+    # the README says encode_media's output can be passed back in: the logits must not change
+    torch.testing.assert_close(model_example["logits_again"], model_example["logits"], rtol=0, atol=1e-5)
