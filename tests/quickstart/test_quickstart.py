@@ -408,3 +408,33 @@ def test_small_quickstart_learns_novel_labels_from_the_images(small_run: tuple[P
             f"seed {seed}: {four} vs text-only"
         )
         assert four > result["4-shot blanked"]["open_accuracy"] + MARGIN, f"seed {seed}: {four} vs blanked"
+
+
+def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
+    """The README's quickstart numbers are measurements of the default world: if its pages, the LM's text or
+    the CLIP's sentences change, those numbers must be measured again (then update the digests here)."""
+    import hashlib
+
+    from flamingo.quickstart import clip, lm_train, pages
+
+    train, _ = world.invented_names()
+
+    def digest(texts) -> str:
+        h = hashlib.sha256()
+        for t in texts:
+            h.update(t.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    got = {"lm": digest(lm_train.page_texts(random.Random(0), train, 3000))}
+    for kind in pages.PAGE_KINDS:
+        made = pages.make_pages(tmp_path, kind, 30, train, seed=0, cast_intro=0.5)
+        got[kind] = digest(t for page in made for t in (page.intro, *(s for _, s in page.items)))
+    rng = random.Random(0)
+    got["clip"] = digest(clip.world_sentence(world.random_scene(rng), rng, train)[0] for _ in range(500))
+    assert got == {
+        "lm": "08b9d63f7d3942bf",
+        "captions": "9899e326c39ad2f3",
+        "qa": "8a8ceff8c72d9614",
+        "bursty": "6688b826f3172316",
+        "clip": "df236dff9898330a",
+    }, "the default world's text changed; measure the README's quickstart numbers again"
