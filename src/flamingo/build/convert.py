@@ -35,7 +35,7 @@ from flamingo.build.engine import BuildResult, _map, _pool
 from flamingo.build.fetch import fetch_documents, store_image
 from flamingo.build.imagecheck import ImageRejected, inspect_image
 from flamingo.build.read import _open_text
-from flamingo.build.stats import BuildStats
+from flamingo.build.stats import BuildStats, Laps
 from flamingo.build.write import _shard_image, write_shard
 
 logger = logging.getLogger(__name__)
@@ -416,17 +416,18 @@ def _read_task(task: ConvertTask) -> list[WebDocument]:
 def convert_shard(task: ConvertTask) -> tuple[BuildStats, list[Path]]:
     """Read, fetch and write one input file; stats in the builder's format (stages read, fetch, write)."""
     stats = BuildStats(shards=1)
+    lap = Laps()
     docs = _read_task(task)
-    stats.record("read", [], docs)
+    stats.record("read", [], docs, seconds=lap())
     fetched = [_restore_raw_url(doc) for doc in resolve_images(docs, task)]
     keep_text = task.config.keep_text_only and task.kind != "pairs"
     kept = [d for d in fetched if d.sentences and (d.alive_images or keep_text)]
-    stats.record("fetch", docs, fetched)
+    stats.record("fetch", docs, fetched, seconds=lap())
     if task.kind == "pairs":
         paths = write_pairs(kept, task)
     else:
         paths = write_shard(kept, Path(task.out_dir) / "shards", task.name, task.config.max_documents_per_tar)
-    stats.record("write", fetched, kept, doc_reason="no_image_left")
+    stats.record("write", fetched, kept, doc_reason="no_image_left", seconds=lap())
     stats.record_output(kept)
     return stats, paths
 

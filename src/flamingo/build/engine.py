@@ -43,7 +43,7 @@ from flamingo.build.filters import filter_images, hash_images
 from flamingo.build.interleave import interleave_documents
 from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
 from flamingo.build.read import input_kind, read_input
-from flamingo.build.stats import BuildStats
+from flamingo.build.stats import BuildStats, Laps
 from flamingo.build.write import write_shard
 
 logger = logging.getLogger(__name__)
@@ -103,17 +103,18 @@ def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[
     """Phase 1: read, fetch, filter and hash one input file."""
     cfg = task.config
     stats = BuildStats(shards=1)
+    lap = Laps()
     docs = read_input(task.path, cfg.read)
-    stats.record("read", [], docs)
+    stats.record("read", [], docs, seconds=lap())
     fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
-    stats.record("fetch", docs, fetched)
+    stats.record("fetch", docs, fetched, seconds=lap())
     filtered = filter_images(fetched, cfg.filter)
     if cfg.filter.dedup_perceptual or eval_index is not None:  # the only readers of perceptual hashes
         filtered = hash_images(filtered)
-    stats.record("filter", fetched, filtered)
+    stats.record("filter", fetched, filtered, seconds=lap())
     if eval_index is not None:
         clean = decontaminate(filtered, eval_index)
-        stats.record("decontaminate", filtered, clean)
+        stats.record("decontaminate", filtered, clean, seconds=lap())
         filtered = clean
     return [doc.release_bytes() for doc in filtered], stats
 
@@ -163,19 +164,20 @@ def finish_shard(
     """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
     cfg = task.config
     stats = BuildStats()
+    lap = Laps()
     deduped = apply_dedup(docs, decisions)
-    stats.record("dedup", docs, deduped)
+    stats.record("dedup", docs, deduped, seconds=lap())
     faced = filter_faces(deduped, cfg.filter, models.face_detector)
-    stats.record("faces", deduped, faced)
+    stats.record("faces", deduped, faced, seconds=lap())
     if models.nsfw_scorer is not None:
         safe = filter_nsfw(faced, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
-        stats.record("nsfw", faced, safe)
+        stats.record("nsfw", faced, safe, seconds=lap())
         faced = safe
     embedder = models.embedder
     placed = interleave_documents(faced, embedder.embed_images, embedder.embed_texts, cfg.interleave)
-    stats.record("interleave", faced, placed, doc_reason="no_image_left")
+    stats.record("interleave", faced, placed, doc_reason="no_image_left", seconds=lap())
     paths = write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
-    stats.record("write", placed, placed)
+    stats.record("write", placed, placed, seconds=lap())
     stats.record_output(placed)
     return stats, paths
 

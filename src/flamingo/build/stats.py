@@ -3,12 +3,14 @@
 ``BuildStats.record(stage, before, after)`` compares the documents before and after a stage: images
 that were kept before and carry a ``failure`` after are counted by reason; documents missing after are
 counted under the stage's document-drop reason. Per-shard stats merge by addition, so the totals in
-``stats.json`` do not depend on how the work was split.
+``stats.json`` do not depend on how the work was split, apart from each stage's ``seconds``: wall time summed
+over shards (worker-seconds), which says where a build spends its time.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ class StageStats:
     sentences_out: int = 0
     images_dropped: Counter[str] = field(default_factory=Counter)
     documents_dropped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    """Wall time of the stage, summed over shards."""
 
     def add(self, other: StageStats) -> None:
         """Add ``other``'s counts to these."""
@@ -45,6 +49,7 @@ class StageStats:
             "images_out",
             "sentences_in",
             "sentences_out",
+            "seconds",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.images_dropped.update(other.images_dropped)
@@ -58,6 +63,7 @@ class StageStats:
         out.update(sentences_in=self.sentences_in, sentences_out=self.sentences_out)
         out["images_dropped"] = dict(sorted(self.images_dropped.items()))
         out["documents_dropped"] = dict(sorted(self.documents_dropped.items()))
+        out["seconds"] = round(self.seconds, 3)
         return out
 
 
@@ -70,10 +76,16 @@ class BuildStats:
     shards: int = 0
 
     def record(
-        self, stage: str, before: list[WebDocument], after: list[WebDocument], doc_reason: str = ""
+        self,
+        stage: str,
+        before: list[WebDocument],
+        after: list[WebDocument],
+        doc_reason: str = "",
+        seconds: float = 0.0,
     ) -> None:
-        """Count what ``stage`` did, going from ``before`` to ``after``."""
+        """Count what ``stage`` did, going from ``before`` to ``after`` in ``seconds``."""
         s = self.stages.setdefault(stage, StageStats())
+        s.seconds += seconds
         n_before, n_after = count(before), count(after)
         s.documents_in += n_before["documents"]
         s.documents_out += n_after["documents"]
@@ -116,11 +128,12 @@ class BuildStats:
         """Inverse of ``to_dict``."""
         stats = cls(shards=int(data.get("shards", 0)))
         for name, s in data.get("stages", {}).items():
-            counts = {k: v for k, v in s.items() if not k.endswith("_dropped")}
+            counts = {k: v for k, v in s.items() if not k.endswith("_dropped") and k != "seconds"}
             stats.stages[name] = StageStats(
                 **counts,
                 images_dropped=Counter(s.get("images_dropped", {})),
                 documents_dropped=Counter(s.get("documents_dropped", {})),
+                seconds=float(s.get("seconds", 0.0)),
             )
         stats.images_per_document = Counter(
             {int(k): v for k, v in data.get("images_per_document", {}).items()}
@@ -131,11 +144,12 @@ class BuildStats:
         """A human-readable summary (``report.md``)."""
         lines = ["# Interleaved dataset build report", "", f"Input shards: {self.shards}", ""]
         lines += [
-            "| stage | docs in | docs out | images in | images out | sentences out |",
-            "|---|---|---|---|---|---|",
+            "| stage | docs in | docs out | images in | images out | sentences out | seconds (all workers) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, s in self.to_dict()["stages"].items():
             row = (s["documents_in"], s["documents_out"], s["images_in"], s["images_out"], s["sentences_out"])
+            row += (f"{s['seconds']:.1f}",)
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
         lines += ["", "## Drops by reason", "", "| stage | what | reason | count |", "|---|---|---|---|"]
         for name, stage in self.stages.items():
@@ -151,3 +165,15 @@ class BuildStats:
         out = Path(out_dir)
         (out / "stats.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         (out / "report.md").write_text(self.report_markdown(), encoding="utf-8")
+
+
+class Laps:
+    """``lap()`` returns the seconds since the previous lap (or since creation)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def __call__(self) -> float:
+        now = time.perf_counter()
+        spent, self._last = now - self._last, now
+        return spent
