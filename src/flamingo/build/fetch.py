@@ -11,6 +11,7 @@ line by line, so a build that is interrupted and started again fetches nothing t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -179,7 +180,7 @@ def _read_local(location: str, config: FetchConfig) -> bytes:
     if config.local_root is None:
         raise FetchError("local_files_disabled", "set fetch.local_root to the folder images may be read from")
     raw = url2pathname(urlsplit(location).path) if location.startswith("file:") else location
-    root = Path(config.local_root).resolve()
+    root = _resolved(config.local_root)
     path = (root / raw).resolve()  # follows symlinks, so a link pointing outside is caught too
     if not path.is_relative_to(root):
         raise FetchError("outside_local_root", f"{location} is not inside {root}")
@@ -192,6 +193,16 @@ def _read_local(location: str, config: FetchConfig) -> bytes:
         raise FetchError("not_found", str(path)) from e
     except IsADirectoryError as e:
         raise FetchError("not_found", f"{path} is a folder") from e
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(folder: str) -> Path:
+    """``Path(folder).resolve()``, once per folder (it stats every component of the path)."""
+    return Path(folder).resolve()
+
+
+def _is_local(location: str) -> bool:
+    return urlsplit(location).scheme.lower() in ("", "file")
 
 
 def with_retries(attempt: Callable[[], Any], config: FetchConfig) -> Any:
@@ -327,12 +338,19 @@ def fetch_documents(
     todo = [url for url in urls if not manifest.done(url, images_dir)]
     logger.info("shard %s: %d images, %d already in the manifest", shard, len(urls), len(urls) - len(todo))
     try:
-        with ThreadPoolExecutor(max_workers=config.threads) as pool:
-            futures = [pool.submit(fetch_one, url, config, images_dir) for url in todo]
-            for future in tqdm(
-                as_completed(futures), total=len(futures), desc=f"fetch {shard}", disable=not progress
-            ):
-                manifest.record(future.result())
+        if config.threads <= 1 or all(_is_local(url) for url in todo):
+            # Threads only hide network latency: local files are read, decoded and hashed under the GIL, where
+            # 4 threads took 1.5 ms per 32-px picture against 1.0 ms in this thread. In input order, too.
+            results = (fetch_one(url, config, images_dir) for url in todo)
+            for entry in tqdm(results, total=len(todo), desc=f"fetch {shard}", disable=not progress):
+                manifest.record(entry)
+        else:
+            with ThreadPoolExecutor(max_workers=config.threads) as pool:
+                futures = [pool.submit(fetch_one, url, config, images_dir) for url in todo]
+                for future in tqdm(
+                    as_completed(futures), total=len(futures), desc=f"fetch {shard}", disable=not progress
+                ):
+                    manifest.record(future.result())
     finally:
         manifest.close()
     return [
