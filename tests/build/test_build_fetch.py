@@ -176,6 +176,40 @@ def test_local_files_only_inside_the_root(tmp_path) -> None:
     assert refused[0].images[0].failure == "local_files_disabled"
 
 
+def test_local_files_are_fetched_in_this_thread_in_input_order(image_server, tmp_path, monkeypatch) -> None:
+    """Threads only hide network latency: local pictures are read in the calling thread (under the GIL four
+    threads were slower), so their manifest follows the input; network URLs still go to the thread pool."""
+    import json
+    import threading
+
+    from flamingo.build import fetch
+
+    root = tmp_path / "root"
+    root.mkdir()
+    refs = []
+    for i in range(12):
+        (root / f"{i}.png").write_bytes(encode(textured("red", 10 + i)))
+        refs.append(f"{i}.png" if i % 2 else (root / f"{i}.png").as_uri())
+    threads: list[int] = []
+    real = fetch.fetch_one
+
+    def spy(*args):
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(fetch, "fetch_one", spy)
+    config = FetchConfig(local_root=str(root), threads=4, allow_loopback=True)
+    docs = fetch_documents(_docs(refs), config, tmp_path / "out", "s")
+    assert all(im.failure is None for im in docs[0].images)
+    assert set(threads) == {threading.get_ident()}
+    manifest = (tmp_path / "out" / "manifests" / "s.jsonl").read_text().splitlines()
+    assert [json.loads(line)["url"] for line in manifest] == refs
+    threads.clear()
+    urls = [image_server.add(f"/{i}.png", encode(textured("blue", 10 + i))) for i in range(4)]
+    fetch_documents(_docs(urls), config, tmp_path / "out2", "s")
+    assert len(threads) == 4 and threading.get_ident() not in threads
+
+
 def test_manifest_resumes_without_refetching(image_server, tmp_path) -> None:
     urls = [image_server.add(f"/{i}.png", encode(textured("red", 10 + i))) for i in range(3)]
     urls.append(image_server.base + "/gone.png")

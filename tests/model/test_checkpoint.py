@@ -109,7 +109,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-def test_open_clip_config_files_do_not_pile_up(tmp_path):
+def test_open_clip_config_files_do_not_pile_up(tmp_path, monkeypatch):
     """A custom open_clip architecture is registered through a file that must outlive the call; processes that
     exit or are killed (SIGKILL: no exit handlers) must not leave a new folder behind each time, and the same
     name registered again with another architecture must give the new one."""
@@ -152,6 +152,8 @@ def test_open_clip_config_files_do_not_pile_up(tmp_path):
 
     from flamingo.model import vision
 
+    (tmp_path / "in-process").mkdir()
+    monkeypatch.setattr(vision, "_OPEN_CLIP_CONFIG_DIR", tmp_path / "in-process")  # keep /tmp clean
     vision._register_open_clip_config(
         "flamingo-pileup-test", dict(vision_cfg={"width": 8}, embed_dim=1, text_cfg={})
     )

@@ -135,6 +135,11 @@ def test_plain_quiz_style_never_shows_the_vqa_prompt_convention(tmp_path: Path) 
         assert "answer" not in sentence and "Question" not in sentence
     with pytest.raises(ValueError, match="quiz style"):
         pages.make_pages(tmp_path, "qa", 1, train, seed=0, qa_style="loud")
+    from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
+
+    with pytest.raises(ValueError, match="qa_style"):  # refused before any stage starts
+        run_quickstart(QuickstartConfig(out=str(tmp_path / "run"), qa_style="loud"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> None:

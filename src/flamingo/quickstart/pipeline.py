@@ -169,10 +169,12 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     """Run every stage; returns the summary that the report is made of (also written to summary.json)."""
     import torch
 
-    from flamingo.quickstart import report, stages
+    from flamingo.quickstart import report, stages, text
 
     if config.threads < 1:
         raise ValueError(f"threads must be at least 1, got {config.threads}")
+    if config.qa_style not in text.QA_STYLES:  # before any stage starts, not in the middle of one
+        raise ValueError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
