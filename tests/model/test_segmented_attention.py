@@ -4,7 +4,7 @@ import pytest
 import torch
 from model_support import make_images
 
-from flamingo.model.cross_attention import media_positions, plan_routing
+from flamingo.model.cross_attention import MediaRouting, fixed_image, media_positions, plan_routing
 from flamingo.model.tiny import build_tiny_flamingo
 from flamingo.processing import FlamingoProcessor
 
@@ -118,7 +118,11 @@ def test_generation_matches_dense(beams):
     inputs = batch(model)
     kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": beams, "do_sample": False}
     outputs = []
-    for segmented in (False, True, None):  # None, the default: segments for the prompt, gathers per new token
+    for segmented in (
+        False,
+        True,
+        None,
+    ):  # None, the default: segments for the prompt, one image per new token
         model.segmented_attention = segmented
         outputs.append(
             model.generate(
@@ -160,3 +164,48 @@ def test_every_image_segments_take_views_and_match_dense():
             assert torch.allclose(block(x, plan, media)[0], out, atol=1e-6)
     assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_one_image_plan_matches_dense_for_beams_and_a_row_without_images():
+    """Decode steps of generate(): each prompt's queries (its beams, folded) attend to one fixed image."""
+    torch.manual_seed(0)
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    block = model.cross_attn["0"]
+    media = model.encode_media(make_images(2, 3))  # (2, 3, l, d)
+    positions = torch.tensor([[2, 2, 2], [0, 0, 0]])  # (b, e): row 1 has seen no image yet
+    x = torch.randn(6, 1, 64)  # (b*e, 1, d): three beams per prompt, one new token each
+    plan = fixed_image(positions, x.dtype)
+    assert plan.slot.tolist() == [1, 0] and plan.seen.flatten().tolist() == [1.0, 0.0]
+    assert fixed_image(torch.tensor([[1], [3]]), x.dtype).seen is None  # every row has an image: no mask
+    with torch.no_grad():
+        dense, _ = block(x, plan_routing(positions, 3, media.shape[2], "previous", segmented=False), media)
+        routing = MediaRouting(positions, fixed=plan)
+        fixed, selected = block(x, routing, media)  # picks each row's image from all keys/values
+        again, same = block(x, routing, media, selected)  # a later step: given the picked ones
+    assert selected[0].shape == (2, 2, media.shape[2], 16) and selected[0].is_contiguous()
+    assert same is selected
+    assert torch.allclose(dense, fixed, atol=1e-6) and torch.equal(fixed, again)
+    with torch.no_grad():
+        branch = block.attn.attend_one_image(x.view(2, 3, 64), selected) * plan.seen
+    assert torch.equal(branch[1], torch.zeros(3, 64))  # the row without an image gets exactly zero
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_with_a_text_only_row_matches_dense_and_single_rows(beams):
+    """A row whose text has no <image> (though it was given pictures) must ignore them at every decode step."""
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    texts = ["a plain sentence with no picture", "<image>Output: a red circle.<|endofchunk|><image>Output:"]
+    rows = [model.tokenizer(t, return_tensors="pt").input_ids[0] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = model.config.tokens.pad_id
+    ids = torch.stack([torch.cat([torch.full((width - len(r),), pad), r]) for r in rows])  # left padding
+    mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
+    images = make_images(2, 2, seed=3)  # row 0 gets pictures too, which its text never refers to
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": beams, "do_sample": False}
+    fixed = model.generate(images, ids, mask, **kwargs)  # decode steps take the one-image plan
+    model.segmented_attention = False  # every step dense, with a mask
+    assert torch.equal(fixed, model.generate(images, ids, mask, **kwargs))
+    model.segmented_attention = None
+    for row, r in enumerate(rows):
+        single = model.generate(images[row : row + 1], r[None], **kwargs)
+        assert torch.equal(fixed[row, width - len(r) :], single[0])

@@ -12,6 +12,10 @@ Two ways to run the same attention, chosen once per LM call by :func:`plan_routi
 - **gathered** (policy ``previous``, for decode steps): each query gathers its own image's ``l`` keys and values
   by an index computed on the device, so a new token costs the same however many images the prompt holds, and
   nothing is read back to the host.
+- **one image per prompt** (policy ``previous``, decode steps of ``Flamingo.generate``, where ``<image>`` can
+  never be generated): every new token of prompt r sees the same image, its last one, for the whole call. Each
+  block picks that image's keys and values once (:meth:`MaskedCrossAttention.select_image`) and every later step
+  attends to them directly, all beams of a prompt in one query block (:class:`FixedImage`).
 """
 
 from __future__ import annotations
@@ -75,17 +79,42 @@ class Segments:
 
 
 @dataclass
+class FixedImage:
+    """Decode steps where every query of prompt r sees image ``slot[r]`` (policy ``previous``, no new ``<image>``).
+
+    ``slot`` (b,) long, the 0-based image slot; ``seen`` (b, 1, 1) 0/1 in the activations' dtype, or None when
+    every prompt has an image (then nothing is masked).
+    """
+
+    slot: torch.Tensor
+    seen: torch.Tensor | None
+
+
+def fixed_image(positions: torch.Tensor, dtype: torch.dtype) -> FixedImage:
+    """The :class:`FixedImage` plan from the media positions (b, q) of a decode step (all q equal per row).
+
+    Reads one flag back from the device (whether some prompt has no image): once per generation call.
+    """
+    last = positions[:, 0]
+    seen = last > 0
+    all_seen = bool(seen.all())
+    return FixedImage(slot=(last - 1).clamp(min=0), seen=None if all_seen else seen.to(dtype)[:, None, None])
+
+
+@dataclass
 class MediaRouting:
     """Which media keys each query of one LM call attends to, computed once and shared by every block.
 
     ``positions`` (b, q) media index of each (folded) query; exactly one of ``mask`` (b, 1, q, t*l),
-    ``segments`` and ``gather`` (b*q*l,): the flat key index, into (b*t*l), of every latent each query sees.
+    ``segments``, ``gather`` (b*q*l,): the flat key index, into (b*t*l), of every latent each query sees, and
+    ``fixed`` (:class:`FixedImage`).
     """
 
     positions: torch.Tensor
     mask: torch.Tensor | None = None
     segments: Segments | None = None
     gather: torch.Tensor | None = None
+    fixed: FixedImage | None = None
 
 
 def plan_routing(
@@ -174,6 +203,26 @@ class MaskedCrossAttention(nn.Module):
         seen = (routing.positions > 0)[..., None].to(x.dtype)  # (b, q, 1)
         return self.to_out(out) * seen
 
+    @staticmethod
+    def select_image(
+        kv: tuple[torch.Tensor, torch.Tensor], slot: torch.Tensor, latents: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv from :meth:`media_kv`, each (b, h, t*l, dh); slot (b,) -> image ``slot[r]``'s keys and values of
+        each row r, each (b, h, l, dh) and contiguous."""
+        rows = torch.arange(slot.shape[0], device=slot.device)
+        # (b, h, t, l, dh)[rows, :, slot]: the two index dims are split by a slice, so theirs goes first
+        return tuple(z.unflatten(2, (-1, latents))[rows, :, slot].contiguous() for z in kv)
+
+    def attend_one_image(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x (b, q, d); kv from :meth:`select_image`, each (b, h, l, dh) -> (b, q, d): every query of row r
+        attends to row r's image only."""
+        k, v = kv
+        b, q, _ = x.shape
+        h, dh = k.shape[1], k.shape[-1]
+        queries = self.to_q(self.norm(x)).view(b, q, h, dh).transpose(1, 2)  # (b, h, q, dh)
+        out = F.scaled_dot_product_attention(queries, k.to(queries.dtype), v.to(queries.dtype))
+        return self.to_out(out.transpose(1, 2).reshape(b, q, h * dh))
+
     def _segmented(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments) -> torch.Tensor:
         """x (b, q, d); k, v (b, h, t*l, dh) -> attention output (b, q, h*dh), zero where no image is seen."""
         b, q, _ = x.shape
@@ -244,6 +293,9 @@ class GatedCrossAttentionBlock(nn.Module):
         computed here. Returns the new x and the keys/values used. Rows ``r*e .. r*e+e-1`` of ``x`` share the
         media of prompt ``r``: their queries are folded into one attention call against that prompt's keys, so
         beams and scored continuations never copy the media.
+
+        Under a :class:`FixedImage` plan the keys/values used are each row's one image, (b, h, l, dh) each: they
+        are returned, and may be given back as ``kv`` at the next step (nothing is picked again).
         """
         if media is not None and positions is not None:
             batch, slots, latents = media.shape[:3]
@@ -252,6 +304,15 @@ class GatedCrossAttentionBlock(nn.Module):
             folded = x.reshape(batch, -1, x.shape[-1])  # (b, e*s, d)
             if not isinstance(positions, MediaRouting):
                 positions = plan_routing(positions.reshape(batch, -1), slots, latents, self.policy)
-            attended = self.attn(folded, kv, positions)
+            plan = positions.fixed
+            if plan is not None:
+                # Given all t*l keys, pick each row's image (with t = 1 the two are the same thing).
+                if kv[0].shape[2] != latents:
+                    kv = self.attn.select_image(kv, plan.slot, latents)
+                attended = self.attn.attend_one_image(folded, kv)  # (b, e*s, d)
+                if plan.seen is not None:
+                    attended = attended * plan.seen.to(x.dtype)
+            else:
+                attended = self.attn(folded, kv, positions)
             x = x + self.attn_gate.tanh().to(x.dtype) * attended.reshape(x.shape)
         return x + self.ff_gate.tanh().to(x.dtype) * self.ff(x), kv

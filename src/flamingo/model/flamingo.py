@@ -34,6 +34,7 @@ from flamingo.model.config import FlamingoConfig
 from flamingo.model.cross_attention import (
     GatedCrossAttentionBlock,
     MediaRouting,
+    fixed_image,
     media_positions,
     plan_routing,
 )
@@ -67,6 +68,10 @@ class _MediaState:
     capture_hidden: bool = False  # take the output head's input and skip the head (fused training loss)
     hidden: torch.Tensor | None = None  # (b, s, d) what the head would have read
     skinny: torch.Tensor | None = None  # (b, s, d) a decode step's head input, computed by skinny_linear
+    # generate(): no <image> can be generated, so every decode step of prompt r sees the same image
+    fixed_images: bool = False
+    decode_routing: MediaRouting | None = None  # the FixedImage plan, made at the first decode step
+    selected: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # its keys/values
 
 
 _ACTIVE: contextvars.ContextVar[dict[int, _MediaState] | None] = contextvars.ContextVar(
@@ -165,21 +170,34 @@ class Flamingo(nn.Module):
             )
         expand = ids.shape[0] // state.offset.shape[0]  # beams / returned sequences / continuations per row
         continuing = _cache_length(kwargs.get("past_key_values")) > 0
+        segmented = self.segmented_attention
+        # A decode step: one query per row sees one image, and planning segments would read sizes back from
+        # the device at every new token. Under generate() each prompt's image is fixed (below); in other calls
+        # each query gathers its own image's keys (dense for all_previous). Either way a new token's cost does
+        # not grow with the number of images in the prompt.
+        decoding = segmented is None and ids.shape[1] == 1
+        policy = self.config.cross_attn.media_policy
+        if decoding and continuing and state.fixed_images and policy == "previous":
+            # Under generate() the image each prompt's new tokens see never changes: plan once, then reuse the
+            # plan and each block's picked keys/values at every later step (offset stays as it is).
+            if state.decode_routing is None:
+                offset = state.offset.repeat_interleave(expand) if expand > 1 else state.offset
+                folded = media_positions(ids, self.config.tokens.image_id, offset).reshape(
+                    state.offset.shape[0], -1
+                )
+                state.decode_routing = MediaRouting(folded, fixed=fixed_image(folded, state.media.dtype))
+            state.routing = state.decode_routing
+            return
         offset = state.offset if continuing else state.base_offset
         offset = offset.repeat_interleave(expand) if expand > 1 else offset
         state.positions = media_positions(ids, self.config.tokens.image_id, offset)
         state.offset = state.positions[::expand, -1]
         b, slots, latents = state.media.shape[:3]
-        segmented = self.segmented_attention
-        # A decode step: one query per row sees one image, and planning segments would read sizes back from
-        # the device at every new token; each query gathers its own image's keys instead (dense for
-        # all_previous), so a new token's cost does not grow with the number of images in the prompt.
-        decoding = segmented is None and ids.shape[1] == 1
         state.routing = plan_routing(
             state.positions.reshape(b, -1),
             slots,
             latents,
-            self.config.cross_attn.media_policy,
+            policy,
             segmented=False if decoding else segmented,
             gather=decoding,
         )
@@ -189,6 +207,13 @@ class Flamingo(nn.Module):
         block = self.cross_attn[key]
         if state is None or state.media is None:
             return block(hidden, None, None)[0]
+        if state.routing is not None and state.routing.fixed is not None:
+            # Decode steps under generate(): the block picks each prompt's image from all keys/values once;
+            # later steps hand it the picked ones. The full set stays for any later multi-token call.
+            hidden, state.selected[key] = block(
+                hidden, state.routing, state.media, state.selected.get(key) or state.kv.get(key)
+            )
+            return hidden
         hidden, kv = block(hidden, state.routing, state.media, state.kv.get(key))
         if state.cache_kv:
             state.kv[key] = kv
@@ -236,9 +261,16 @@ class Flamingo(nn.Module):
 
     @contextmanager
     def _media_state(
-        self, media: torch.Tensor | None, offset: torch.Tensor, cache_kv: bool, capture_hidden: bool = False
+        self,
+        media: torch.Tensor | None,
+        offset: torch.Tensor,
+        cache_kv: bool,
+        capture_hidden: bool = False,
+        fixed_images: bool = False,
     ) -> Iterator[_MediaState]:
-        state = _MediaState(media, offset, offset, cache_kv, capture_hidden=capture_hidden)
+        state = _MediaState(
+            media, offset, offset, cache_kv, capture_hidden=capture_hidden, fixed_images=fixed_images
+        )
         token = _ACTIVE.set({**(_ACTIVE.get() or {}), id(self): state})
         try:
             yield state
@@ -414,7 +446,7 @@ class Flamingo(nn.Module):
         kwargs["logits_processor"] = processors
         if kwargs.get("stop_strings") and "tokenizer" not in kwargs:
             kwargs["tokenizer"] = self.tokenizer
-        with self._media_state(media, offset, cache_kv=True):
+        with self._media_state(media, offset, cache_kv=True, fixed_images=True):  # <image> is suppressed
             return self.lm.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
