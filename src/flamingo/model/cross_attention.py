@@ -3,7 +3,8 @@
 Axis letters: b batch (of prompts), e expansion (beams / returned sequences / continuations per prompt),
 s text length, t image slot, l latents, d width, h heads, n segments, m length of the longest segment.
 
-Two ways to run the same attention, chosen once per LM call by :func:`plan_routing`:
+Four ways to run the same attention, chosen once per LM call (by :func:`plan_routing`, or by
+:func:`fixed_image` for the decode steps of ``Flamingo.generate``):
 
 - **dense**: every query against all ``t*l`` media keys with a boolean mask (:func:`media_mask`);
 - **segmented** (policy ``previous`` only): the queries that see image j of row r form segment (r, j); the
