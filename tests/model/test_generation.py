@@ -107,6 +107,26 @@ def test_generate_accepts_hf_options():
     assert not (sampled[:, ids.shape[1] :] == model.config.tokens.image_id).any()
 
 
+def test_prompt_lookup_decoding_mixes_multi_token_and_one_token_steps_and_matches_greedy():
+    """Prompt-lookup decoding checks several candidate tokens per LM call after the prompt; between them come
+    one-token steps, which take the fixed one-image plan. The result is greedy decoding's, token for token."""
+    model = build_tiny_flamingo("llama", gate_init=0.8)
+    text = "<image>Output: a red circle.<|endofchunk|>" * 2 + "<image>Output:"
+    ids = model.tokenizer([text], return_tensors="pt").input_ids
+    images = make_images(1, 3)
+    kwargs = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False}
+    greedy = model.generate(images, ids, **kwargs)
+    widths = []
+    hook = model.lm.register_forward_pre_hook(
+        lambda module, args, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    looked_up = model.generate(images, ids, prompt_lookup_num_tokens=3, **kwargs)
+    hook.remove()
+    assert torch.equal(looked_up, greedy)
+    after_prompt = widths[1:]
+    assert any(w > 1 for w in after_prompt) and any(w == 1 for w in after_prompt)
+
+
 def test_generation_stops_at_end_of_chunk_by_default():
     model = build_tiny_flamingo("llama", gate_init=0.8)
     eoc = model.config.tokens.eoc_id
