@@ -263,6 +263,7 @@ def measure_times(args) -> list[dict]:
             )
             print(f"  {impl:9s} {name:18s} {rows[-1]['seconds']:.3f}s", flush=True)
     rows += measure_encoding(ref, ours, tok, size, args)
+    rows += measure_decode_phases(ours, tok, size, args)
     return rows
 
 
@@ -296,6 +297,34 @@ def measure_encoding(ref, ours, tok, size: dict, args) -> list[dict]:
                      "seconds_median": ordered[len(ordered) // 2]})  # fmt: skip
         print(f"  {impl:9s} {'encode_33_images':18s} {ordered[0]:.3f}s", flush=True)
     return rows
+
+
+def measure_decode_phases(ours, tok, size: dict, args) -> list[dict]:
+    """Ours' greedy 32-shot generation without the encoding: the prompt (and first token) and each later token.
+
+    ``generate(media=...)`` with 1 and with 20 new tokens, best of ``iters`` each: the first is the prompt's cost,
+    the difference over 19 is the cost of one decode step. With ``encode_33_images`` this splits the greedy time.
+    """
+    import torch
+
+    pixels, ids, mask = (t.to(args.device) for t in few_shot_prompt(tok, 32, size))
+    ours.eval()
+    best = {}
+    with torch.no_grad():
+        media = ours.encode_media(pixels)
+        for new in (1, 20):
+            kwargs = {"max_new_tokens": new, "min_new_tokens": new, "num_beams": 1, "do_sample": False}
+
+            def run(kwargs=kwargs):
+                ours.generate(media=media, input_ids=ids, attention_mask=mask, **kwargs)
+
+            times = [_run_once(run, ours, args.device)[0] for _ in range(args.iters + 1)][1:]
+            best[new] = min(times)
+    step = (best[20] - best[1]) / 19
+    print(
+        f"  ours      prompt (1st token)   {best[1]:.3f}s, then {step * 1e3:.1f} ms per new token", flush=True
+    )
+    return [{"impl": "ours", "task": "decode_phases", "prompt_s": best[1], "per_token_s": step}]
 
 
 IMPLS = ("reference", "ours")
@@ -367,7 +396,7 @@ def main() -> None:
     rows = measure_times(args)
     if args.device == "cpu":  # peak RSS needs one process per measurement
         for row in rows:
-            if row["task"] == "encode_33_images":
+            if row["task"] in ("encode_33_images", "decode_phases"):
                 continue
             task, beams = ("train", 1) if row["task"] == "train" else ("generate", int(row["task"][-1]))
             cmd = [
@@ -428,6 +457,12 @@ def report(rows: list[dict], args) -> None:
         f"\nimage encoding alone (33 images, same ViT + Perceiver in both): reference {encode['reference']:.3f}s, "
         f"ours {encode['ours']:.3f}s; it bounds the greedy 32-shot speed-up at {bound:.2f}x"
     )
+    phases = by[("ours", "decode_phases")]
+    target = by[("reference", "generate_beams1")]["seconds"] / 3
+    print(
+        f"ours' greedy 32-shot: encoding {encode['ours']:.3f}s + prompt {phases['prompt_s']:.3f}s + 19 x "
+        f"{phases['per_token_s'] * 1e3:.1f} ms; 3x the reference would need {target:.3f}s in all"
+    )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     out = Path(args.out or f"bench/results/model_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +476,7 @@ def report(rows: list[dict], args) -> None:
                 "rows": table,
                 "encode_s": encode,
                 "greedy_speedup_bound": bound,
+                "ours_greedy_phases_s": {"prompt": phases["prompt_s"], "per_token": phases["per_token_s"]},
                 "raw": rows,
             },
             indent=2,
