@@ -118,11 +118,8 @@ def test_generation_matches_dense(beams):
     inputs = batch(model)
     kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": beams, "do_sample": False}
     outputs = []
-    for segmented in (
-        False,
-        True,
-        None,
-    ):  # None, the default: segments for the prompt, one image per new token
+    # None, the default: segments for the prompt, one image per new token
+    for segmented in (False, True, None):
         model.segmented_attention = segmented
         outputs.append(
             model.generate(
@@ -174,9 +171,9 @@ def test_one_image_plan_matches_dense_for_beams_and_a_row_without_images():
     media = model.encode_media(make_images(2, 3))  # (2, 3, l, d)
     positions = torch.tensor([[2, 2, 2], [0, 0, 0]])  # (b, e): row 1 has seen no image yet
     x = torch.randn(6, 1, 64)  # (b*e, 1, d): three beams per prompt, one new token each
-    plan = fixed_image(positions, x.dtype)
+    plan = fixed_image(positions[:, 0], x.dtype)
     assert plan.slot.tolist() == [1, 0] and plan.seen.flatten().tolist() == [1.0, 0.0]
-    assert fixed_image(torch.tensor([[1], [3]]), x.dtype).seen is None  # every row has an image: no mask
+    assert fixed_image(torch.tensor([1, 3]), x.dtype).seen is None  # every row has an image: no mask
     with torch.no_grad():
         dense, _ = block(x, plan_routing(positions, 3, media.shape[2], "previous", segmented=False), media)
         routing = MediaRouting(positions, fixed=plan)

@@ -91,15 +91,16 @@ class FixedImage:
     seen: torch.Tensor | None
 
 
-def fixed_image(positions: torch.Tensor, dtype: torch.dtype) -> FixedImage:
-    """The :class:`FixedImage` plan from the media positions (b, q) of a decode step (all q equal per row).
+def fixed_image(seen_images: torch.Tensor, dtype: torch.dtype) -> FixedImage:
+    """The :class:`FixedImage` plan from the number of images each prompt has seen, (b,) long.
 
     Reads one flag back from the device (whether some prompt has no image): once per generation call.
     """
-    last = positions[:, 0]
-    seen = last > 0
+    seen = seen_images > 0
     all_seen = bool(seen.all())
-    return FixedImage(slot=(last - 1).clamp(min=0), seen=None if all_seen else seen.to(dtype)[:, None, None])
+    return FixedImage(
+        slot=(seen_images - 1).clamp(min=0), seen=None if all_seen else seen.to(dtype)[:, None, None]
+    )
 
 
 @dataclass

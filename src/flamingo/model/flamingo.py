@@ -180,12 +180,10 @@ class Flamingo(nn.Module):
         if decoding and continuing and state.fixed_images and policy == "previous":
             # Under generate() the image each prompt's new tokens see never changes: plan once, then reuse the
             # plan and each block's picked keys/values at every later step (offset stays as it is).
-            if state.decode_routing is None:
-                offset = state.offset.repeat_interleave(expand) if expand > 1 else state.offset
-                folded = media_positions(ids, self.config.tokens.image_id, offset).reshape(
-                    state.offset.shape[0], -1
+            if state.decode_routing is None:  # state.offset (b,): the images each prompt has seen
+                state.decode_routing = MediaRouting(
+                    state.offset[:, None], fixed=fixed_image(state.offset, state.media.dtype)
                 )
-                state.decode_routing = MediaRouting(folded, fixed=fixed_image(folded, state.media.dtype))
             state.routing = state.decode_routing
             return
         offset = state.offset if continuing else state.base_offset
