@@ -142,6 +142,89 @@ def test_plain_quiz_style_never_shows_the_vqa_prompt_convention(tmp_path: Path) 
     assert not (tmp_path / "run").exists()
 
 
+def test_pet_quizzes_ask_for_the_names_of_the_pictured_pets(tmp_path: Path) -> None:
+    """``pet_quiz``: a share of bursty pages asks for each pet's name in the quiz format; the question names
+    the pet's colour and shape (the builder places pictures by them) and a page keeps one name per pet."""
+    import re
+
+    from flamingo.quickstart import clip, lm_train, pages, text
+
+    train, heldout = world.invented_names()
+    question = re.compile(r"^Question: what is the name of the ([a-z]+) ([a-z]+)\? answer: ([a-z]+)\.$")
+    made = pages.make_pages(tmp_path / "a", "bursty", 40, train, seed=0, cast_intro=0.5, pet_quiz=0.5)
+    quizzes = [page for page in made if "/pet-quiz/" in page.url]
+    assert 8 < len(quizzes) < 32 and len(quizzes) < len(made)  # both kinds of page
+    for page in quizzes:
+        named: dict[tuple[str, str], str] = {}
+        for _, sentence in page.items:
+            colour, shape, name = question.match(sentence).groups()
+            assert colour in world.COLOURS and shape in world.SHAPES and name in train
+            assert named.setdefault((colour, shape), name) == name  # one name per pet on a page
+        if ":" in page.intro:  # a cast intro lists exactly the pets the page asks about
+            assert set(page.intro.split(": ")[1].rstrip(".").lower().split(", ")) == set(named.values())
+    default = pages.make_pages(tmp_path / "b", "bursty", 40, train, seed=0, cast_intro=0.5)
+    assert not any("/pet-quiz/" in page.url for page in default)
+    assert "name" in world.vocabulary_words(pet_quiz=True) and "name" not in world.vocabulary_words()
+    tokenizer = text.build_tokenizer(world.vocabulary_words(pet_quiz=True), train + heldout)
+    sentences = [s for page in quizzes for _, s in page.items]
+    assert all(tokenizer.unk_token_id not in tokenizer(s).input_ids for s in sentences)
+    docs = lm_train.page_texts(random.Random(0), train, 300, pet_quiz=True)
+    prompt_format, page_format = (
+        r"name of the \w+ \w+\? Short answer: \w+",
+        r"name of the \w+ \w+\? answer: \w+\.",
+    )
+    assert any(re.search(prompt_format, d) for d in docs) and any(re.search(page_format, d) for d in docs)
+    assert not any("name of" in d for d in lm_train.page_texts(random.Random(0), train, 300))
+    rng = random.Random(0)
+    said = [clip.world_sentence(world.random_scene(rng), rng, train, pet_quiz=True)[0] for _ in range(300)]
+    assert any(question.match(s) for s in said)
+    with pytest.raises(ValueError, match="pet_quiz"):
+        pages.make_pages(tmp_path / "c", "bursty", 1, train, seed=0, pet_quiz=1.5)
+
+
+def test_world_vqa_name_questions_ask_about_a_fixed_cast_of_pets(tmp_path: Path) -> None:
+    """``vqa_names``: a share of the VQA set asks for the held-out name of one of a few pets; the question
+    describes the pet, only demonstrations about the same pet can give the name, and the metric scores the
+    set's own answers as right."""
+    import re
+
+    from flamingo.eval.metrics import get_metric
+    from flamingo.eval.tasks import load_task
+    from flamingo.quickstart import pages
+    from flamingo.quickstart.pipeline import TASKS_DIR, QuickstartConfig, run_quickstart
+
+    _, heldout = world.invented_names()
+    cast = pages.vqa_cast(0, heldout, 2)
+    assert cast == pages.vqa_cast(0, heldout, 2) and len({combo for _, combo in cast}) == 2
+    assert all(name in heldout and combo in world.training_combos() for name, combo in cast)
+    pages.write_vqa_set(tmp_path, train=200, test=60, seed=0, name_share=0.25, cast=cast)
+    annotations = json.loads((tmp_path / "vqa" / "annotations_train.json").read_text())["annotations"]
+    questions = json.loads((tmp_path / "vqa" / "questions_train.json").read_text())["questions"]
+    names = [(q["question"], a["multiple_choice_answer"]) for q, a in zip(questions, annotations)
+             if a["question_type"] == "name"]  # fmt: skip
+    assert 30 < len(names) < 70  # about a quarter of 200
+    by_class = {combo: name for name, combo in cast}
+    for question, answer in names:
+        colour, shape = re.match(r"^what is the name of the ([a-z]+) ([a-z]+)\?$", question).groups()
+        assert by_class[(shape, colour)] == answer
+    assert {a["question_type"] for a in annotations} == {"colour", "shape", "count", "name"}
+    spec = load_task(TASKS_DIR / "world_vqa.yaml")
+    test = spec.load_split("test", str(tmp_path))
+    gold = [example.references[0] for example in test]
+    assert set(gold) & {name for name, _ in cast}
+    assert get_metric(spec.metric)(gold, [example.references for example in test]) == 100.0
+    pages.write_vqa_set(tmp_path / "plain", train=200, test=0, seed=0)
+    plain = json.loads((tmp_path / "plain" / "vqa" / "annotations_train.json").read_text())["annotations"]
+    assert "name" not in {a["question_type"] for a in plain}
+    with pytest.raises(ValueError, match="cast"):
+        pages.write_vqa_set(tmp_path / "x", train=2, test=2, seed=0, name_share=0.5)
+    with pytest.raises(ValueError, match="cast"):
+        pages.vqa_cast(0, heldout, 0)
+    with pytest.raises(ValueError, match="vqa_names"):  # refused before any stage starts
+        run_quickstart(QuickstartConfig(out=str(tmp_path / "run"), vqa_names=1.5))
+    assert not (tmp_path / "run").exists()
+
+
 def test_vqa_scores_by_question_kind_show_the_wrong_outputs(tmp_path: Path) -> None:
     from flamingo.eval.results import write_predictions
     from flamingo.quickstart.report import vqa_by_kind

@@ -42,12 +42,17 @@ class ClipResult:
 
 
 def world_sentence(
-    scene: world.Scene, rng: random.Random, names: list[str], qa_style: str = "marked"
+    scene: world.Scene,
+    rng: random.Random,
+    names: list[str],
+    qa_style: str = "marked",
+    pet_quiz: bool = False,
 ) -> tuple[str, bool]:
     """A random sentence of any page kind about ``scene`` (bursty sentences only for single objects), and
     whether it says how many objects there are (else it says only one / several); quiz sentences in
-    ``qa_style`` (:func:`text.qa_sentence`)."""
-    kinds = ["caption", "bare", "qa"] + (["bursty"] if scene.count == 1 else [])
+    ``qa_style`` (:func:`text.qa_sentence`); with ``pet_quiz``, pet-quiz sentences too (single objects)."""
+    single = ["bursty", "pet_quiz"] if pet_quiz else ["bursty"]
+    kinds = ["caption", "bare", "qa"] + (single if scene.count == 1 else [])
     kind = rng.choice(kinds)
     if kind == "caption":
         return text.caption_sentence(scene, rng), True
@@ -56,6 +61,8 @@ def world_sentence(
     if kind == "qa":
         question = rng.choice(text.QUESTION_KINDS)
         return text.qa_sentence(scene, question, style=qa_style), question == "count" or scene.count == 1
+    if kind == "pet_quiz":
+        return text.name_sentence(rng.choice(names), scene), True
     return text.bursty_sentence(rng.choice(names), scene, rng), True
 
 
@@ -119,6 +126,7 @@ def train_clip(
     attribute_weight: float = 1.0,
     log: Any = print,
     qa_style: str = "marked",
+    pet_quiz: bool = False,
 ) -> ClipResult:
     """Train the tiny CLIP on pictures of training classes and their sentences; save and evaluate it.
 
@@ -158,7 +166,7 @@ def train_clip(
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = rng.sample(range(len(pool)), batch)
-        sentences, exact = zip(*(world_sentence(pool[i][0], rng, names, qa_style) for i in index))
+        sentences, exact = zip(*(world_sentence(pool[i][0], rng, names, qa_style, pet_quiz) for i in index))
         target = _positives([pool[i][0] for i in index], list(exact))  # (b, b)
         out = model.visual.forward_intermediates(
             pixels[index],
@@ -188,7 +196,7 @@ def train_clip(
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     full, visual = save_clip(model, out_dir)
-    metrics = evaluate_clip(model, preprocess, tokenizer, names, seed, qa_style)
+    metrics = evaluate_clip(model, preprocess, tokenizer, names, seed, qa_style, pet_quiz)
     return ClipResult(full, visual, metrics, losses, time.perf_counter() - started)
 
 
@@ -205,7 +213,13 @@ def save_clip(model: Any, out_dir: Path) -> tuple[Path, Path]:
 
 @torch.no_grad()
 def evaluate_clip(
-    model: Any, preprocess: Any, tokenizer: Any, names: list[str], seed: int, qa_style: str = "marked"
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    names: list[str],
+    seed: int,
+    qa_style: str = "marked",
+    pet_quiz: bool = False,
 ) -> dict[str, float]:
     """Zero-shot caption accuracy (over all 192 captions) on fresh pictures of training and held-out
     classes, and image-to-sentence retrieval among 6 page sentences (what the builder's assignment needs)."""
@@ -230,7 +244,10 @@ def evaluate_clip(
             model.encode_image(torch.stack([preprocess(world.draw_scene(s, rng)) for s in page])), dim=-1
         )
         sentences = F.normalize(
-            model.encode_text(tokenizer([world_sentence(s, rng, names, qa_style)[0] for s in page])), dim=-1
+            model.encode_text(
+                tokenizer([world_sentence(s, rng, names, qa_style, pet_quiz)[0] for s in page])
+            ),
+            dim=-1,
         )
         hits += int((emb @ sentences.T).argmax(-1).eq(torch.arange(6)).sum())
     metrics["page_retrieval_top1"] = hits / 600

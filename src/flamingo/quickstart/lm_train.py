@@ -42,16 +42,21 @@ class LMResult:
     seconds: float = 0.0
 
 
-def page_texts(rng: random.Random, names: list[str], count: int, qa_style: str = "marked") -> list[str]:
+def page_texts(
+    rng: random.Random, names: list[str], count: int, qa_style: str = "marked", pet_quiz: bool = False
+) -> list[str]:
     """``count`` text-only documents in the style of the world's pages and of the evaluation prompts.
 
     ``qa_style``: the quiz pages' style (:func:`text.qa_sentence`); with ``plain`` the text never shows the VQA
     prompt's ``Question: ... Short answer: <word>`` either (those documents become plain quiz text), so that
-    the answer convention of the VQA benchmark can only come from its demonstrations.
+    the answer convention of the VQA benchmark can only come from its demonstrations. ``pet_quiz``: documents
+    about three pets that mix bursty sentences with questions for their names, in the quiz pages' format or
+    the VQA prompt's (``Question: what is the name of the red triangle? Short answer: zorp``).
     """
+    kinds = ("caption", "qa", "bursty", "output", "short") + (("pet_quiz",) if pet_quiz else ())
     docs = []
     for _ in range(count):
-        kind = rng.choice(("caption", "qa", "bursty", "output", "short"))
+        kind = rng.choice(kinds)
         scenes = [world.random_scene(rng) for _ in range(rng.randint(3, 6))]
         if kind == "caption":
             lines = [text.caption_sentence(s, rng) for s in scenes]
@@ -62,6 +67,18 @@ def page_texts(rng: random.Random, names: list[str], count: int, qa_style: str =
         elif kind == "short":
             qa = [text.question_answer(s, rng.choice(text.QUESTION_KINDS)) for s in scenes]
             lines = [f"Question: {q} Short answer: {a}" for q, a in qa]
+        elif kind == "pet_quiz":
+            cast = [(n, world.Scene(*combo)) for n, combo in zip(rng.sample(names, 3), _classes(rng, 3))]
+            short = rng.random() < 0.5
+            lines = []
+            for _ in scenes:
+                name, scene = rng.choice(cast)
+                if rng.random() < 0.5:
+                    lines.append(text.bursty_sentence(name, scene, rng))
+                elif short:
+                    lines.append(f"Question: {text.name_question(scene)} Short answer: {name}")
+                else:
+                    lines.append(text.name_sentence(name, scene))
         else:
             cast = [(n, world.Scene(*world.random_scene(rng).combo)) for n in rng.sample(names, 3)]
             lines = [text.bursty_sentence(*rng.choice(cast), rng) for _ in scenes]
@@ -69,11 +86,22 @@ def page_texts(rng: random.Random, names: list[str], count: int, qa_style: str =
     return docs
 
 
+def _classes(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """``count`` distinct training classes (shape, colour)."""
+    return rng.sample(world.training_combos(), count)
+
+
 class CopyData:
     """Batches of copy sequences and of page text, as token ids with labels."""
 
     def __init__(
-        self, tokenizer: Any, names: list[str], length: int, seed: int, qa_style: str = "marked"
+        self,
+        tokenizer: Any,
+        names: list[str],
+        length: int,
+        seed: int,
+        qa_style: str = "marked",
+        pet_quiz: bool = False,
     ) -> None:
         self.vocab = tokenizer.get_vocab()
         self.length = length
@@ -86,7 +114,7 @@ class CopyData:
             i for w, i in self.vocab.items() if w not in specials and w not in all_names and w.isalpha()
         )
         self.rng = random.Random(seed)
-        docs = page_texts(self.rng, names, 3000, qa_style)
+        docs = page_texts(self.rng, names, 3000, qa_style, pet_quiz)
         self.text_ids = [i for ids in tokenizer(docs)["input_ids"] for i in ids]
 
     def copy_sequence(self, names: list[str]) -> tuple[list[int], list[int], list[bool]]:
@@ -139,10 +167,12 @@ def pretrain_lm(
     seed: int = 0,
     log: Any = print,
     qa_style: str = "marked",
+    pet_quiz: bool = False,
 ) -> LMResult:
     """Train until held-out copy accuracy reaches ``threshold`` (checked every 100 steps); save the LM.
 
-    ``qa_style``: the world's quiz style, for the page text the LM also learns (:func:`page_texts`)."""
+    ``qa_style``, ``pet_quiz``: the world's quiz style and whether it has pet quizzes, for the page text the
+    LM also learns (:func:`page_texts`)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     config = SmearLMConfig(
@@ -154,8 +184,8 @@ def pretrain_lm(
     model = SmearLMForCausalLM(config)
     # 256 positions: few-shot prompts with 8 demonstrations run past 128 tokens, and the frozen LM's
     # position embeddings must have been trained that far.
-    data = CopyData(tokenizer, train_names, length=256, seed=seed, qa_style=qa_style)
-    probe = CopyData(tokenizer, train_names, length=256, seed=seed + 1, qa_style=qa_style)
+    data = CopyData(tokenizer, train_names, length=256, seed=seed, qa_style=qa_style, pet_quiz=pet_quiz)
+    probe = CopyData(tokenizer, train_names, length=256, seed=seed + 1, qa_style=qa_style, pet_quiz=pet_quiz)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, betas=(0.9, 0.98))
     result = LMResult(out_dir, 0)
     all_names = train_names + heldout_names

@@ -103,6 +103,7 @@ def bursty_page(
     objects: tuple[int, int] = (2, 3),
     pictures: tuple[int, int] = (7, 8),
     cast_intro: float = 0.0,
+    pet_quiz: float = 0.0,
 ) -> Page:
     """``objects`` (a range) of distinct training classes with invented names, ``pictures`` (a range) in all.
 
@@ -124,13 +125,15 @@ def bursty_page(
         intro = f"{intro[:-1]}: {', '.join(name.capitalize() for name, _ in cast)}."
     mentions = cast + [rng.choice(cast) for _ in range(rng.randint(*pictures) - len(cast))]
     rng.shuffle(mentions)
+    quiz = pet_quiz > 0 and rng.random() < pet_quiz  # no draw at 0: those worlds stay as they were
     items = []
     for i, (name, (shape, colour)) in enumerate(mentions):
         scene = world.Scene(shape, colour, 1)
         path = _save(world.draw_scene(scene, rng), folder / f"b{index:05d}_{i}.png")
-        items.append((path, text.bursty_sentence(name, scene, rng)))
-    url = f"http://world.quickstart/friends/{index}.html"
-    return Page(url, "Friends", intro, items, rng.choice(text.OUTROS))
+        sentence = text.name_sentence(name, scene) if quiz else text.bursty_sentence(name, scene, rng)
+        items.append((path, sentence))
+    url = f"http://world.quickstart/{'pet-quiz' if quiz else 'friends'}/{index}.html"
+    return Page(url, "Pet quiz" if quiz else "Friends", intro, items, rng.choice(text.OUTROS))
 
 
 def write_warc(pages: list[Page], path: Path) -> Path:
@@ -164,13 +167,15 @@ def make_pages(
     qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
     qa_whole_answers: float = 0.0,
     qa_style: str = "marked",
+    pet_quiz: float = 0.0,
 ) -> list[Page]:
     """``count`` pages of one kind, pictures under ``root/images/<kind>``.
 
     ``pictures``: pictures per page, a range (None: :data:`DEFAULT_PICTURES` of the kind); ``objects``: named
     objects per bursty page, a range; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
     ``qa_kinds``: the question kinds quiz pages ask; ``qa_whole_answers``: share of quiz pages that answer in
-    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`).
+    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`);
+    ``pet_quiz``: share of bursty pages written as pet quizzes (:func:`bursty_page`).
     """
     if kind not in PAGE_KINDS:
         raise ValueError(f"unknown page kind {kind!r}; use one of {PAGE_KINDS}")
@@ -193,7 +198,9 @@ def make_pages(
             qa_page(i, rng, folder, pictures, tuple(qa_kinds), qa_whole_answers, qa_style)
             for i in range(count)
         ]
-    return [bursty_page(i, rng, folder, names, objects, pictures, cast_intro) for i in range(count)]
+    if not 0.0 <= pet_quiz <= 1.0:
+        raise ValueError(f"pet_quiz is a share of bursty pages, between 0 and 1; got {pet_quiz}")
+    return [bursty_page(i, rng, folder, names, objects, pictures, cast_intro, pet_quiz) for i in range(count)]
 
 
 def write_world_warcs(
@@ -208,13 +215,15 @@ def write_world_warcs(
     qa_kinds: tuple[str, ...] = text.QUESTION_KINDS,
     qa_whole_answers: float = 0.0,
     qa_style: str = "marked",
+    pet_quiz: float = 0.0,
 ) -> list[Path]:
     """All pages, shuffled like a crawl, in ``files`` WARCs ``root/warc/world-<i>.warc.gz``.
 
     ``pictures``: pictures per page by kind (kinds left out keep :data:`DEFAULT_PICTURES`); ``objects``: named
     objects per bursty page; ``cast_intro``: share of bursty pages whose intro lists the cast's names;
     ``qa_kinds``: the question kinds quiz pages ask; ``qa_whole_answers``: share of quiz pages that answer in
-    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`).
+    sentences; ``qa_style``: how quiz pages write questions and answers (:func:`text.qa_sentence`);
+    ``pet_quiz``: share of bursty pages written as pet quizzes (:func:`bursty_page`).
     """
     pages = []
     for kind, count in counts.items():
@@ -231,6 +240,7 @@ def write_world_warcs(
                 qa_kinds,
                 qa_whole_answers,
                 qa_style,
+                pet_quiz,
             )
         )
     random.Random(f"crawl-{seed}").shuffle(pages)
@@ -286,17 +296,49 @@ def write_caption_set(root: Path, train: int, test: int, seed: int) -> Path:
     return path
 
 
-def write_vqa_set(root: Path, train: int, test: int, seed: int) -> dict[str, Path]:
-    """VQA question and annotation JSONs per split (10 identical answers each), pictures ``img_<id>.png``."""
+def vqa_cast(seed: int, names: list[str], size: int) -> list[tuple[str, tuple[str, str]]]:
+    """The pets of the VQA set's name questions: ``size`` (name, (shape, colour)) with distinct classes."""
+    if not 1 <= size <= len(names):
+        raise ValueError(f"the VQA cast needs between 1 and {len(names)} pets, got {size}")
+    rng = random.Random(f"eval-vqa-cast-{seed}")
+    return list(zip(rng.sample(names, size), rng.sample(world.training_combos(), size)))
+
+
+def write_vqa_set(
+    root: Path,
+    train: int,
+    test: int,
+    seed: int,
+    name_share: float = 0.0,
+    cast: list[tuple[str, tuple[str, str]]] | None = None,
+) -> dict[str, Path]:
+    """VQA question and annotation JSONs per split (10 identical answers each), pictures ``img_<id>.png``.
+
+    ``name_share``: the share of questions that ask for the name of one of the ``cast`` pets (a picture of
+    that pet, :func:`text.name_question`, question type ``name``). The pictures alone cannot answer them: the
+    name is known only from demonstrations that asked about the same pet, as in OK-VQA, whose answers need
+    knowledge from outside the picture.
+    """
+    if not 0.0 <= name_share <= 1.0:
+        raise ValueError(f"name_share is a share of questions, between 0 and 1; got {name_share}")
+    if name_share and not cast:
+        raise ValueError("name questions need a cast of pets (vqa_cast)")
     rng = random.Random(f"eval-vqa-{seed}")
     paths = {}
     for split, count, offset in (("train", train, 0), ("test", test, train)):
         questions, annotations = [], []
         for i in range(offset, offset + count):
-            scene = world.random_scene(rng)
+            if name_share and rng.random() < name_share:  # no draw at 0: those sets stay as they were
+                name, combo = rng.choice(cast)
+                scene, kind = world.Scene(*combo, 1), "name"
+                question, answer = text.name_question(scene), name
+            else:
+                scene = world.random_scene(rng)
+                kind = ""
             _save(world.draw_scene(scene, rng), root / "vqa" / "images" / f"img_{i:06d}.png")
-            kind = rng.choice(text.QUESTION_KINDS)
-            question, answer = text.question_answer(scene, kind)
+            if not kind:
+                kind = rng.choice(text.QUESTION_KINDS)
+                question, answer = text.question_answer(scene, kind)
             questions.append({"question_id": i, "image_id": i, "question": question})
             annotations.append(
                 {

@@ -61,6 +61,17 @@ class QuickstartConfig:
     """How quiz pages (and the LM's and the CLIP's quiz text) write questions and answers: ``marked``
     (``Question: what colour is the triangle? answer: red.``) or ``plain`` (``What colour is the triangle? the
     triangle is red.``), in which case no text of the world shows the VQA prompt's markers and one-word answers."""
+    pet_quiz: float = 0.0
+    """Share of bursty pages written as pet quizzes (``Question: what is the name of the red triangle? answer:
+    zorp.``); the CLIP's sentences then include such questions too (for the builder's placement)."""
+    vqa_names: float = 0.0
+    """Share of the VQA set's questions that ask for the name of one of ``vqa_cast`` pets, whose held-out names
+    only the demonstrations can give (OK-VQA-like: the picture alone cannot answer)."""
+    vqa_cast: int = 2
+    """Pets of the VQA set's name questions (distinct training classes with held-out names)."""
+    lm_pet_quiz: bool = False
+    """Pet-quiz documents in the LM's text, in the pages' format and the VQA prompt's (measured: they broke
+    captions, see the notes)."""
     train_names: int = 400
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
     pairs: int = 2000
@@ -175,6 +186,11 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
         raise ValueError(f"threads must be at least 1, got {config.threads}")
     if config.qa_style not in text.QA_STYLES:  # before any stage starts, not in the middle of one
         raise ValueError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
+    for share in ("pet_quiz", "vqa_names"):
+        if not 0.0 <= getattr(config, share) <= 1.0:
+            raise ValueError(f"{share} is a share, between 0 and 1; got {getattr(config, share)}")
+    if config.vqa_names and config.vqa_cast < 1:
+        raise ValueError(f"vqa_cast must be at least 1 when vqa_names > 0, got {config.vqa_cast}")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +327,8 @@ def _names(config: QuickstartConfig, out: Path) -> dict[str, Any]:
     root = out / "world"
     root.mkdir(parents=True, exist_ok=True)
     (root / "names.json").write_text(json.dumps({"train": train_names, "heldout": heldout_names}))
-    tokenizer = text.build_tokenizer(world.vocabulary_words(), train_names + heldout_names)
+    words = world.vocabulary_words(pet_quiz=bool(config.pet_quiz or config.vqa_names or config.lm_pet_quiz))
+    tokenizer = text.build_tokenizer(words, train_names + heldout_names)
     return {"train_names": train_names, "heldout_names": heldout_names, "tokenizer": tokenizer}
 
 
@@ -324,18 +341,28 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict
             root, config.pages, names["train_names"], config.seed,
             pictures={k: tuple(v) for k, v in config.pictures.items()}, objects=tuple(config.bursty_objects),
             cast_intro=config.bursty_cast_intro, qa_kinds=tuple(config.qa_kinds),
-            qa_whole_answers=config.qa_whole_answers, qa_style=config.qa_style,
+            qa_whole_answers=config.qa_whole_answers, qa_style=config.qa_style, pet_quiz=config.pet_quiz,
         )  # fmt: skip
         pair_list = pages.write_alt_text_pairs(root, config.pairs, config.seed) if config.pairs else None
         eval_root = out / "eval" / "data"
         pages.write_caption_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
-        pages.write_vqa_set(eval_root, train=256, test=config.eval_samples, seed=config.seed)
+        cast = (
+            pages.vqa_cast(config.seed, names["heldout_names"], config.vqa_cast) if config.vqa_names else None
+        )
+        pages.write_vqa_set(
+            eval_root, train=256, test=config.eval_samples, seed=config.seed, name_share=config.vqa_names,
+            cast=cast,
+        )  # fmt: skip
         vocabulary = len(names["tokenizer"])
         stats = {
             "pages": dict(config.pages),
             "vocabulary": vocabulary,
             "heldout_combos": sorted(world.HELDOUT_COMBOS),
         }
+        if cast:
+            stats["vqa_cast"] = [
+                {"name": name, "shape": shape, "colour": colour} for name, (shape, colour) in cast
+            ]
         log(
             f"  {sum(config.pages.values())} pages in {len(warcs)} WARC files, {config.pairs} alt-text pairs; "
             f"vocabulary {vocabulary} words"
@@ -350,6 +377,7 @@ def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[
         result = train_clip(
             out / "backbones" / "clip", names, steps=config.clip_steps, seed=config.seed,
             attribute_weight=config.clip_attribute_weight, log=log, qa_style=config.qa_style,
+            pet_quiz=bool(config.pet_quiz),
         )  # fmt: skip
         log("  " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
     return result
@@ -365,6 +393,7 @@ def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict[st
             out / "backbones" / "lm", names["tokenizer"], names["train_names"],
             names["heldout_names"], max_steps=config.lm_max_steps, threshold=config.lm_copy_threshold,
             seed=config.seed, log=log, qa_style=config.qa_style,
+            pet_quiz=config.lm_pet_quiz,
         )  # fmt: skip
         accuracy = result.copy_accuracy[-1][1] if result.copy_accuracy else float("nan")
         log(f"  stopped after {result.steps} steps: held-out copy accuracy {accuracy:.3f}")

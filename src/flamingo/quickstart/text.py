@@ -50,6 +50,8 @@ PROMPT_TEXT = (
 )
 QUESTION_KINDS = ("colour", "shape", "count")
 QA_STYLES = ("marked", "plain")
+NAME_QUESTION_WORDS = ("name", "of")
+"""Words a pet quiz adds to the vocabulary (:func:`name_question`); only worlds with pet quizzes have them."""
 
 
 def caption_sentence(scene: Scene, rng: random.Random) -> str:
@@ -104,6 +106,20 @@ def sentence_answer(scene: Scene, kind: str) -> str:
     if kind == "count":
         return f"there are {COUNT_WORDS[scene.count - 1]}" if many else "there is one"
     raise ValueError(f"unknown question kind {kind!r}; use one of {QUESTION_KINDS}")
+
+
+def name_question(scene: Scene) -> str:
+    """``what is the name of the red triangle?``: a pet quiz asks for a single object's invented name.
+
+    The question names the colour and the shape (the builder places the picture by them), so the answer is
+    one of the names that went with that description earlier in the context, or a guess.
+    """
+    return f"what is the name of the {scene.colour} {scene.shape}?"
+
+
+def name_sentence(name: str, scene: Scene) -> str:
+    """A pet-quiz sentence: ``Question: what is the name of the red triangle? answer: zorp.``"""
+    return f"Question: {name_question(scene)} answer: {name}."
 
 
 def bursty_sentence(name: str, scene: Scene, rng: random.Random) -> str:

@@ -147,7 +147,7 @@ def blank_image() -> Image.Image:
 def invented_names(seed: int = 0, train: int = 400, heldout: int = 100) -> tuple[list[str], list[str]]:
     """Two disjoint pools of pronounceable 3-5 letter names (``train``, ``heldout``), fixed by ``seed``."""
     rng = random.Random(f"names-{seed}")
-    reserved = set(vocabulary_words())
+    reserved = set(vocabulary_words(pet_quiz=True))
     names: set[str] = set()
     patterns = ("cvc", "cvcc", "cvcv", "cvcvc", "vcvc")
     while len(names) < train + heldout:
@@ -159,9 +159,14 @@ def invented_names(seed: int = 0, train: int = 400, heldout: int = 100) -> tuple
     return sorted(ordered[:train]), sorted(ordered[train:])
 
 
-def vocabulary_words() -> list[str]:
-    """Every word of the world's sentences (page templates, questions, task prompts), lower case."""
-    from flamingo.quickstart.text import TEMPLATE_WORDS
+def vocabulary_words(pet_quiz: bool = False) -> list[str]:
+    """Every word of the world's sentences (page templates, questions, task prompts), lower case.
+
+    ``pet_quiz``: the world also asks for pets' names (:func:`flamingo.quickstart.text.name_question`).
+    """
+    from flamingo.quickstart.text import NAME_QUESTION_WORDS, TEMPLATE_WORDS
 
     words = set(TEMPLATE_WORDS) | set(SHAPES) | set(PLURALS.values()) | set(COLOUR_NAMES)
+    if pet_quiz:
+        words |= set(NAME_QUESTION_WORDS)
     return sorted(words | set(COUNT_WORDS) | {"a", "an", "the"})
