@@ -68,7 +68,8 @@ def page_texts(
             qa = [text.question_answer(s, rng.choice(text.QUESTION_KINDS)) for s in scenes]
             lines = [f"Question: {q} Short answer: {a}" for q, a in qa]
         elif kind == "pet_quiz":
-            cast = [(n, world.Scene(*combo)) for n, combo in zip(rng.sample(names, 3), _classes(rng, 3))]
+            cast_names = rng.sample(names, 3)
+            cast = [(n, world.Scene(*c)) for n, c in zip(cast_names, rng.sample(world.training_combos(), 3))]
             short = rng.random() < 0.5
             lines = []
             for _ in scenes:
@@ -84,11 +85,6 @@ def page_texts(
             lines = [text.bursty_sentence(*rng.choice(cast), rng) for _ in scenes]
         docs.append(text.EOC.join(lines) + text.EOC + text.EOS)
     return docs
-
-
-def _classes(rng: random.Random, count: int) -> list[tuple[str, str]]:
-    """``count`` distinct training classes (shape, colour)."""
-    return rng.sample(world.training_combos(), count)
 
 
 class CopyData:

@@ -330,13 +330,12 @@ def write_vqa_set(
         for i in range(offset, offset + count):
             if name_share and rng.random() < name_share:  # no draw at 0: those sets stay as they were
                 name, combo = rng.choice(cast)
-                scene, kind = world.Scene(*combo, 1), "name"
-                question, answer = text.name_question(scene), name
+                scene = world.Scene(*combo, 1)
+                _save(world.draw_scene(scene, rng), root / "vqa" / "images" / f"img_{i:06d}.png")
+                kind, question, answer = "name", text.name_question(scene), name
             else:
                 scene = world.random_scene(rng)
-                kind = ""
-            _save(world.draw_scene(scene, rng), root / "vqa" / "images" / f"img_{i:06d}.png")
-            if not kind:
+                _save(world.draw_scene(scene, rng), root / "vqa" / "images" / f"img_{i:06d}.png")
                 kind = rng.choice(text.QUESTION_KINDS)
                 question, answer = text.question_answer(scene, kind)
             questions.append({"question_id": i, "image_id": i, "question": question})

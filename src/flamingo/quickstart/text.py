@@ -50,8 +50,9 @@ PROMPT_TEXT = (
 )
 QUESTION_KINDS = ("colour", "shape", "count")
 QA_STYLES = ("marked", "plain")
-NAME_QUESTION_WORDS = ("name", "of")
-"""Words a pet quiz adds to the vocabulary (:func:`name_question`); only worlds with pet quizzes have them."""
+NAME_QUESTION_WORDS = ("name",)
+"""The word a pet quiz adds to the vocabulary (:func:`name_question`; ``of`` is a template word already); only
+worlds with pet quizzes have it."""
 
 
 def caption_sentence(scene: Scene, rng: random.Random) -> str:
