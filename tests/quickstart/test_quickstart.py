@@ -45,7 +45,8 @@ def test_page_shapes_follow_the_config_and_bad_ranges_are_refused(tmp_path: Path
     quiz = pages.make_pages(tmp_path, "qa", 6, train, seed=0, pictures=(7, 7))
     assert all(len(page.items) == 7 for page in quiz)
     default = pages.make_pages(tmp_path, "captions", 6, train, seed=0)
-    assert all(4 <= len(page.items) <= 6 for page in default)
+    assert all(4 <= len(page.items) <= 10 for page in default)
+    assert max(len(page.items) for page in default) > 6  # caption pages now go to 10 pictures
     with pytest.raises(ValueError, match="range"):
         pages.make_pages(tmp_path, "qa", 1, train, seed=0, pictures=(5, 3))
     with pytest.raises(ValueError, match="objects <= pictures"):
@@ -499,13 +500,17 @@ def test_small_quickstart_learns_novel_labels_from_the_images(small_run: tuple[P
 
 
 def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
-    """The README's quickstart numbers are measurements of the default world: if its pages, the LM's text or
-    the CLIP's sentences change, those numbers must be measured again (then update the digests here)."""
+    """The README's quickstart numbers are measurements of the default configuration: if its settings, its
+    pages, the LM's text, the CLIP's sentences or the VQA set change, those numbers must be measured again (then
+    update the digests here)."""
+    import dataclasses
     import hashlib
 
     from flamingo.quickstart import clip, lm_train, pages
+    from flamingo.quickstart.pipeline import QuickstartConfig
 
-    train, _ = world.invented_names()
+    config = QuickstartConfig()
+    train, heldout = world.invented_names(config.seed, train=config.train_names)
 
     def digest(texts) -> str:
         h = hashlib.sha256()
@@ -513,16 +518,29 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
             h.update(t.encode() + b"\0")
         return h.hexdigest()[:16]
 
-    got = {"lm": digest(lm_train.page_texts(random.Random(0), train, 3000))}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
+    got = {"config": digest([json.dumps(settings, sort_keys=True)])}
+    got["lm"] = digest(lm_train.page_texts(random.Random(0), train, 3000, pet_quiz=config.lm_pet_quiz))
     for kind in pages.PAGE_KINDS:
-        made = pages.make_pages(tmp_path, kind, 30, train, seed=0, cast_intro=0.5)
+        made = pages.make_pages(
+            tmp_path, kind, 30, train, seed=0, pictures=config.pictures[kind], objects=config.bursty_objects,
+            cast_intro=config.bursty_cast_intro, qa_kinds=config.qa_kinds, pet_quiz=config.pet_quiz,
+        )  # fmt: skip
         got[kind] = digest(t for page in made for t in (page.intro, *(s for _, s in page.items)))
     rng = random.Random(0)
-    got["clip"] = digest(clip.world_sentence(world.random_scene(rng), rng, train)[0] for _ in range(500))
+    got["clip"] = digest(
+        clip.world_sentence(world.random_scene(rng), rng, train, pet_quiz=bool(config.pet_quiz))[0]
+        for _ in range(500)
+    )
+    cast = pages.vqa_cast(config.seed, heldout, config.vqa_cast)
+    paths = pages.write_vqa_set(tmp_path / "eval", 40, 40, seed=0, name_share=config.vqa_names, cast=cast)
+    got["vqa"] = digest(path.read_text() for path in paths.values())
     assert got == {
+        "config": "ec60f1c1ac4cb069",
         "lm": "08b9d63f7d3942bf",
-        "captions": "9899e326c39ad2f3",
+        "captions": "73c6f4e4d4897463",
         "qa": "8a8ceff8c72d9614",
-        "bursty": "6688b826f3172316",
-        "clip": "df236dff9898330a",
+        "bursty": "2dab5430cf3a40d0",
+        "clip": "8a919ccc03bb8d80",
+        "vqa": "e52b3260080ddecc",
     }, "the default world's text changed; measure the README's quickstart numbers again"
