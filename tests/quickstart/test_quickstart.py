@@ -438,6 +438,18 @@ def test_background_stages_send_results_in_order_and_their_errors_reach_the_pare
     assert not stage.process.is_alive()
 
 
+def _warc_titles(out: Path) -> set[str]:
+    from warcio.archiveiterator import ArchiveIterator
+
+    titles = set()
+    for path in (out / "world" / "warc").glob("*.warc.gz"):
+        with open(path, "rb") as stream:
+            for record in ArchiveIterator(stream):
+                page = record.content_stream().read().decode()
+                titles.add(page.split("<title>")[1].split("</title>")[0])
+    return titles
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
@@ -474,7 +486,8 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
         rows = (out / "eval" / "results_no_demos" / task / "predictions.jsonl").read_text().splitlines()
         assert len(rows) == 24 and all(json.loads(row)["demo_ids"] == [] for row in rows)
     by_kind = summary["eval"]["vqa_by_kind"]
-    assert set(by_kind["scores"]) == {"colour", "shape", "count"}
+    assert set(by_kind["scores"]) == {"colour", "shape", "count", "name"}  # name questions by default
+    assert [pet["name"] for pet in summary["world"]["vqa_cast"]] and "Pet quiz" in _warc_titles(out)
     assert set(summary["eval"]["vqa_by_kind_no_demos"]["scores"]["colour"]) == {"0"}
     assert (
         sum(n for counts in by_kind["counts"].values() for n in counts.values()) == 3 * 3 * 24
@@ -499,17 +512,14 @@ def test_small_quickstart_learns_novel_labels_from_the_images(small_run: tuple[P
         assert four > result["4-shot blanked"]["open_accuracy"] + MARGIN, f"seed {seed}: {four} vs blanked"
 
 
-def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
-    """The README's quickstart numbers are measurements of the default configuration: if its settings, its
-    pages, the LM's text, the CLIP's sentences or the VQA set change, those numbers must be measured again (then
-    update the digests here)."""
+def _world_digests(config, folder: Path) -> dict[str, str]:
+    """Digests of what a quickstart configuration trains and evaluates on: its settings, the LM's text, 30 pages
+    of each kind, the CLIP's sentences and the VQA set."""
     import dataclasses
     import hashlib
 
     from flamingo.quickstart import clip, lm_train, pages
-    from flamingo.quickstart.pipeline import QuickstartConfig
 
-    config = QuickstartConfig()
     train, heldout = world.invented_names(config.seed, train=config.train_names)
 
     def digest(texts) -> str:
@@ -523,7 +533,7 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
     got["lm"] = digest(lm_train.page_texts(random.Random(0), train, 3000, pet_quiz=config.lm_pet_quiz))
     for kind in pages.PAGE_KINDS:
         made = pages.make_pages(
-            tmp_path, kind, 30, train, seed=0, pictures=config.pictures[kind], objects=config.bursty_objects,
+            folder, kind, 30, train, seed=0, pictures=config.pictures[kind], objects=config.bursty_objects,
             cast_intro=config.bursty_cast_intro, qa_kinds=config.qa_kinds, pet_quiz=config.pet_quiz,
         )  # fmt: skip
         got[kind] = digest(t for page in made for t in (page.intro, *(s for _, s in page.items)))
@@ -533,9 +543,18 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
         for _ in range(500)
     )
     cast = pages.vqa_cast(config.seed, heldout, config.vqa_cast)
-    paths = pages.write_vqa_set(tmp_path / "eval", 40, 40, seed=0, name_share=config.vqa_names, cast=cast)
+    paths = pages.write_vqa_set(folder / "eval", 40, 40, seed=0, name_share=config.vqa_names, cast=cast)
     got["vqa"] = digest(path.read_text() for path in paths.values())
-    assert got == {
+    return got
+
+
+def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
+    """The README's quickstart numbers are measurements of the default configuration: if its settings, its
+    pages, the LM's text, the CLIP's sentences or the VQA set change, those numbers must be measured again (then
+    update the digests here)."""
+    from flamingo.quickstart.pipeline import QuickstartConfig
+
+    assert _world_digests(QuickstartConfig(), tmp_path) == {
         "config": "ec60f1c1ac4cb069",
         "lm": "08b9d63f7d3942bf",
         "captions": "73c6f4e4d4897463",
@@ -544,3 +563,23 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
         "clip": "8a919ccc03bb8d80",
         "vqa": "e52b3260080ddecc",
     }, "the default world's text changed; measure the README's quickstart numbers again"
+
+
+def test_the_previous_defaults_file_rebuilds_the_previous_world(tmp_path: Path) -> None:
+    """``configs/quickstart/previous-defaults.yaml`` gives back the world of the defaults before the name
+    questions: its pages, LM text and CLIP sentences have the digests that test pinned then."""
+    from flamingo.quickstart.cli import _read_overrides
+    from flamingo.quickstart.pipeline import QuickstartConfig
+
+    path = Path(__file__).parents[2] / "configs" / "quickstart" / "previous-defaults.yaml"
+    config = QuickstartConfig().updated(_read_overrides(str(path)))
+    got = _world_digests(config, tmp_path)
+    assert {k: got[k] for k in ("lm", "captions", "qa", "bursty", "clip")} == {
+        "lm": "08b9d63f7d3942bf",
+        "captions": "9899e326c39ad2f3",
+        "qa": "8a8ceff8c72d9614",
+        "bursty": "6688b826f3172316",
+        "clip": "df236dff9898330a",
+    }
+    assert config.pages == {"captions": 400, "qa": 800, "bursty": 2400} and config.train_steps == 1500
+    assert config.pair_loss_weight == 0.2 and not config.vqa_names

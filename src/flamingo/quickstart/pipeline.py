@@ -102,7 +102,8 @@ class QuickstartConfig:
     similarity_threshold: float = 0.2
     """Builder and loader: image-sentence pairs with a lower CLIP cosine similarity are dropped."""
     train_steps: int = 1800
-    """Flamingo training steps (1500 with the 3600 pages before the pet quizzes; 2400 lowered novel labels)."""
+    """Flamingo training steps (1500 with the 3600 pages before the pet quizzes; with pair loss weight 0.3, 2400
+    steps gave 4-shot novel labels 0.888 on average against 0.902 with 1800)."""
     batch_size: int = 16
     """Documents per training step."""
     gate_init: float = 0.5
