@@ -488,6 +488,7 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
     by_kind = summary["eval"]["vqa_by_kind"]
     assert set(by_kind["scores"]) == {"colour", "shape", "count", "name"}  # name questions by default
     assert [pet["name"] for pet in summary["world"]["vqa_cast"]] and "Pet quiz" in _warc_titles(out)
+    assert "`name` questions ask for the names of" in (out / "report.md").read_text()
     assert set(summary["eval"]["vqa_by_kind_no_demos"]["scores"]["colour"]) == {"0"}
     assert (
         sum(n for counts in by_kind["counts"].values() for n in counts.values()) == 3 * 3 * 24

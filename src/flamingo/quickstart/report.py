@@ -236,6 +236,14 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
             )
             cells = " | ".join(f"{scores[s]:.1f}" if s in scores else "" for s in shots)
             lines.append(f"| {kind} | {cells} | {wrong} |")
+        cast = summary.get("world", {}).get("vqa_cast")
+        if cast:
+            pets = ", ".join(f"`{pet['name']}` (the {pet['colour']} {pet['shape']})" for pet in cast)
+            lines += [
+                "",
+                f"`name` questions ask for the names of {pets}, held out of all training: only a demonstration "
+                "about the same pet carries the answer.",
+            ]
     captions = summary["eval"].get("caption_outputs")
     if captions and captions["exact"]:
         bare = summary["eval"].get("caption_outputs_no_demos") or {"exact": {}, "errors": {}}
