@@ -26,10 +26,8 @@ from PIL import Image
 from flamingo.quickstart import text, world
 
 PAGE_KINDS = ("captions", "qa", "bursty")
-DEFAULT_PICTURES = {"captions": (4, 10), "qa": (4, 10), "bursty": (7, 8)}
-"""Pictures per page of each kind (a range). Caption pages go to 10 as quiz pages do, so that a many-shot
-caption prompt is not longer than any caption page (with 4-6, more of the captions after several pictures were
-quiz questions or dropped their count word)."""
+DEFAULT_PICTURES = {"captions": (4, 6), "qa": (4, 10), "bursty": (7, 8)}
+"""Pictures per page of each kind (a range)."""
 
 
 @dataclass

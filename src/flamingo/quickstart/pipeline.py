@@ -32,14 +32,12 @@ class QuickstartConfig:
     """Output folder."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Evaluation seeds (demonstrations and episodes)."""
-    pages: dict[str, int] = field(default_factory=lambda: {"captions": 800, "qa": 800, "bursty": 2700})
-    """Web pages per kind (4300 pages: 1800 steps of 16 documents see each about 6.7 times; with 1000 pages the
+    pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 800, "bursty": 2400})
+    """Web pages per kind (3600 pages: 1500 steps of 16 documents see each about 6.7 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context). With
     400 quiz pages instead of 800 (same backbones), 4-shot novel labels were 0.933/0.890/0.920 instead of
     0.963/0.947/0.963 and 4-shot VQA 90.3 instead of 100: the pictures of the demonstrations led count answers on
-    into bursty-page phrases (``two gift from``). 800 caption pages (before: 400) and 2700 bursty pages (before:
-    2400, a tenth of them now pet quizzes) came with the VQA set's name questions: with pet quizzes and 400
-    caption pages, captions lost from demonstrations and blanked demonstrations scored 0.117-0.150."""
+    into bursty-page phrases (``two gift from``)."""
     pictures: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(_default_pictures()))
     """Pictures per page of each kind (a range). On a bursty page the first picture of each object is a first
     mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy. Quiz
@@ -63,16 +61,12 @@ class QuickstartConfig:
     """How quiz pages (and the LM's and the CLIP's quiz text) write questions and answers: ``marked``
     (``Question: what colour is the triangle? answer: red.``) or ``plain`` (``What colour is the triangle? the
     triangle is red.``), in which case no text of the world shows the VQA prompt's markers and one-word answers."""
-    pet_quiz: float = 0.1
+    pet_quiz: float = 0.0
     """Share of bursty pages written as pet quizzes (``Question: what is the name of the red triangle? answer:
-    zorp.``); the CLIP's sentences then include such questions too (for the builder's placement). They teach the
-    adapters to answer a name question, which the VQA set's name questions need: with none, no name question
-    was answered at any shot count (four demonstrations do not teach a question kind that training never asked);
-    0.2 (with ``lm_pet_quiz``) broke captions."""
-    vqa_names: float = 0.25
+    zorp.``); the CLIP's sentences then include such questions too (for the builder's placement)."""
+    vqa_names: float = 0.0
     """Share of the VQA set's questions that ask for the name of one of ``vqa_cast`` pets, whose held-out names
-    only the demonstrations can give (OK-VQA-like: the picture alone cannot answer). Without them the world's VQA
-    is answered perfectly with no demonstration, and 4 shots can only tie 0 shots at 100; 0 turns them off."""
+    only the demonstrations can give (OK-VQA-like: the picture alone cannot answer)."""
     vqa_cast: int = 2
     """Pets of the VQA set's name questions (distinct training classes with held-out names)."""
     lm_pet_quiz: bool = False
@@ -84,10 +78,8 @@ class QuickstartConfig:
     """Alt-text pairs (picture + bare description), trained on beside the pages like LAION in OpenFlamingo."""
     pair_batch_size: int = 32
     """Pairs per training step."""
-    pair_loss_weight: float = 0.25
-    """Weight of the pairs' loss (OpenFlamingo: 0.2 with twice the batch). With the pet quizzes and 1800 steps,
-    0.2 left captions losing from demonstrations (CIDEr 603 with none, 536 at 4 shots) and 0.3 took one seed's
-    4-shot novel labels to 0.880; 0.25 keeps both (AVX-512 machine, see the notes)."""
+    pair_loss_weight: float = 0.2
+    """Weight of the pairs' loss (OpenFlamingo: 0.2 with twice the batch)."""
     pair_pack_tokens: int | None = None
     """Pack consecutive pairs into rows of this many tokens (None: one pair per row)."""
     clip_steps: int = 1200
@@ -101,9 +93,8 @@ class QuickstartConfig:
     0.850, against 0.882 with 0.995 and 1500 adapter steps, same world, 2 threads)."""
     similarity_threshold: float = 0.2
     """Builder and loader: image-sentence pairs with a lower CLIP cosine similarity are dropped."""
-    train_steps: int = 1800
-    """Flamingo training steps (1500 with the 3600 pages before the pet quizzes; with pair loss weight 0.3, 2400
-    steps gave 4-shot novel labels 0.888 on average against 0.902 with 1800)."""
+    train_steps: int = 1500
+    """Flamingo training steps."""
     batch_size: int = 16
     """Documents per training step."""
     gate_init: float = 0.5
@@ -156,6 +147,8 @@ class QuickstartConfig:
             batch_size=16,
             episodes=100,
             eval_samples=24,
+            pet_quiz=0.1,  # the name-question path (configs/quickstart/name-questions.yaml) runs in CI too
+            vqa_names=0.25,
         )
 
 
