@@ -437,18 +437,6 @@ def test_background_stages_send_results_in_order_and_their_errors_reach_the_pare
     assert not stage.process.is_alive()
 
 
-def _warc_titles(out: Path) -> set[str]:
-    from warcio.archiveiterator import ArchiveIterator
-
-    titles = set()
-    for path in (out / "world" / "warc").glob("*.warc.gz"):
-        with open(path, "rb") as stream:
-            for record in ArchiveIterator(stream):
-                page = record.content_stream().read().decode()
-                titles.add(page.split("<title>")[1].split("</title>")[0])
-    return titles
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
@@ -461,6 +449,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Path, dict]) -> None:
     from flamingo import Flamingo
+    from flamingo.build.read import ReadConfig, read_warc
     from flamingo.data import validate_shards
 
     out, summary = small_run
@@ -486,7 +475,9 @@ def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Pat
         assert len(rows) == 24 and all(json.loads(row)["demo_ids"] == [] for row in rows)
     by_kind = summary["eval"]["vqa_by_kind"]
     assert set(by_kind["scores"]) == {"colour", "shape", "count", "name"}  # small() asks name questions
-    assert [pet["name"] for pet in summary["world"]["vqa_cast"]] and "Pet quiz" in _warc_titles(out)
+    read = ReadConfig()
+    urls = [doc.url for path in (out / "world" / "warc").glob("*.warc.gz") for doc in read_warc(path, read)]
+    assert [pet["name"] for pet in summary["world"]["vqa_cast"]] and any("/pet-quiz/" in u for u in urls)
     assert "`name` questions ask for the names of" in (out / "report.md").read_text()
     assert set(summary["eval"]["vqa_by_kind_no_demos"]["scores"]["colour"]) == {"0"}
     assert (
@@ -530,20 +521,23 @@ def _world_digests(config, folder: Path) -> dict[str, str]:
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
     got = {"config": digest([json.dumps(settings, sort_keys=True)])}
-    got["lm"] = digest(lm_train.page_texts(random.Random(0), train, 3000, pet_quiz=config.lm_pet_quiz))
+    got["lm"] = digest(
+        lm_train.page_texts(random.Random(config.seed), train, 3000, config.qa_style, config.lm_pet_quiz)
+    )
     for kind in pages.PAGE_KINDS:
         made = pages.make_pages(
-            folder, kind, 30, train, seed=0, pictures=config.pictures[kind], objects=config.bursty_objects,
-            cast_intro=config.bursty_cast_intro, qa_kinds=config.qa_kinds, pet_quiz=config.pet_quiz,
+            folder, kind, 30, train, seed=config.seed, pictures=config.pictures[kind], objects=config.bursty_objects,
+            cast_intro=config.bursty_cast_intro, qa_kinds=config.qa_kinds, qa_whole_answers=config.qa_whole_answers,
+            qa_style=config.qa_style, pet_quiz=config.pet_quiz,
         )  # fmt: skip
         got[kind] = digest(t for page in made for t in (page.intro, *(s for _, s in page.items)))
-    rng = random.Random(0)
+    rng = random.Random(config.seed)
     got["clip"] = digest(
-        clip.world_sentence(world.random_scene(rng), rng, train, pet_quiz=bool(config.pet_quiz))[0]
+        clip.world_sentence(world.random_scene(rng), rng, train, config.qa_style, bool(config.pet_quiz))[0]
         for _ in range(500)
     )
     cast = pages.vqa_cast(config.seed, heldout, config.vqa_cast)
-    paths = pages.write_vqa_set(folder / "eval", 40, 40, seed=0, name_share=config.vqa_names, cast=cast)
+    paths = pages.write_vqa_set(folder / "eval", 40, 40, config.seed, name_share=config.vqa_names, cast=cast)
     got["vqa"] = digest(path.read_text() for path in paths.values())
     return got
 
