@@ -3,7 +3,9 @@
 Measures (each in its own subprocess, so peak memory is per measurement):
   * a training step: forward + backward + gradient clipping + AdamW step, batch 4, 4 images, 256 tokens
     (the reference step also masks the embedding gradient to the new rows, as its training loop does);
-  * 32-shot generation: 32 demonstration images + the query image, 20 new tokens, greedy and 3 beams.
+  * 32-shot generation: 32 demonstration images + the query image, 20 new tokens, greedy and 3 beams;
+  * what bounds the speed-ups: the 33 images' encoding alone, ours' prompt and per-token cost, and the training
+    step's arithmetic (FLOPs of each implementation, their GFLOP/s and the machine's fp32 matmul peak).
 
     .venv/bin/python bench/bench_model.py                 # CPU, writes bench/results/model_cpu.json
     .venv/bin/python bench/bench_model.py --device cuda   # GPU (bf16 autocast off: both run fp32 unless --bf16)
@@ -264,6 +266,80 @@ def measure_times(args) -> list[dict]:
             print(f"  {impl:9s} {name:18s} {rows[-1]['seconds']:.3f}s", flush=True)
     rows += measure_encoding(ref, ours, tok, size, args)
     rows += measure_decode_phases(ours, tok, size, args)
+    rows += measure_train_arithmetic(ref, ours, tok, size, args)
+    return rows
+
+
+def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 speed of one square ``size`` x ``size`` matmul, the usual peak reference of a machine."""
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts the CPU's fused attention kernels.
+
+    ``torch.utils.flop_counter`` has formulas for the CUDA attention kernels but not for
+    ``_scaled_dot_product_flash_attention_for_cpu`` (forward and backward), which every
+    ``F.scaled_dot_product_attention`` call runs on a CPU: without these the attention of the Hugging Face LM, of our
+    Perceiver and of our cross-attention counts as zero, while the reference's einsum attention (``bmm``) counts.
+    The same formulas as the CUDA kernels' (the backward includes the recomputed scores, as there).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        },
+    )
+
+
+def measure_train_arithmetic(ref, ours, tok, size: dict, args) -> list[dict]:
+    """Floating-point operations of one training step (forward + backward) of each implementation.
+
+    :func:`flop_counter` counts the matrix products and attention kernels. Divided by the step's time
+    this gives each implementation's arithmetic speed, which the report sets against the machine's fp32 matmul
+    peak measured in the same run: what speed-up equal arithmetic would give, and what speed a target needs.
+    """
+    rows = []
+    for impl in IMPLS:
+        model = ref if impl == "reference" else ours
+        model.train()
+        (ref.vision_encoder if impl == "reference" else ours.vision).eval()
+        pixels, ids, mask = (t.to(args.device) for t in batch_inputs(tok, 4, 4, 256, size))
+        with flop_counter() as counter:
+            if impl == "reference":
+                loss = model(pixels, ids, attention_mask=mask, labels=ids)[0]
+            else:
+                loss = model(pixels, ids, mask, labels=ids).loss
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        rows.append({"impl": impl, "task": "train_flops", "flops": counter.get_total_flops()})
+        print(f"  {impl:9s} {'train step':18s} {rows[-1]['flops'] / 1e9:.1f} GFLOP", flush=True)
+    peak = matmul_peak_gflops(args.device)
+    print(f"  machine   2048^2 fp32 matmul {peak:.0f} GFLOP/s", flush=True)
+    rows.append({"impl": "machine", "task": "matmul_peak", "gflops": peak})
     return rows
 
 
@@ -396,7 +472,7 @@ def main() -> None:
     rows = measure_times(args)
     if args.device == "cpu":  # peak RSS needs one process per measurement
         for row in rows:
-            if row["task"] in ("encode_33_images", "decode_phases"):
+            if row["task"] in ("encode_33_images", "decode_phases", "train_flops", "matmul_peak"):
                 continue
             task, beams = ("train", 1) if row["task"] == "train" else ("generate", int(row["task"][-1]))
             cmd = [
@@ -463,6 +539,24 @@ def report(rows: list[dict], args) -> None:
         f"ours' greedy 32-shot: encoding {encode['ours']:.3f}s + prompt {phases['prompt_s']:.3f}s + 19 x "
         f"{phases['per_token_s'] * 1e3:.1f} ms; 3x the reference would need {target:.3f}s in all"
     )
+    flops = {impl: by[(impl, "train_flops")]["flops"] for impl in IMPLS}
+    peak = by[("machine", "matmul_peak")]["gflops"]
+    seconds = {impl: by[(impl, "train")]["seconds"] for impl in IMPLS}
+    speed = {impl: flops[impl] / seconds[impl] / 1e9 for impl in IMPLS}
+    needed = flops["ours"] / (seconds["reference"] / 1.5) / 1e9
+    arithmetic = {
+        "train_gflop": {impl: flops[impl] / 1e9 for impl in IMPLS},
+        "train_gflops_per_s": speed,
+        "matmul_peak_gflops_per_s": peak,
+        "equal_speed_ratio": flops["reference"] / flops["ours"],
+        "needed_for_1_5x_gflops_per_s": needed,
+    }
+    print(
+        f"training step arithmetic: reference {flops['reference'] / 1e9:.1f} GFLOP at {speed['reference']:.0f} "
+        f"GFLOP/s, ours {flops['ours'] / 1e9:.1f} GFLOP at {speed['ours']:.0f} GFLOP/s (fp32 matmul peak "
+        f"{peak:.0f}); equal arithmetic speed would give {arithmetic['equal_speed_ratio']:.2f}x, and 1.5x "
+        f"needs ours at {needed:.0f} GFLOP/s over the whole step ({needed / peak:.0%} of the matmul peak)"
+    )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     out = Path(args.out or f"bench/results/model_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -477,6 +571,7 @@ def report(rows: list[dict], args) -> None:
                 "encode_s": encode,
                 "greedy_speedup_bound": bound,
                 "ours_greedy_phases_s": {"prompt": phases["prompt_s"], "per_token": phases["per_token_s"]},
+                "train_arithmetic": arithmetic,
                 "raw": rows,
             },
             indent=2,

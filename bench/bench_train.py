@@ -5,7 +5,8 @@
                                                                #      in bf16 with FSDP2 on one GPU, batch sweep
 
 Model FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real step (forward and
-backward, frozen vision encoder included), so MFU = counted FLOPs / step time / device peak (70 GFLOP/s fp32 for
+backward, frozen vision encoder included; ``bench_model.flop_counter`` adds the formulas of the CPU's fused
+attention kernels, which the stock counter leaves at zero), so MFU = counted FLOPs / step time / device peak (70 GFLOP/s fp32 for
 this 2-thread CPU, 989 TFLOP/s dense bf16 for an H100/H200). Writes ``bench/results/train_<device>.json``.
 """
 
@@ -26,9 +27,7 @@ PEAK = {"cpu": 70e9, "cuda": 989e12}
 
 
 def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
+    counter = bench_model.flop_counter()  # counts the CPU's fused attention kernels too
     with counter:
         fn()
     return float(counter.get_total_flops())
