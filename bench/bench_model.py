@@ -5,7 +5,8 @@ Measures (each in its own subprocess, so peak memory is per measurement):
     (the reference step also masks the embedding gradient to the new rows, as its training loop does);
   * 32-shot generation: 32 demonstration images + the query image, 20 new tokens, greedy and 3 beams;
   * what bounds the speed-ups: the 33 images' encoding alone, ours' prompt and per-token cost, and the training
-    step's arithmetic (FLOPs of each implementation, their GFLOP/s and the machine's fp32 matmul peak).
+    step's arithmetic (FLOPs of each implementation, their GFLOP/s and the machine's matmul peak in the
+    precision the steps ran in).
 
     .venv/bin/python bench/bench_model.py                 # CPU, writes bench/results/model_cpu.json
     .venv/bin/python bench/bench_model.py --device cuda   # GPU (bf16 autocast off: both run fp32 unless --bf16)
@@ -270,12 +271,12 @@ def measure_times(args) -> list[dict]:
     return rows
 
 
-def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 speed of one square ``size`` x ``size`` matmul, the usual peak reference of a machine."""
+def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """Best speed of one square ``size`` x ``size`` matmul in ``dtype``, the usual peak reference of a machine."""
     import torch
 
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
     best = float("inf")
     for _ in range(repeats + 1):
         _sync(device)
@@ -319,7 +320,7 @@ def measure_train_arithmetic(ref, ours, tok, size: dict, args) -> list[dict]:
     """Floating-point operations of one training step (forward + backward) of each implementation.
 
     :func:`flop_counter` counts the matrix products and attention kernels. Divided by the step's time
-    this gives each implementation's arithmetic speed, which the report sets against the machine's fp32 matmul
+    this gives each implementation's arithmetic speed, which the report sets against the machine's matmul
     peak measured in the same run: what speed-up equal arithmetic would give, and what speed a target needs.
     """
     rows = []
@@ -337,8 +338,9 @@ def measure_train_arithmetic(ref, ours, tok, size: dict, args) -> list[dict]:
         model.zero_grad(set_to_none=True)
         rows.append({"impl": impl, "task": "train_flops", "flops": counter.get_total_flops()})
         print(f"  {impl:9s} {'train step':18s} {rows[-1]['flops'] / 1e9:.1f} GFLOP", flush=True)
-    peak = matmul_peak_gflops(args.device)
-    print(f"  machine   2048^2 fp32 matmul {peak:.0f} GFLOP/s", flush=True)
+    dtype = "bfloat16" if args.bf16 and args.device == "cuda" else "float32"  # the precision the steps ran in
+    peak = matmul_peak_gflops(args.device, size=8192 if args.device == "cuda" else 2048, dtype=dtype)
+    print(f"  machine   {dtype} matmul {peak:.0f} GFLOP/s", flush=True)
     rows.append({"impl": "machine", "task": "matmul_peak", "gflops": peak})
     return rows
 
@@ -553,7 +555,7 @@ def report(rows: list[dict], args) -> None:
     }
     print(
         f"training step arithmetic: reference {flops['reference'] / 1e9:.1f} GFLOP at {speed['reference']:.0f} "
-        f"GFLOP/s, ours {flops['ours'] / 1e9:.1f} GFLOP at {speed['ours']:.0f} GFLOP/s (fp32 matmul peak "
+        f"GFLOP/s, ours {flops['ours'] / 1e9:.1f} GFLOP at {speed['ours']:.0f} GFLOP/s (matmul peak "
         f"{peak:.0f}); equal arithmetic speed would give {arithmetic['equal_speed_ratio']:.2f}x, and 1.5x "
         f"needs ours at {needed:.0f} GFLOP/s over the whole step ({needed / peak:.0%} of the matmul peak)"
     )
