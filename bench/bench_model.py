@@ -238,11 +238,14 @@ def measure_times(args) -> list[dict]:
     size = SIZES[args.size]
     ref, ours, tok = build_models(size, Path(args.workdir))
     rows = []
+    train_steps = {}
     for task, beams in TASKS:
         name = task if task == "train" else f"generate_beams{beams}"
         runs = {
             impl: _setup(impl, task, beams, ref, ours, tok, size, args.device, args.bf16) for impl in IMPLS
         }
+        if task == "train":
+            train_steps = {impl: runs[impl][0] for impl in IMPLS}
         times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
         memory: dict[str, float] = {}
         for i in range(args.iters + 1):  # round 0 is warm-up
@@ -267,7 +270,7 @@ def measure_times(args) -> list[dict]:
             print(f"  {impl:9s} {name:18s} {rows[-1]['seconds']:.3f}s", flush=True)
     rows += measure_encoding(ref, ours, tok, size, args)
     rows += measure_decode_phases(ours, tok, size, args)
-    rows += measure_train_arithmetic(ref, ours, tok, size, args)
+    rows += measure_train_arithmetic(train_steps, args)
     return rows
 
 
@@ -316,8 +319,15 @@ def flop_counter():
     )
 
 
-def measure_train_arithmetic(ref, ours, tok, size: dict, args) -> list[dict]:
-    """Floating-point operations of one training step (forward + backward) of each implementation.
+def count_flops(fn) -> float:
+    """FLOPs of one call of ``fn``, counted by :func:`flop_counter`."""
+    with flop_counter() as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def measure_train_arithmetic(steps: dict, args) -> list[dict]:
+    """Floating-point operations of one training step of each implementation (``steps``: impl -> the timed step).
 
     :func:`flop_counter` counts the matrix products and attention kernels. Divided by the step's time
     this gives each implementation's arithmetic speed, which the report sets against the machine's matmul
@@ -325,18 +335,7 @@ def measure_train_arithmetic(ref, ours, tok, size: dict, args) -> list[dict]:
     """
     rows = []
     for impl in IMPLS:
-        model = ref if impl == "reference" else ours
-        model.train()
-        (ref.vision_encoder if impl == "reference" else ours.vision).eval()
-        pixels, ids, mask = (t.to(args.device) for t in batch_inputs(tok, 4, 4, 256, size))
-        with flop_counter() as counter:
-            if impl == "reference":
-                loss = model(pixels, ids, attention_mask=mask, labels=ids)[0]
-            else:
-                loss = model(pixels, ids, mask, labels=ids).loss
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        rows.append({"impl": impl, "task": "train_flops", "flops": counter.get_total_flops()})
+        rows.append({"impl": impl, "task": "train_flops", "flops": count_flops(steps[impl])})
         print(f"  {impl:9s} {'train step':18s} {rows[-1]['flops'] / 1e9:.1f} GFLOP", flush=True)
     dtype = "bfloat16" if args.bf16 and args.device == "cuda" else "float32"  # the precision the steps ran in
     peak = matmul_peak_gflops(args.device, size=8192 if args.device == "cuda" else 2048, dtype=dtype)

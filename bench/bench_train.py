@@ -6,8 +6,9 @@
 
 Model FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real step (forward and
 backward, frozen vision encoder included; ``bench_model.flop_counter`` adds the formulas of the CPU's fused
-attention kernels, which the stock counter leaves at zero), so MFU = counted FLOPs / step time / device peak (70 GFLOP/s fp32 for
-this 2-thread CPU, 989 TFLOP/s dense bf16 for an H100/H200). Writes ``bench/results/train_<device>.json``.
+attention kernels, which the stock counter leaves at zero), so MFU = counted FLOPs / step time / device peak
+(70 GFLOP/s fp32 for this 2-thread CPU, 989 TFLOP/s dense bf16 for an H100/H200). Writes
+``bench/results/train_<device>.json``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_model  # shared builders: same architecture and weights for both implementations
 
 PEAK = {"cpu": 70e9, "cuda": 989e12}
-
-
-def count_flops(fn) -> float:
-    counter = bench_model.flop_counter()  # counts the CPU's fused attention kernels too
-    with counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def timed(fn, iters: int, device: str) -> float:
@@ -61,7 +55,7 @@ def compare_with_reference(args) -> list[dict]:
     for impl in ("reference", "ours"):
         model = (ref if impl == "reference" else ours).to(args.device)
         step, _ = bench_model._setup(impl, "train", 1, ref, ours, tok, size, args.device, args.bf16)
-        flops = count_flops(step)
+        flops = bench_model.count_flops(step)
         seconds = timed(step, args.iters, args.device)
         rows.append(_row(impl, args.size, batch, images, tokens, seconds, flops, args.device))
         model.to("cpu")
@@ -168,7 +162,7 @@ def of3b_sweep(args) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
             seconds = timed(step, args.iters, "cuda")  # first: compiled layers compile outside the counter
             try:
-                flops = count_flops(step)
+                flops = bench_model.count_flops(step)
             except Exception as err:  # FLOP counting is a nicety: fall back to the trainer's formula
                 print(f"  FLOP counter failed ({err}); using the analytic estimate", flush=True)
                 flops = FlopsModel.of(unwrap(model)).flops(batch * tokens, batch * images)

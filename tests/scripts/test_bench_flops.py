@@ -40,6 +40,8 @@ def test_cpu_fused_attention_is_counted(bench_model, masked):
         out.sum().backward()
     assert forward.get_total_flops() == 2 * one_product  # scores, then scores @ values
     assert backward.get_total_flops() == 5 * one_product  # recomputed scores and four gradient products
+    step = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()  # noqa: E731
+    assert bench_model.count_flops(step) == 7 * one_product  # what the benchmarks count for a step
 
 
 def test_einsum_attention_counts_the_same_products(bench_model):
