@@ -233,3 +233,29 @@ def test_url_images_are_fetched_only_when_allowed(model_dir, images, tmp_path):
     with TestClient(create_app(off, LIMITS)) as c:
         body = {"prompt": [{"type": "image", "url": "https://example.com/a.png"}]}
         _assert_error(c.post("/v1/generate", json=body), 403, "urls_disabled", "disabled")
+
+
+def test_the_api_serves_without_gradio(pipe, monkeypatch):
+    """With Gradio missing, the default app serves the API alone and a required demo names the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if it were not installed
+    from flamingo.serve.app import gradio_installed
+
+    assert not gradio_installed()
+    with TestClient(create_app(pipe, LIMITS)) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        ok = c.post(
+            "/v1/generate", json={"prompt": [{"type": "text", "text": "Output:"}], "max_new_tokens": 2}
+        )
+        assert ok.status_code == 200 and "text" in ok.json()
+        assert c.get("/").status_code == 404  # no page mounted
+    with pytest.raises(RuntimeError, match=r"flamingo-vlm\[demo\].*--no-demo"):
+        create_app(pipe, LIMITS, demo=True)
+
+
+def test_no_demo_leaves_the_page_out(pipe):
+    with TestClient(create_app(pipe, LIMITS, demo=False)) as c:
+        assert c.get("/").status_code == 404 and c.get("/health").status_code == 200
+    with TestClient(create_app(pipe, LIMITS)) as c:  # Gradio is installed here: the page is mounted
+        assert c.get("/").status_code == 200

@@ -1,9 +1,9 @@
 """The FastAPI application: ``POST /v1/generate`` (JSON or server-sent events), ``GET /v1/examples``,
 ``GET /health``, the OpenAPI description at ``/openapi.json`` (``/docs`` to browse), and the Gradio web demo
-(``flamingo.serve.ui``) mounted at ``/``. Both sides check requests with the functions here and hand them to one
-:class:`~flamingo.serve.worker.BatchWorker`.
+(``flamingo.serve.ui``) mounted at ``/`` when Gradio is installed (the ``demo`` extra). Both sides check requests
+with the functions here and hand them to one :class:`~flamingo.serve.worker.BatchWorker`.
 
-Safety rules (issue "Inference for people"): every limit answers with a 4xx and a JSON body
+Safety rules: every limit answers with a 4xx and a JSON body
 ``{"error": {"code": ..., "message": ...}}``; requests carry images only as base64 or (when enabled) http(s)
 URLs, never paths; text parts stay text; a failing request never stops the worker or the server.
 """
@@ -257,13 +257,43 @@ def stream_events(job: Job, timeout_s: float) -> Iterator[str]:
         yield _sse("error", exception_payload(err)[1])
 
 
-def create_app(
-    pipeline: FlamingoPipeline, limits: ServeLimits | None = None, model_name: str = ""
-) -> FastAPI:
-    """The application around ``pipeline``; its worker thread starts and stops with the app's lifespan."""
-    from flamingo.serve.examples import example_prompts
-    from flamingo.serve.ui import mount_demo
+def gradio_installed() -> bool:
+    """Whether the web demo can be mounted (Gradio comes with the ``demo`` extra)."""
+    import importlib.util
 
+    try:
+        return importlib.util.find_spec("gradio") is not None
+    except (
+        ValueError
+    ):  # a module named gradio whose spec is unset (e.g. blocked with sys.modules["gradio"] = None)
+        return False
+
+
+DEMO_NEEDS_GRADIO = (
+    "the web demo needs Gradio: install it with `pip install 'flamingo-vlm[demo]'`, "
+    "or serve the HTTP API alone with --no-demo"
+)
+
+
+def create_app(
+    pipeline: FlamingoPipeline,
+    limits: ServeLimits | None = None,
+    model_name: str = "",
+    demo: bool | None = None,
+) -> FastAPI:
+    """The application around ``pipeline``; its worker thread starts and stops with the app's lifespan.
+
+    ``demo``: True mounts the web demo at ``/`` (Gradio must be installed), False serves the API alone, None
+    (default) mounts it when Gradio is installed. The API never needs Gradio.
+    """
+    from flamingo.serve.examples import example_prompts
+
+    if demo is None:
+        demo = gradio_installed()
+        if not demo:
+            log.warning("Gradio is not installed: serving the HTTP API without the web demo")
+    elif demo and not gradio_installed():
+        raise RuntimeError(DEMO_NEEDS_GRADIO)
     limits = limits or ServeLimits()
     worker = BatchWorker(pipeline, limits.max_batch_size, limits.batch_wait_ms, limits.max_queue)
 
@@ -275,6 +305,7 @@ def create_app(
 
     app = FastAPI(title="flamingo-vlm", summary="Few-shot vision-language generation", lifespan=lifespan)
     app.state.worker = worker
+    app.state.demo = demo
     max_body = (
         limits.max_images * (pipeline.policy.max_image_bytes * 4 // 3 + 1024) + 4 * limits.max_text_chars
     )
@@ -323,7 +354,10 @@ def create_app(
             raise InputError(f"no answer within {limits.request_timeout_s} s", "timeout", 504) from err
         return GenerateResponse(text=completion.text, usage=usage_of(completion, job))
 
-    mount_demo(app, pipeline, worker, limits, model_name)  # last: it answers every path not matched above
+    if demo:
+        from flamingo.serve.ui import mount_demo
+
+        mount_demo(app, pipeline, worker, limits, model_name)  # last: it answers every path not matched above
     return app
 
 

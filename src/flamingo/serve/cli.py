@@ -1,4 +1,4 @@
-"""``flamingo serve``: the web demo (Gradio) and HTTP API on one port."""
+"""``flamingo serve``: the HTTP API and, when Gradio is installed, the web demo on one port."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="largest max_new_tokens a request may ask")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests batched into one generate call")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to wait for a batch to fill")
+    p.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mount the Gradio web demo at / (default: when Gradio is installed; --no-demo: the API alone)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -52,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=limits,
         log_level=args.log_level,
+        demo=args.demo,
         device=args.device,
         dtype=args.dtype,
         device_map=args.device_map,

@@ -55,14 +55,22 @@ def serve(
     port: int = 7860,
     limits: ServeLimits | None = None,
     log_level: str = "info",
+    demo: bool | None = None,
     **pipeline_options: Any,
 ) -> None:
-    """Load ``model`` and serve the demo page and API on ``host:port`` until interrupted."""
+    """Load ``model`` and serve the API, and the demo page unless ``demo`` is False (None: when Gradio is
+    installed; see :func:`~flamingo.serve.app.create_app`), on ``host:port`` until interrupted."""
     import uvicorn
+
+    from flamingo.serve.app import DEMO_NEEDS_GRADIO, gradio_installed
+
+    if demo and not gradio_installed():  # before the model loads, which may take minutes
+        raise SystemExit(f"flamingo serve: {DEMO_NEEDS_GRADIO}")
 
     if not _is_loopback(host):
         log.warning("listening on %s: anyone who can reach this address can use the model", host)
     pipeline = load_server_pipeline(model, **pipeline_options)
-    app = create_app(pipeline, limits, model_name=Path(model).name or str(model))
-    print(f"flamingo serve: http://{host}:{port}/ (API: /v1/generate, docs: /docs)", flush=True)
+    app = create_app(pipeline, limits, model_name=Path(model).name or str(model), demo=demo)
+    page = "" if app.state.demo else " (HTTP API only, no web demo)"
+    print(f"flamingo serve: http://{host}:{port}/{page} (API: /v1/generate, docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
