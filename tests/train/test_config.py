@@ -82,3 +82,13 @@ def test_cosine_schedule_decays_to_its_floor():
     lrs = [lr_at(step, train.lr, train, train.steps) for step in range(train.steps)]
     assert lrs[4] == pytest.approx(train.lr) and lrs[-1] == pytest.approx(0.1 * train.lr)
     assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+
+
+def test_presets_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """Outside a clone (here: another working folder) a preset's path or bare name finds the shipped preset."""
+    monkeypatch.chdir(tmp_path)
+    by_path = load_config("configs/train/of-3b.yaml")
+    assert by_path.model.kind == "openflamingo" and by_path.to_dict() == load_config("of-3b").to_dict()
+    assert by_path.to_dict() == load_config(ROOT / "configs" / "train" / "of-3b.yaml").to_dict()
+    with pytest.raises(FileNotFoundError, match=r"of-5b: no such config file .*configs/train/"):
+        load_config("of-5b")

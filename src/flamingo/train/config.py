@@ -291,8 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
+        path = _preset_or_path(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as error:
@@ -301,6 +300,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for override in overrides or []:
         apply_override(data, override)
     return from_dict(RunConfig, data, source)
+
+
+def _preset_or_path(path: str | Path) -> Path:
+    """``path`` if it is a file, else the preset of that name shipped in the wheel (``configs/train/of-3b.yaml``,
+    ``of-3b.yaml`` or ``of-3b``), so that the presets work outside a clone of the repository."""
+    if Path(path).is_file():
+        return Path(path)
+    name = Path(path).name if Path(path).suffix in (".yaml", ".yml") else f"{Path(path).name}.yaml"
+    here = Path(__file__).resolve()
+    for configs in (here.parents[1] / "configs", here.parents[3] / "configs"):  # the wheel's, a clone's
+        if (configs / "train" / name).is_file():
+            return configs / "train" / name
+    raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
