@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 SIZES = {
-    # The facts file's measurement config: a ~5 M-parameter model, 224 px images.
+    # The size the reference was first measured at (see docs/openflamingo-compat.md, "Running the reference
+    # implementation"): a ~5 M-parameter model, 224 px images.
     "tiny": {"lm_width": 64, "lm_layers": 2, "vocab": 8000, "vis_width": 64, "vis_layers": 2, "image": 224},
     # An OpenFlamingo-3B-shaped model scaled down: cross-attention before every layer, reference Perceiver.
     "small": {

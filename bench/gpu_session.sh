@@ -16,7 +16,7 @@ grep -E "batch|profiled" "$OUT/train_cuda_eager.log"
 timeout 200 python3 bench/bench_train.py --device cuda --skip-compare --batches 48 56 64 --iters 3 --compile \
   --out "$OUT/train_cuda.json" 2>&1 | quiet > "$OUT/train_cuda.log"
 grep -E "batch|wrote|Error" "$OUT/train_cuda.log" | tail -5
-# issue 2's model benchmark (training step, 32-shot greedy and 3 beams) against the reference
+# the model benchmark (training step, 32-shot greedy and 3 beams) against the reference
 timeout 90 python3 bench/bench_model.py --device cuda --size medium --iters 3 --bf16 \
   --out "$OUT/model_cuda.json" 2>&1 | quiet > "$OUT/model_cuda.log"
 tail -8 "$OUT/model_cuda.log"

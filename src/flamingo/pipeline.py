@@ -7,7 +7,8 @@
 An item of a prompt is a ``str`` (text), a ``PIL.Image.Image``, a ``pathlib.Path`` or a ``str`` naming an
 existing image file (when ``allow_paths``, the default), or an ``http(s)://`` URL with no whitespace (only when
 URL fetching is allowed; private addresses are refused unless explicitly allowed). A list of such rows is a
-batch. The task helpers use the benchmark prompts of OpenFlamingo (reference/openflamingo-facts.md section 5).
+batch. The task helpers use the benchmark prompts of OpenFlamingo (see docs/openflamingo-compat.md,
+"Evaluation protocol").
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from flamingo.serve.images import (
     read_image_file,
 )
 
-# Benchmark prompts, exactly as OpenFlamingo evaluates (facts section 5): no space after the colon; captioning
-# and VQA demonstrations end with a newline, classification demonstrations do not.
+# Benchmark prompts, exactly as OpenFlamingo evaluates (see docs/openflamingo-compat.md, "Evaluation protocol"):
+# no space after the colon; captioning and VQA demonstrations end with a newline, classification ones do not.
 CAPTION_DEMO = "<image>Output:{caption}<|endofchunk|>\n"
 CAPTION_QUERY = "<image>Output:"
 VQA_DEMO = "<image>Question:{question} Short answer:{answer}<|endofchunk|>\n"

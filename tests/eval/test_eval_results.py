@@ -79,7 +79,7 @@ def test_rescoring_roc_auc_uses_the_positive_class(tmp_path):
     assert rescore(tmp_path / "predictions.jsonl", task)["scores"] == results["scores"]
 
 
-def test_published_numbers_are_the_facts_table():
+def test_published_numbers_are_the_papers_table():
     published = load_published()
     assert published["shots"] == [0, 4, 8, 16, 32]
     assert published["tasks"]["coco"]["OpenFlamingo-9B"] == [79.5, 89.0, 96.3, 98.8, 99.5]

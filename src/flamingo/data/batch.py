@@ -1,6 +1,6 @@
 """Samples, collated micro-batches, and the packing of short samples into rows.
 
-Axis letters as in DESIGN.md: b batch, t image slot, s text length, c/h/w pixels.
+Axis letters as in docs/design.md, "Contracts": b batch, t image slot, s text length, c/h/w pixels.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """OpenFlamingo's preprocessing of interleaved documents and image-text pairs, with every knob in a config.
 
-Interleaved (OpenFlamingo v2 recipe, see reference/openflamingo-facts.md section 4):
+Interleaved (OpenFlamingo v2 recipe, see docs/openflamingo-compat.md, "Training recipe"):
 
 1. drop images smaller than ``min_image_bytes`` (when the encoded size is known);
 2. pair images with sentences: the stored ``matched_text_index`` (MMC4's one-to-one assignment), or a fresh

@@ -11,8 +11,8 @@ sample in the epoch's stream (``index % world_size == rank``), so no rank is eve
 Samples (one per document, pair or conversation) carry their images in the order of their ``<image>`` tokens and
 labels from :mod:`flamingo.data.labels` (``make_labels`` for web data, ``make_response_labels`` for instruction
 data, see :mod:`flamingo.data.sft`); samples with no supervised token and bad input are skipped and counted.
-Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in DESIGN.md). Sequences
-are padded to ``max_tokens`` (static shapes for ``torch.compile``).
+Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in docs/design.md,
+"Contracts"). Sequences are padded to ``max_tokens`` (static shapes for ``torch.compile``).
 
 Packing (``pack: true``, :func:`pack_samples`): consecutive samples are concatenated greedily into rows of
 ``pack_max_tokens`` (padded to it), with their images in order. Under the ``previous`` media policy a token sees

@@ -1,8 +1,8 @@
 """Choosing in-context demonstrations and building prompts, independent of any model.
 
-Protocol (reference/openflamingo-facts.md section 5): per seed, a query set of N training examples is
-drawn once; each test example then gets k random demonstrations from it, drawn with an RNG seeded by
-(seed, example id) so that results do not depend on batching or sharding. 0-shot uses a few
+Protocol (see docs/openflamingo-compat.md, "Evaluation protocol"): per seed, a query set of N training
+examples is drawn once; each test example then gets k random demonstrations from it, drawn with an RNG
+seeded by (seed, example id) so that results do not depend on batching or sharding. 0-shot uses a few
 text-only demonstrations. RICES picks the k training items whose image embeddings are most similar to
 the test image, the most similar placed last (nearest the query).
 """

@@ -1,7 +1,7 @@
 """Benchmark metrics: CIDEr, VQA accuracy, ROC AUC and top-1 accuracy, plus a registry by name.
 
 Every registered metric takes aligned lists ``(predictions, references)`` and returns a score on the
-0-100 scale of the published tables (reference/openflamingo-facts.md section 6).
+0-100 scale of the published tables (see docs/openflamingo-compat.md, "Published numbers").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Like lm-evaluation-harness, a model answers a few kinds of request and knows not
 - ``rank_classification(requests) -> (n, c)``: mean token log-probability of every class name;
 - ``embed_images(images) -> (n, d)``: image embeddings for RICES demonstration retrieval.
 
-``FlamingoEvalModel`` makes these fast (reference/openflamingo-facts.md section 5 for the protocol):
+``FlamingoEvalModel`` makes these fast (see docs/openflamingo-compat.md, "Evaluation protocol"):
 
 * generation is batched with left padding, prompts sorted by length so a batch holds similar lengths;
 * each image's resampled latents ``(l, d)`` are computed once and kept in an LRU keyed by file path, so the

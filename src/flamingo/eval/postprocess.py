@@ -1,7 +1,7 @@
 """Post-processors for generated text, by name (used by a task YAML's ``postprocess`` field).
 
-They follow OpenFlamingo's evaluation (reference/openflamingo-facts.md section 5): a generated caption
-is cut at "Output" and its double quotes removed; a VQA answer is cut at "Question", "Answer" or
+They follow OpenFlamingo's evaluation (see docs/openflamingo-compat.md, "Evaluation protocol"): a generated
+caption is cut at "Output" and its double quotes removed; a VQA answer is cut at "Question", "Answer" or
 "Short" and then at the first ", ". All of them first cut at ``<|endofchunk|>``, the stop token, in
 case the generator leaves it in. ``vqa_uncased`` makes the same cuts whatever the case, for models whose
 tokenizer lower-cases (the quickstart world's): they write "question", never "Question", so OpenFlamingo's

@@ -182,7 +182,7 @@ def rescore(predictions_path: str | Path, task: TaskSpec | str) -> dict[str, Any
 
 
 def load_published() -> dict[str, Any]:
-    """Published OpenFlamingo-3B/9B and Flamingo-9B scores (reference/openflamingo-facts.md section 6)."""
+    """Published OpenFlamingo-3B/9B and Flamingo-9B scores (docs/openflamingo-compat.md, "Published numbers")."""
     text = resources.files("flamingo.eval").joinpath("resources/published.json").read_text("utf-8")
     return json.loads(text)
 

@@ -1,6 +1,6 @@
 """Placing one Flamingo over several devices (``device_map="auto"``) with Hugging Face ``accelerate``.
 
-The model code stays single-device (DESIGN.md, "Model code is pure"); this module only decides where each part
+The model code stays single-device (see docs/design.md, "Layers"); this module only decides where each part
 lives and moves tensors at the boundaries, the way ``transformers`` does for a plain LM:
 
 - one *placement unit* per decoder layer holds the layer and the gated cross-attention block that runs before it,

@@ -1,5 +1,6 @@
-"""The six released OpenFlamingo models as data (facts §3). All use CLIP ViT-L/14 (openai) with the legacy
-open_clip token semantics, a 6-layer Perceiver with 64 latents, and 8x64-head cross-attention."""
+"""The six released OpenFlamingo models as data (see docs/openflamingo-compat.md, "Released models"). All
+use CLIP ViT-L/14 (openai) with the legacy open_clip token semantics, a 6-layer Perceiver with 64 latents, and
+8x64-head cross-attention."""
 
 from __future__ import annotations
 

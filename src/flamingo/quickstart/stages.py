@@ -101,7 +101,8 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
         ),
         perceiver=PerceiverConfig(depth=1, heads=2, dim_head=32, num_latents=4),
         # Gates start at 0.5, not 0: at 0 the image signal reaches the copying head only quadratically in
-        # the gate, a saddle from which tiny models learn "copy any name" instead (quickstart lessons).
+        # the gate, a saddle from which tiny models learn "copy any name" instead (see docs/quickstart.md,
+        # "Why the recipe looks like this").
         cross_attn=CrossAttnConfig(every_n=1, heads=2, dim_head=32, gate_init=gate_init),
     )
     model = Flamingo.from_config(config)

@@ -19,8 +19,8 @@ from flamingo.train.config import OptimizerConfig, ScheduleConfig
 def decays(name: str, param: torch.Tensor, decay_on: str) -> bool:
     """Whether parameter ``name`` gets weight decay.
 
-    OpenFlamingo v2 decays every cross-attention parameter and nothing else (facts §4); ``cross_attn_matrices``
-    spares the gates, norms and biases, the usual choice elsewhere.
+    OpenFlamingo v2 decays every cross-attention parameter and nothing else (see docs/openflamingo-compat.md,
+    "Training recipe"); ``cross_attn_matrices`` spares the gates, norms and biases, the usual choice elsewhere.
     """
     in_xattn = name.startswith("cross_attn.") or ".cross_attn." in name
     if decay_on == "cross_attn":
@@ -76,7 +76,8 @@ def _clean(name: str) -> str:
 def lr_at(step: int, lr: float, schedule: ScheduleConfig, total_steps: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine.
 
-    Counted in optimizer steps, never micro-batches (OpenFlamingo counted micro-batches, facts §4).
+    Counted in optimizer steps, never micro-batches (OpenFlamingo counted micro-batches; see
+    docs/openflamingo-compat.md, "Training recipe").
     """
     warmup = schedule.warmup_steps
     if step < warmup:

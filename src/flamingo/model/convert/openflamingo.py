@@ -1,8 +1,8 @@
 """OpenFlamingo ``checkpoint.pt`` <-> flamingo-vlm, for every file variant the releases and training runs made.
 
-Accepted variants (facts §3): a bare state dict of the trained tensors; a ``model_state_dict`` wrapper
-(training checkpoints); wrapper segments ``module.``, ``_orig_mod.``, ``_checkpoint_wrapped_module.``,
-``_fsdp_wrapped_module.`` anywhere in a key; v1 duplicates under ``lang_encoder.gated_cross_attn_layers.<i>``;
+Accepted variants (see docs/openflamingo-compat.md, "Released models and their checkpoint files"): a bare
+state dict of the trained tensors; a ``model_state_dict`` wrapper (training checkpoints); wrapper segments
+``module.``, ``_orig_mod.``, ``_checkpoint_wrapped_module.``, ``_fsdp_wrapped_module.`` anywhere in a key; v1 duplicates under ``lang_encoder.gated_cross_attn_layers.<i>``;
 supersets holding the frozen backbones too. Files are read with ``weights_only=True``: a pickle that would run
 code is refused.
 """
@@ -194,7 +194,8 @@ def export_openflamingo_state(model: Flamingo) -> dict[str, torch.Tensor]:
 
 
 def openflamingo_config(preset: str, **overrides: Any) -> FlamingoConfig:
-    """The architecture of a released OpenFlamingo model (facts §1 and §3)."""
+    """The architecture of a released OpenFlamingo model (see docs/openflamingo-compat.md, sections
+    "Architecture" and "Released models")."""
     if preset not in OPENFLAMINGO_PRESETS:
         raise KeyError(
             f"unknown OpenFlamingo preset {preset!r}; choose one of {sorted(OPENFLAMINGO_PRESETS)}"
