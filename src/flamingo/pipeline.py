@@ -35,7 +35,7 @@ from flamingo.serve.images import (
     read_image_file,
 )
 
-# Benchmark prompts, exactly as OpenFlamingo evaluates (see docs/openflamingo-compat.md, "Evaluation protocol"):
+# Benchmark prompts exactly as OpenFlamingo evaluates (see docs/openflamingo-compat.md, "Evaluation protocol"):
 # no space after the colon; captioning and VQA demonstrations end with a newline, classification ones do not.
 CAPTION_DEMO = "<image>Output:{caption}<|endofchunk|>\n"
 CAPTION_QUERY = "<image>Output:"

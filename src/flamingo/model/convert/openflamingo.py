@@ -2,9 +2,9 @@
 
 Accepted variants (see docs/openflamingo-compat.md, "Released models and their checkpoint files"): a bare
 state dict of the trained tensors; a ``model_state_dict`` wrapper (training checkpoints); wrapper segments
-``module.``, ``_orig_mod.``, ``_checkpoint_wrapped_module.``, ``_fsdp_wrapped_module.`` anywhere in a key; v1 duplicates under ``lang_encoder.gated_cross_attn_layers.<i>``;
-supersets holding the frozen backbones too. Files are read with ``weights_only=True``: a pickle that would run
-code is refused.
+``module.``, ``_orig_mod.``, ``_checkpoint_wrapped_module.``, ``_fsdp_wrapped_module.`` anywhere in a key; v1
+duplicates under ``lang_encoder.gated_cross_attn_layers.<i>``; supersets holding the frozen backbones too. Files
+are read with ``weights_only=True``: a pickle that would run code is refused.
 """
 
 from __future__ import annotations
