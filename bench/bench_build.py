@@ -8,7 +8,7 @@ A corpus of WARC files is generated (pages with textured images served by a loca
     pass ``--clip open_clip:ViT-L-14:openai`` on a GPU machine for the real model);
   * the whole pipeline: local engine with 1 and 2 worker processes, Ray Data with 1 and 2 workers.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_build.py            # writes bench/results/build.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_build.py            # writes bench/results/build_cpu.json
     .venv/bin/python bench/bench_build.py --pages 24 --files 2 --no-ray   # quicker
 
 Numbers are relative to each other within one run (same machine, same corpus); none gates CI.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,8 @@ sys.path.insert(0, str(ROOT / "src"))
 # and OpenCV's own thread pool would otherwise make "1 worker" use every core in the face detector.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
 os.environ.update(THREAD_ENV)
+
+import results_log  # noqa: E402
 
 from flamingo.build.clip import ClipEmbedder, tiny_clip_embedder  # noqa: E402
 from flamingo.build.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig  # noqa: E402
@@ -269,7 +270,7 @@ def main() -> None:
     parser.add_argument("--clip", help="CLIP spec for the CLIP-stage row (default: tiny random CLIP)")
     parser.add_argument("--clip-images", type=int, default=256)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "build.json"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "build_cpu.json"))
     args = parser.parse_args()
     tiny = tiny_clip_embedder(device="cpu")
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
@@ -290,8 +291,12 @@ def main() -> None:
         "clip": clip,
         "engines": engines,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    gpu = None
+    if clip["stage"].endswith("cuda)"):  # the CLIP row ran on a GPU
+        import torch
+
+        gpu = torch.cuda.get_device_name()
+    results_log.record(args.out, result, gpu=gpu)
     print(f"\nwrote {args.out}")
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_log
 
 CAPTION_WORDS = 8
 NUM_CLASSES = 1000
@@ -250,7 +251,7 @@ def report(rows: list[dict], args, size: dict) -> None:
         "class_chunk": args.class_chunk,
         "rows": rows,
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    results_log.record(out, payload, gpu=device if args.device == "cuda" else None)
     print(f"\nwrote {out} ({device})")
 
 

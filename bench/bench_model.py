@@ -8,7 +8,7 @@ Measures (each in its own subprocess, so peak memory is per measurement):
     step's arithmetic (FLOPs of each implementation, their GFLOP/s and the machine's matmul peak in the
     precision the steps ran in).
 
-    .venv/bin/python bench/bench_model.py                 # CPU, writes bench/results/model_cpu.json
+    .venv/bin/python bench/bench_model.py                 # CPU, adds a run to bench/results/model_cpu_small.json
     .venv/bin/python bench/bench_model.py --device cuda   # GPU (bf16 autocast off: both run fp32 unless --bf16)
 
 Both implementations get identical weights through the real OpenFlamingo converter, and the generated token
@@ -25,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_log
 
 SIZES = {
     # The size the reference was first measured at (see docs/openflamingo-compat.md, "Running the reference
@@ -560,24 +563,22 @@ def report(rows: list[dict], args) -> None:
         f"needs ours at {needed:.0f} GFLOP/s over the whole step ({needed / peak:.0%} of the matmul peak)"
     )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    out = Path(args.out or f"bench/results/model_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "device": device,
-                "size": SIZES[args.size],
-                "iters": args.iters,
-                "bf16": args.bf16,
-                "rows": table,
-                "encode_s": encode,
-                "greedy_speedup_bound": bound,
-                "ours_greedy_phases_s": {"prompt": phases["prompt_s"], "per_token": phases["per_token_s"]},
-                "train_arithmetic": arithmetic,
-                "raw": rows,
-            },
-            indent=2,
-        )
+    out = Path(args.out or f"bench/results/model_{args.device}_{args.size}.json")
+    results_log.record(
+        out,
+        {
+            "device": device,
+            "size": SIZES[args.size],
+            "iters": args.iters,
+            "bf16": args.bf16,
+            "rows": table,
+            "encode_s": encode,
+            "greedy_speedup_bound": bound,
+            "ours_greedy_phases_s": {"prompt": phases["prompt_s"], "per_token": phases["per_token_s"]},
+            "train_arithmetic": arithmetic,
+            "raw": rows,
+        },
+        gpu=device if args.device == "cuda" else None,
     )
     print(f"\nwrote {out} ({device})")
 

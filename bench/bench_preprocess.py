@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_log
 
 
 def pictures(count: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -86,8 +89,7 @@ def main() -> None:
             f"| {r['size']} px | {r['pictures']} x {r['source_size']} px | {r['per_picture_us']:.0f} us "
             f"| {r['batched_us']:.0f} us | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
+    results_log.record(args.out, {"threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ attention kernels, which the stock counter leaves at zero), so MFU = counted FLO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_model  # shared builders: same architecture and weights for both implementations
+import results_log
 
 PEAK = {"cpu": 70e9, "cuda": 989e12}
 
@@ -261,8 +261,7 @@ def main() -> None:
     if args.device == "cuda":
         result["of3b"] = of3b_sweep(args)
     out = Path(args.out or f"bench/results/train_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    results_log.record(out, result, gpu=result["device"] if args.device == "cuda" else None)
     print(f"wrote {out}")
 
 
