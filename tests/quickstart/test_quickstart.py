@@ -543,7 +543,7 @@ def _world_digests(config, folder: Path) -> dict[str, str]:
 
 
 def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
-    """The README's quickstart numbers are measurements of the default configuration: if its settings, its
+    """The quickstart numbers in docs/quickstart.md are measurements of the default configuration: if its settings, its
     pages, the LM's text, the CLIP's sentences or the VQA set change, those numbers must be measured again (then
     update the digests here)."""
     from flamingo.quickstart.pipeline import QuickstartConfig
@@ -556,11 +556,11 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
         "bursty": "6688b826f3172316",
         "clip": "df236dff9898330a",
         "vqa": "ad7bce80eee7dd42",
-    }, "the default world's text changed; measure the README's quickstart numbers again"
+    }, "the default world's text changed; measure the numbers in docs/quickstart.md again"
 
 
 def test_the_name_questions_config_is_pinned(tmp_path: Path) -> None:
-    """``configs/quickstart/name-questions.yaml``, whose runs the README and the notes report: its settings and
+    """``configs/quickstart/name-questions.yaml``, whose runs docs/quickstart.md describes: its settings and
     world are pinned like the default's."""
     from flamingo.quickstart.cli import _read_overrides
     from flamingo.quickstart.pipeline import QuickstartConfig
@@ -576,4 +576,4 @@ def test_the_name_questions_config_is_pinned(tmp_path: Path) -> None:
         "bursty": "2dab5430cf3a40d0",
         "clip": "8a919ccc03bb8d80",
         "vqa": "e52b3260080ddecc",
-    }, "the config's world changed; measure the README's and the notes' numbers for it again"
+    }, "the config's world changed; measure what docs/quickstart.md says of it again"

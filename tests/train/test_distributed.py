@@ -86,7 +86,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
 
 @pytest.mark.slow
 def test_multi_node_rendezvous_recipe_matches_one_process(tmp_path):
-    """The README's multi-node recipe: one torchrun agent per node meeting at a c10d rendezvous endpoint.
+    """The multi-node recipe of docs/training.md: one torchrun agent per node meeting at a c10d rendezvous endpoint.
 
     Two agents on this machine stand in for two nodes (one process each); the run must follow the single
     process's loss curve with the same global batch, exactly like the one-node two-process test.
