@@ -1,5 +1,6 @@
-"""Every ``flamingo`` command in the README's shell blocks parses with the real CLI, and every training command's
-preset and dotted overrides load: the README cannot drift from the code without a test failing."""
+"""Every ``flamingo`` command in the shell blocks of the README and the docs pages parses with the real CLI, and
+every training command's preset and dotted overrides load: the documentation cannot drift from the code without a
+test failing."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def flamingo_commands(markdown: str) -> list[list[str]]:
 
 
 README_COMMANDS = flamingo_commands((ROOT / "README.md").read_text())
+DOCS_COMMANDS = [
+    (page.name, argv)
+    for page in sorted((ROOT / "docs").glob("*.md"))
+    for argv in flamingo_commands(page.read_text())
+]
 
 
 def test_the_readme_shows_every_subcommand() -> None:
@@ -78,19 +84,23 @@ def test_the_readme_shows_every_subcommand() -> None:
     assert expected <= seen, sorted(expected - seen)
 
 
-@pytest.mark.parametrize("argv", README_COMMANDS, ids=lambda argv: " ".join(argv)[:70])
-def test_readme_command_parses(argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("page", "argv"),
+    [("README.md", argv) for argv in README_COMMANDS] + DOCS_COMMANDS,
+    ids=lambda value: " ".join(value)[:70] if isinstance(value, list) else value,
+)
+def test_documented_command_parses(page: str, argv: list[str]) -> None:
     from flamingo.cli import build_parser
 
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # argparse prints the reason to stderr
-        pytest.fail(f"`flamingo {shlex.join(argv)}` does not parse (exit {exit.code})")
+        pytest.fail(f"{page}: `flamingo {shlex.join(argv)}` does not parse (exit {exit.code})")
     assert getattr(args, "func", None) is not None
     if args.command == "train" and args.config:
         from flamingo.train.config import load_config
 
-        assert (ROOT / args.config).is_file(), f"{args.config} is not in the repository"
+        assert (ROOT / args.config).is_file(), f"{page}: {args.config} is not in the repository"
         load_config(ROOT / args.config, list(args.overrides))  # unknown fields and bad values raise
 
 
