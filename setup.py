@@ -1,9 +1,9 @@
-"""Adds the presets of configs/ to the wheel as the package ``flamingo.configs`` (everything else is in
+"""Adds the presets of configs/ to the wheel as the package ``flamingo.recipes`` (everything else is in
 pyproject.toml): ``flamingo train --config configs/train/of-3b.yaml`` then works from any folder."""
 
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages("src"), "flamingo.configs"],
-    package_dir={"": "src", "flamingo.configs": "configs"},
+    packages=[*find_packages("src"), "flamingo.recipes"],
+    package_dir={"": "src", "flamingo.recipes": "configs"},
 )

@@ -309,7 +309,7 @@ def _preset_or_path(path: str | Path) -> Path:
         return Path(path)
     name = Path(path).name if Path(path).suffix in (".yaml", ".yml") else f"{Path(path).name}.yaml"
     here = Path(__file__).resolve()
-    for configs in (here.parents[1] / "configs", here.parents[3] / "configs"):  # the wheel's, a clone's
+    for configs in (here.parents[1] / "recipes", here.parents[3] / "configs"):  # the wheel's, a clone's
         if (configs / "train" / name).is_file():
             return configs / "train" / name
     raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
