@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="requests batched into one generate call")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to wait for a batch to fill")
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "a model's own files can never turn this on)",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -60,5 +66,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         max_prompt_tokens=args.max_prompt_tokens,
+        trust_remote_code=args.trust_remote_code,
     )
     return 0
