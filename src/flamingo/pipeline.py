@@ -127,6 +127,7 @@ class FlamingoPipeline:
         checkpoint: str | Path | None = None,
         max_memory: dict[int | str, int | str] | None = None,
         offload_folder: str | Path | None = None,
+        trust_remote_code: bool = False,
         **policy: Any,
     ) -> FlamingoPipeline:
         """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
@@ -136,6 +137,9 @@ class FlamingoPipeline:
         ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``; default: what is free), a dict names the device of each
         module (see :mod:`flamingo.model.dispatch`); modules mapped to ``"disk"`` need ``offload_folder``. A
         single device name (``"cuda:1"``) is the same as ``device=``. The model is loaded into CPU memory first.
+
+        ``trust_remote_code=True`` lets a model whose LM is defined by its repository's own code (the MPT-1B
+        OpenFlamingo presets, for one) run it; without it such a model is refused before that code is imported.
 
         ``policy`` holds :class:`~flamingo.serve.images.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
@@ -151,10 +155,14 @@ class FlamingoPipeline:
         if str(model) in OPENFLAMINGO_PRESETS:
             from flamingo.model.convert import load_openflamingo
 
-            loaded = load_openflamingo(str(model), checkpoint=checkpoint, dtype=dtype).eval()
+            loaded = load_openflamingo(
+                str(model), checkpoint=checkpoint, dtype=dtype, trust_remote_code=trust_remote_code
+            ).eval()
             loaded = loaded.to(target) if target is not None else loaded
         else:
-            loaded = Flamingo.from_pretrained(str(model), dtype=dtype, device=target)
+            loaded = Flamingo.from_pretrained(
+                str(model), dtype=dtype, device=target, trust_remote_code=trust_remote_code
+            )
         placed = dispatch(loaded, device_map, max_memory, offload_folder) if split else None
         max_prompt_tokens = policy.pop("max_prompt_tokens", None)
         pipe = cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens)

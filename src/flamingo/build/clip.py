@@ -169,14 +169,15 @@ class _HFTowers:
     def __init__(self, spec: ClipSpec, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        self.model = AutoModel.from_pretrained(spec.name).to(device).eval()
+        # CLIP and SigLIP are built into transformers: a repository's own code is never run here.
+        self.model = AutoModel.from_pretrained(spec.name, trust_remote_code=False).to(device).eval()
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise ValueError(
                 f"hf:{spec.name} is a {type(self.model).__name__}; it needs both an image and a text tower "
                 "(CLIPModel or SiglipModel)"
             )
-        self.processor = AutoImageProcessor.from_pretrained(spec.name)
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.name)
+        self.processor = AutoImageProcessor.from_pretrained(spec.name, trust_remote_code=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=False)
         text_cfg = self.model.config.text_config
         self.max_length = int(text_cfg.max_position_embeddings)
         # SigLIP was trained on text padded to the full length; CLIP pools at the end-of-text token.

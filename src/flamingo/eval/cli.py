@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "a model's own files can never turn this on)",
+    )
     ev.set_defaults(func=_evaluate)
 
     sub = ev.add_subparsers(dest="eval_command", metavar="{report}")
@@ -102,6 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         rices_cache_dir=args.rices_cache,
         device=args.device,
         progress=not args.no_progress,
+        trust_remote_code=args.trust_remote_code,
     )
     if results:  # every rank returns them; print once
         _print_scores(results, args.out)

@@ -309,11 +309,15 @@ def _record_key(record: PredictionRecord) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_model(model: EvalModel | str, device: str, batch_size: int, info: DistInfo) -> EvalModel:
+def _resolve_model(
+    model: EvalModel | str, device: str, batch_size: int, info: DistInfo, trust_remote_code: bool = False
+) -> EvalModel:
     if isinstance(model, str):
         if device == "cuda" and info.world_size > 1:  # one GPU per torchrun process
             device = f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}"
-        return FlamingoEvalModel.from_pretrained(model, device=device, batch_size=batch_size)
+        return FlamingoEvalModel.from_pretrained(
+            model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+        )
     if hasattr(model, "batch_size"):
         model.batch_size = batch_size
     return model
@@ -350,6 +354,7 @@ def evaluate(
     rices_cache_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (an ``EvalModel`` or a checkpoint directory) on ``tasks`` (names or YAML paths).
 
@@ -358,7 +363,8 @@ def evaluate(
     similar training images (embedded by ``rices_embedder``, default ``model.embed_images``, cached on disk);
     ``text_only_context`` removes the demonstrations' images (an ablation); ``prompt_ensembles`` > 1
     averages classification scores over that many demonstration orders. Writes ``<out_dir>/<task>/`` and
-    returns ``{task: results}`` (the content of each ``results.json``) on every rank.
+    returns ``{task: results}`` (the content of each ``results.json``) on every rank. ``trust_remote_code=True``
+    lets a checkpoint whose LM needs its repository's own code run it.
     """
     if demo_mode not in DEMO_MODES:
         raise ValueError(f"demo_mode must be one of {DEMO_MODES}, not {demo_mode!r}.")
@@ -367,7 +373,7 @@ def evaluate(
     started = time.perf_counter()
     info = init_distributed(device)
     try:
-        eval_model = _resolve_model(model, device, batch_size, info)
+        eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code)
         specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos) for t in tasks]
         options = {
             "num_samples": num_samples,

@@ -225,11 +225,17 @@ class FlamingoEvalModel(EvalModel):
         self.images_encoded = 0
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", **kwargs: Any) -> FlamingoEvalModel:
-        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``."""
+    def from_pretrained(
+        cls, path: str, device: str = "cpu", trust_remote_code: bool = False, **kwargs: Any
+    ) -> FlamingoEvalModel:
+        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``.
+
+        ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it.
+        """
         from flamingo.model.flamingo import Flamingo
 
-        return cls(Flamingo.from_pretrained(path, device=device), name=kwargs.pop("name", path), **kwargs)
+        model = Flamingo.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
+        return cls(model, name=kwargs.pop("name", path), **kwargs)
 
     @property
     def device(self) -> torch.device:

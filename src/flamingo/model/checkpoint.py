@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from flamingo.model.config import FlamingoConfig
+from flamingo.model.files import check_safetensors_dir, load_safetensors
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import add_special_tokens, check_token_ids, ensure_lm_class
+from flamingo.model.remote_code import lm_remote_code_reason, refuse
 from flamingo.model.vision import VisionAdapter, build_vision_adapter
 
 WEIGHTS_NAME = "model.safetensors"
@@ -28,23 +30,40 @@ class CheckpointError(ValueError):
 
 
 def load_lm_and_tokenizer(
-    config: FlamingoConfig, lm_dir: str | None = None, tokenizer_dir: str | None = None, dtype: Any = None
+    config: FlamingoConfig,
+    lm_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    where: str = "model config",
 ) -> tuple:
-    """The LM and its tokenizer: from a checkpoint's own copies when given, else the config's hub id / path."""
+    """The LM and its tokenizer: from a checkpoint's own copies when given, else the config's hub id / path.
+
+    An LM that needs code from its repository (``config.lm.trust_remote_code`` set, or its own files asking for
+    it) is refused before anything is imported unless the caller passes ``trust_remote_code=True``; ``where``
+    names the checkpoint or config in that error. The config's own ``trust_remote_code`` is never permission.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config.lm
-    ensure_lm_class(lm_dir or cfg.name_or_path)
+    lm_source = lm_dir or cfg.name_or_path
+    tokenizer_source = tokenizer_dir or cfg.tokenizer or cfg.name_or_path
+    revision = None if lm_dir else cfg.revision
+    ensure_lm_class(lm_source)  # this project's own LM classes count as built in below
+    if cfg.trust_remote_code:
+        reason: str | None = "its config sets lm.trust_remote_code"
+    else:
+        reason = lm_remote_code_reason(lm_source, tokenizer_source, revision)
+    if reason and not trust_remote_code:
+        raise refuse(where, f"the language model {cfg.name_or_path!r}", reason)
+    remote = bool(reason)  # the permission is used only by a model that needs it
+    if lm_dir:
+        check_safetensors_dir(lm_dir)
     lm = AutoModelForCausalLM.from_pretrained(
-        lm_dir or cfg.name_or_path,
-        revision=None if lm_dir else cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
-        dtype=dtype,
+        lm_source, revision=revision, trust_remote_code=remote, dtype=dtype
     )
     tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_dir or cfg.tokenizer or cfg.name_or_path,
-        revision=None if tokenizer_dir else cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
+        tokenizer_source, revision=None if tokenizer_dir else cfg.revision, trust_remote_code=remote
     )
     return lm, tokenizer
 
@@ -55,14 +74,20 @@ def build_flamingo(
     tokenizer: Any = None,
     vision: VisionAdapter | None = None,
     dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    where: str = "model config",
 ) -> Flamingo:
     """A new Flamingo (adapters freshly initialised) from a config; backbones not given are loaded from it.
 
     Adds the special tokens to the tokenizer and resizes the LM's embeddings to ``len(tokenizer)``.
+    ``trust_remote_code`` lets an LM that needs its repository's own code run it (see
+    :func:`load_lm_and_tokenizer`; ``where`` names the config in that refusal).
     """
     config = dataclasses.replace(config, tokens=dataclasses.replace(config.tokens))
     if lm is None or tokenizer is None:
-        loaded_lm, loaded_tok = load_lm_and_tokenizer(config, dtype=dtype)
+        loaded_lm, loaded_tok = load_lm_and_tokenizer(
+            config, dtype=dtype, trust_remote_code=trust_remote_code, where=where
+        )
         lm, tokenizer = lm or loaded_lm, tokenizer or loaded_tok
     expected = config.tokens
     config.tokens = add_special_tokens(tokenizer, expected)
@@ -118,8 +143,14 @@ def from_pretrained(
     revision: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
 ) -> Flamingo:
-    """Load a checkpoint written by :func:`save_pretrained` (local directory or hub id)."""
+    """Load a checkpoint written by :func:`save_pretrained` (local directory or hub id).
+
+    A checkpoint whose LM needs code from its repository is refused unless ``trust_remote_code=True``; a
+    ``trust_remote_code`` saved in its ``config.json`` only says that it needs it. A damaged weights file raises
+    :class:`~flamingo.model.files.ModelFileError` naming it.
+    """
     directory = resolve_checkpoint_dir(path_or_id, revision)
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(
@@ -128,10 +159,13 @@ def from_pretrained(
     config = FlamingoConfig.load(directory / CONFIG_NAME)
     lm_dir = str(directory / "lm") if config.backbones_included else None
     tokenizer_dir = str(directory / "tokenizer") if (directory / "tokenizer").is_dir() else None
-    lm, tokenizer = load_lm_and_tokenizer(config, lm_dir, tokenizer_dir, dtype)
+    lm, tokenizer = load_lm_and_tokenizer(
+        config, lm_dir, tokenizer_dir, dtype, trust_remote_code=trust_remote_code, where=str(directory)
+    )
     vision_cfg = config.vision
     if config.backbones_included:
         if vision_cfg.kind == "hf":
+            check_safetensors_dir(directory / "vision")
             vision_cfg = dataclasses.replace(vision_cfg, name=str(directory / "vision"), revision=None)
         else:
             vision_cfg = dataclasses.replace(
@@ -140,7 +174,8 @@ def from_pretrained(
     model = build_flamingo(config, lm, tokenizer, build_vision_adapter(vision_cfg), dtype)
     model.config.vision = config.vision
     model.config.backbones_included = config.backbones_included
-    load_adapter_state(model, load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
+    weights = directory / WEIGHTS_NAME
+    load_adapter_state(model, load_safetensors(weights), str(weights))
     if (directory / "lora").is_dir():  # a LoRA on the LM, trained with model.lora (needs peft)
         from flamingo.model.lora import load_lora
 

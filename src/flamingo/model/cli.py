@@ -16,6 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--device", default="cpu")
+    gen.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "a model's own files can never turn this on)",
+    )
     gen.set_defaults(func=_generate)
 
     tiny = subparsers.add_parser("tiny-model", help="build and save a tiny random model (no downloads)")
@@ -35,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--lm", help="local path or hub id overriding the preset's LM")
     conv.add_argument("--model", help="our checkpoint directory (to-openflamingo)")
     conv.add_argument("--out", required=True, help="output directory (from-) or .pt file (to-)")
+    conv.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "a model's own files can never turn this on)",
+    )
     conv.set_defaults(func=_convert)
 
 
@@ -49,7 +61,7 @@ def _generate(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
-    model = Flamingo.from_pretrained(args.model, device=args.device)
+    model = Flamingo.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     processor = FlamingoProcessor.from_model(model)
     batch = processor([(args.prompt, images)])
     batch = {k: (v.to(args.device) if v is not None else None) for k, v in batch.items()}
@@ -92,13 +104,15 @@ def _convert(args: argparse.Namespace) -> int:
     if args.direction == "from-openflamingo":
         if not args.preset:
             raise ValueError("from-openflamingo needs --preset (see flamingo.model.presets)")
-        model = load_openflamingo(args.preset, checkpoint=args.checkpoint, lm=args.lm)
+        model = load_openflamingo(
+            args.preset, checkpoint=args.checkpoint, lm=args.lm, trust_remote_code=args.trust_remote_code
+        )
         model.save_pretrained(args.out)
         print(f"wrote {args.out}")
         return 0
     if not args.model:
         raise ValueError("to-openflamingo needs --model DIR")
-    model = Flamingo.from_pretrained(args.model)
+    model = Flamingo.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     torch.save(export_openflamingo_state(model), args.out)
     print(f"wrote {args.out}")
     return 0

@@ -64,7 +64,8 @@ class LMConfig:
     decoder_layers_attr: str | None = None
     """Dotted path of the decoder layer list (e.g. ``model.layers``); None looks it up by ``model_type``."""
     trust_remote_code: bool = False
-    """Allow the LM's own modelling code from the hub (needed for MPT-1B RedPajama)."""
+    """Marks an LM defined by its repository's own code (MPT-1B RedPajama). Never a permission: loading such an
+    LM needs the caller's ``--trust-remote-code`` / ``trust_remote_code=True``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name_or_path), "lm.name_or_path is empty: give a hub id or a local LM directory")

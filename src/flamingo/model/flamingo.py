@@ -454,18 +454,28 @@ class Flamingo(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def from_config(cls, config: FlamingoConfig, **parts: Any) -> Flamingo:
-        """New adapters on the backbones the config names (or those passed as ``lm``/``tokenizer``/``vision``)."""
+    def from_config(cls, config: FlamingoConfig, trust_remote_code: bool = False, **parts: Any) -> Flamingo:
+        """New adapters on the backbones the config names (or those passed as ``lm``/``tokenizer``/``vision``).
+
+        ``trust_remote_code=True`` lets an LM defined by its repository's own code run it; without it such an LM
+        is refused before any of that code is imported.
+        """
         from flamingo.model.checkpoint import build_flamingo
 
-        return build_flamingo(config, **parts)
+        return build_flamingo(config, trust_remote_code=trust_remote_code, **parts)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, **kwargs: Any) -> Flamingo:
-        """Load a checkpoint directory or hub id written by :meth:`save_pretrained`."""
+    def from_pretrained(cls, path_or_id: str, trust_remote_code: bool = False, **kwargs: Any) -> Flamingo:
+        """Load a checkpoint directory or hub id written by :meth:`save_pretrained`.
+
+        ``trust_remote_code=True`` lets a checkpoint whose LM is defined by its repository's own code run it;
+        without it such a checkpoint is refused before any of that code is imported (a ``trust_remote_code``
+        written in the checkpoint's ``config.json`` is never taken as permission). Other keywords: ``revision``,
+        ``dtype``, ``device``.
+        """
         from flamingo.model.checkpoint import from_pretrained
 
-        return from_pretrained(path_or_id, **kwargs)
+        return from_pretrained(path_or_id, trust_remote_code=trust_remote_code, **kwargs)
 
     def save_pretrained(
         self, directory: str, save_backbones: bool = False, push_to_hub: str | None = None

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from flamingo.model.files import load_safetensors
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import _get_path
 
@@ -212,7 +213,7 @@ def load_lora(model: Flamingo, directory: str | Path) -> bool:
     if not has_lora(model):
         _inject(model, LoraConfig.from_pretrained(str(folder)))
     file = folder / ADAPTER_WEIGHTS
-    saved = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(str(file)).items()}
+    saved = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_safetensors(file).items()}
     expected = lora_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     shapes = sorted(k for k in set(saved) & set(expected) if saved[k].shape != expected[k].shape)

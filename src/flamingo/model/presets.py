@@ -1,6 +1,13 @@
 """The six released OpenFlamingo models as data (see docs/openflamingo-compat.md, "Released models"). All
 use CLIP ViT-L/14 (openai) with the legacy open_clip token semantics, a 6-layer Perceiver with 64 latents, and
-8x64-head cross-attention."""
+8x64-head cross-attention.
+
+``remote_code``: the LM is only defined by Python files in its hub repository (MPT-1B RedPajama's
+``mosaic_gpt``), so loading it needs the caller's ``trust_remote_code=True`` / ``--trust-remote-code``.
+``revision`` pins those repositories to one commit, so the code that runs is the code that was reviewed, not
+whatever the repository holds later: both hashes are the head of the repository's ``main`` branch as published
+(its last changes are from mid-2023).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ OPENFLAMINGO_PRESETS: dict[str, dict] = {
         "lm": "anas-awadalla/mpt-1b-redpajama-200b",
         "tokenizer": "anas-awadalla/mpt-1b-redpajama-200b",
         "every_n": 1,
-        "trust_remote_code": True,
+        "remote_code": True,
+        "revision": "50d6bc94e17812873f39c36c5f815263fa71fb80",
         "hub_repo": "openflamingo/OpenFlamingo-3B-vitl-mpt1b",
         "width": 2048,
         "layers": 24,
@@ -18,7 +26,8 @@ OPENFLAMINGO_PRESETS: dict[str, dict] = {
         "lm": "anas-awadalla/mpt-1b-redpajama-200b-dolly",
         "tokenizer": "anas-awadalla/mpt-1b-redpajama-200b-dolly",
         "every_n": 1,
-        "trust_remote_code": True,
+        "remote_code": True,
+        "revision": "f0a13e41fcee2217cd701219ffa1eaef7fe955ea",
         "hub_repo": "openflamingo/OpenFlamingo-3B-vitl-mpt1b-langinstruct",
         "width": 2048,
         "layers": 24,

@@ -203,13 +203,13 @@ def _is_weights_file(pretrained: str | None) -> bool:
 
 def _load_visual_weights(visual: nn.Module, path: Path) -> None:
     """Load a vision tower saved by :meth:`OpenClipAdapter.save_backbone` (keys ``visual.*``), strictly."""
-    from safetensors.torch import load_file
+    from flamingo.model.files import load_safetensors
 
     if not path.is_file():
         raise FileNotFoundError(
             f"vision weights {path} not found: check vision.pretrained in the model config"
         )
-    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    state = load_safetensors(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.") or "." in k}
     visual.load_state_dict(state, strict=True)
 
@@ -289,11 +289,14 @@ class HFVisionAdapter(VisionAdapter):
     def from_config(cls, config: VisionConfig) -> HFVisionAdapter:
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(config.name, revision=config.revision)
+        # A vision tower never runs code from its repository: one that would need it fails in transformers.
+        model = AutoModel.from_pretrained(config.name, revision=config.revision, trust_remote_code=False)
         if hasattr(model, "vision_model") and not hasattr(model.config, "image_size"):
             model = model.vision_model  # a full CLIP/SigLIP checkpoint: keep the vision tower only
         try:
-            processor = AutoImageProcessor.from_pretrained(config.name, revision=config.revision)
+            processor = AutoImageProcessor.from_pretrained(
+                config.name, revision=config.revision, trust_remote_code=False
+            )
         except (OSError, ValueError):
             processor = None
         return cls(model, processor)

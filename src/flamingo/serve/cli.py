@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mount the Gradio web demo at / (default: when Gradio is installed; --no-demo: the API alone)",
     )
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "a model's own files can never turn this on)",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -67,5 +73,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         max_prompt_tokens=args.max_prompt_tokens,
+        trust_remote_code=args.trust_remote_code,
     )
     return 0

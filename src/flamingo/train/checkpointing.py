@@ -8,8 +8,9 @@
     rank-00000.pt      each rank's data position and RNG states
     state.json         step, counters, world size: written last
 
-Everything goes to a hidden temporary folder first, renamed into place when complete, so a run killed at any
-moment leaves either the whole checkpoint or none. The last ``keep_last`` are kept.
+Everything goes to a hidden temporary folder first, flushed to disk (every file, then every folder) and renamed
+into place when complete, then the rename itself is flushed: a run killed at any moment, or a machine that loses
+power, leaves either the whole checkpoint or none. The last ``keep_last`` are kept.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
+from flamingo.model.files import fsync_dir, fsync_tree, load_safetensors, load_torch_file
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
 from flamingo.train.parallel import DistInfo, barrier
@@ -173,8 +175,10 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
     barrier(info)
     if info.is_main:
+        fsync_tree(tmp)  # the data must be on disk before the name that says "complete" is
         shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
         tmp.rename(final)
+        fsync_dir(final.parent)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(info)
@@ -184,7 +188,7 @@ def save_checkpoint(
 def load_model_weights(model: Flamingo, checkpoint: Path) -> None:
     """Load a checkpoint's trained weights (and LoRA) into an unwrapped, unsharded model (before parallelize)."""
     file = checkpoint / "model" / WEIGHTS_NAME
-    load_adapter_state(model, load_file(str(file)), str(file))
+    load_adapter_state(model, load_safetensors(file), str(file))
     saved_lora = next((d for d in (checkpoint / "model", checkpoint) if (d / LORA_DIR).is_dir()), None)
     if saved_lora is not None:
         load_lora(model, saved_lora)
@@ -214,10 +218,10 @@ def load_training_state(
             f"{checkpoint} was written by {shared['world_size']} rank(s), this run has {info.world_size}: "
             "resume with the same number of ranks (the data position is per rank)"
         )
-    optim_state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    optim_state = load_torch_file(checkpoint / "optimizer.pt")
     set_optimizer_state_dict(
         train_model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
     )
-    per_rank = torch.load(checkpoint / f"rank-{info.rank:05d}.pt", map_location="cpu", weights_only=True)
+    per_rank = load_torch_file(checkpoint / f"rank-{info.rank:05d}.pt")
     set_rng_state(per_rank.pop("rng"))
     return shared, per_rank

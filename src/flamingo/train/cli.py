@@ -22,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--help-config", action="store_true", help="list every config key with its doc and exit"
     )
+    train.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose LM is defined by Python files in its repository run them (off by default; "
+        "only this flag turns it on: config files and overrides cannot)",
+    )
     train.set_defaults(func=_train)
 
 
@@ -38,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
     config = load_config(args.config, overrides)
-    result = train(config)
+    result = train(config, trust_remote_code=args.trust_remote_code)
     if os.environ.get("RANK", "0") != "0":
         return 0
     last = result.losses[max(result.losses)] if result.losses else float("nan")

@@ -299,6 +299,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _check(isinstance(data, dict), f"{path}: the top level must be a mapping of sections")
     for override in overrides or []:
         apply_override(data, override)
+    _refuse_remote_code_key(data, source)
     return from_dict(RunConfig, data, source)
 
 
@@ -313,6 +314,22 @@ def _preset_or_path(path: str | Path) -> Path:
         if (configs / "train" / name).is_file():
             return configs / "train" / name
     raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
+
+
+def _refuse_remote_code_key(data: Any, source: str, where: str = "") -> None:
+    """A config (file or override) never grants running a model's own code: only ``--trust-remote-code`` does."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "trust_remote_code":
+                raise ConfigError(
+                    f"{source}: '{path}' cannot be set in a config; pass --trust-remote-code to flamingo train "
+                    "(trust_remote_code=True to flamingo.train.trainer.train) if you trust the model's own code"
+                )
+            _refuse_remote_code_key(value, source, path)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            _refuse_remote_code_key(value, source, f"{where}.{index}")
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -100,8 +100,12 @@ class TrainResult:
         return self.checkpoint / "model" if self.checkpoint else None
 
 
-def build_model(config: ModelConfig) -> Flamingo:
-    """The model to train, with new or (``pretrained``) loaded adapters; backbones not yet frozen."""
+def build_model(config: ModelConfig, trust_remote_code: bool = False) -> Flamingo:
+    """The model to train, with new or (``pretrained``) loaded adapters; backbones not yet frozen.
+
+    ``trust_remote_code`` (the ``--trust-remote-code`` flag, never a config key) lets an LM defined by its
+    repository's own code run it.
+    """
     if config.kind == "tiny":
         from flamingo.model.tiny import build_tiny_flamingo
 
@@ -117,8 +121,9 @@ def build_model(config: ModelConfig) -> Flamingo:
     if config.kind == "openflamingo":
         from flamingo.model.convert.openflamingo import openflamingo_config
 
-        return Flamingo.from_config(openflamingo_config(config.name))
-    return Flamingo.from_pretrained(config.name)  # with the checkpoint's LoRA, if it has one
+        return Flamingo.from_config(openflamingo_config(config.name), trust_remote_code=trust_remote_code)
+    # with the checkpoint's LoRA, if it has one
+    return Flamingo.from_pretrained(config.name, trust_remote_code=trust_remote_code)
 
 
 def prepare_lora(model: Flamingo, config: LoraConfig, seed: int = 0) -> None:
@@ -199,11 +204,15 @@ class Trainer:
     """Holds the model, optimizer and counters; :meth:`train_step` is one optimizer step, :meth:`fit` the run."""
 
     def __init__(
-        self, config: RunConfig, model: Flamingo | None = None, info: DistInfo | None = None
+        self,
+        config: RunConfig,
+        model: Flamingo | None = None,
+        info: DistInfo | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.config = config
         self.info = info or init_distributed(config.parallel, config.train.device)
-        model = model if model is not None else build_model(config.model)
+        model = model if model is not None else build_model(config.model, trust_remote_code)
         lora = config.model.lora
         prepare_lora(model, lora, config.train.seed)
         self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
@@ -485,12 +494,16 @@ class Trainer:
         return record
 
 
-def train(config: RunConfig) -> TrainResult:
-    """Run a training job described by ``config`` (see flamingo.train.config); the CLI calls this."""
+def train(config: RunConfig, trust_remote_code: bool = False) -> TrainResult:
+    """Run a training job described by ``config`` (see flamingo.train.config); the CLI calls this.
+
+    ``trust_remote_code`` lets an LM defined by its repository's own code run it; it is an argument (the CLI's
+    ``--trust-remote-code``) because a config file must not be able to grant it.
+    """
     import torch.distributed as dist
 
     started_group = not (dist.is_available() and dist.is_initialized())
-    trainer = Trainer(config)
+    trainer = Trainer(config, trust_remote_code=trust_remote_code)
     try:
         return trainer.fit()
     finally:

@@ -19,6 +19,7 @@ import torch
 
 from flamingo.model.checkpoint import CheckpointError, build_flamingo
 from flamingo.model.config import CrossAttnConfig, FlamingoConfig, LMConfig, PerceiverConfig, VisionConfig
+from flamingo.model.files import load_safetensors
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.presets import OPENFLAMINGO_PRESETS, identify_base_lm
 
@@ -41,9 +42,7 @@ def read_openflamingo_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a ``checkpoint.pt`` safely and return its model tensors with wrapper segments removed."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw: Any = load_file(str(path))
+        raw: Any = load_safetensors(path)
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -195,17 +194,26 @@ def export_openflamingo_state(model: Flamingo) -> dict[str, torch.Tensor]:
 
 def openflamingo_config(preset: str, **overrides: Any) -> FlamingoConfig:
     """The architecture of a released OpenFlamingo model (see docs/openflamingo-compat.md, sections
-    "Architecture" and "Released models")."""
+    "Architecture" and "Released models").
+
+    A preset whose LM is defined by its repository's own code says so (``lm.trust_remote_code``, which only
+    marks the need: the caller's ``trust_remote_code=True`` is the permission) and pins that repository to a
+    commit (``lm.revision``); an ``lm`` override drops the pin, which belongs to the preset's repository.
+    """
     if preset not in OPENFLAMINGO_PRESETS:
         raise KeyError(
             f"unknown OpenFlamingo preset {preset!r}; choose one of {sorted(OPENFLAMINGO_PRESETS)}"
         )
     spec = OPENFLAMINGO_PRESETS[preset]
+    lm_name = overrides.pop("lm", spec["lm"])
+    tokenizer = overrides.pop("tokenizer", spec["tokenizer"])
+    pinned = lm_name == spec["lm"] and tokenizer == spec["tokenizer"]
     config = FlamingoConfig(
         lm=LMConfig(
-            name_or_path=overrides.pop("lm", spec["lm"]),
-            tokenizer=overrides.pop("tokenizer", spec["tokenizer"]),
-            trust_remote_code=spec.get("trust_remote_code", False),
+            name_or_path=lm_name,
+            tokenizer=tokenizer,
+            revision=spec.get("revision") if pinned else None,
+            trust_remote_code=spec.get("remote_code", False) and lm_name == spec["lm"],
         ),
         vision=VisionConfig(
             kind="open_clip", name="ViT-L-14", pretrained=overrides.pop("vision_pretrained", "openai")
@@ -223,16 +231,19 @@ def load_openflamingo(
     tokenizer: str | None = None,
     vision_pretrained: str | None = None,
     dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
 ) -> Flamingo:
     """Build a released OpenFlamingo model from hub ids (or local paths) and load its ``checkpoint.pt``.
 
-    ``checkpoint`` defaults to the release's file on the hub (downloaded once and cached).
+    ``checkpoint`` defaults to the release's file on the hub (downloaded once and cached). The MPT-1B presets'
+    LM runs code from its hub repository (at a pinned commit): they need ``trust_remote_code=True``, and are
+    refused before anything is downloaded or imported without it.
     """
     overrides = {k: v for k, v in (("lm", lm), ("tokenizer", tokenizer)) if v}
     if vision_pretrained:
         overrides["vision_pretrained"] = vision_pretrained
     config = openflamingo_config(preset, **overrides)
-    model = build_flamingo(config, dtype=dtype)
+    model = build_flamingo(config, dtype=dtype, trust_remote_code=trust_remote_code, where=preset)
     if checkpoint is None:
         from huggingface_hub import hf_hub_download
 
