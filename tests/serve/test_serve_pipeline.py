@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 
 import pytest
 import torch
 
+from flamingo.io import addresses
 from flamingo.pipeline import (
     FlamingoPipeline,
     _StreamCleaner,
@@ -196,11 +198,13 @@ def test_url_fetching_rules(image_server, images, monkeypatch):
     with pytest.raises(InputError, match="non-public address"):
         image_rules.fetch_image_url(f"{image_server}/a.png", public_only)
     # Pretend the loopback server is public: its redirect to 10.0.0.1 must still be refused, unconnected.
-    monkeypatch.setattr(image_rules, "address_allowed", lambda a: a == "127.0.0.1")
-    connected = []
-    real = image_rules.socket.create_connection
     monkeypatch.setattr(
-        image_rules.socket, "create_connection", lambda addr, *a: connected.append(addr) or real(addr, *a)
+        addresses, "address_refusal", lambda a, *flags: None if a == "127.0.0.1" else "private"
+    )
+    connected = []
+    real = socket.create_connection
+    monkeypatch.setattr(
+        socket, "create_connection", lambda addr, *a, **k: connected.append(addr) or real(addr, *a, **k)
     )
     with pytest.raises(InputError, match=r"non-public address \(10\.0\.0\.1\)"):
         image_rules.fetch_image_url(f"{image_server}/hop", public_only)

@@ -1,8 +1,9 @@
 """Fetch stage: download (or read) every image, check it, and store it under its content hash.
 
-Safe by default: only http(s) to public addresses (``netguard``), redirects followed by hand and each
-hop re-checked, bodies capped while streaming, formats sniffed from magic bytes, pixel counts checked
-before decoding (``imagecheck``), local files only inside ``FetchConfig.local_root``. Stored files are
+Safe by default: one GET is :func:`flamingo.io.fetch.fetch` (only http(s) to public addresses, redirects
+followed by hand and each hop re-checked, bodies capped while streaming, one overall deadline), formats are
+sniffed from magic bytes and pixel counts checked before decoding (:mod:`flamingo.io.images`), local files are
+read only inside ``FetchConfig.local_root``. Retries with back-off are the builder's own. Stored files are
 named ``images/<sha[:2]>/<sha256>.<ext>``, so nothing in a page or URL chooses a file name.
 
 Each shard keeps a manifest (``manifests/<shard>.jsonl``: url -> status, reason, sha256, size), written
@@ -13,11 +14,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import json
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
@@ -33,146 +32,30 @@ from tqdm.auto import tqdm
 from flamingo.build import netguard
 from flamingo.build.config import FetchConfig
 from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.imagecheck import EXTENSIONS, ImageRejected, inspect_image
+from flamingo.io.fetch import FetchError, FetchPolicy, fetch
+from flamingo.io.images import EXTENSIONS, ImageRejected, inspect_image
 
 logger = logging.getLogger(__name__)
 
-_REDIRECTS = (301, 302, 303, 307, 308)
-_CHUNK = 65536
+__all__ = ["FetchError", "fetch_bytes", "fetch_documents", "fetch_one", "fetch_policy", "with_retries"]
 
 
-class FetchError(Exception):
-    """A failed fetch; ``reason`` is recorded per image, ``retryable`` drives the back-off loop."""
-
-    def __init__(self, reason: str, detail: str = "", retryable: bool = False) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.retryable = retryable
-
-
-class _GuardedHTTP(http.client.HTTPConnection):
-    """HTTP connection to an address checked by ``netguard`` (the Host header keeps the name)."""
-
-    def __init__(self, target: netguard.Target, timeout: float, config: FetchConfig) -> None:
-        super().__init__(target.host, target.port, timeout=timeout)
-        self._target, self._config = target, config
-
-    def connect(self) -> None:
-        self.sock = netguard.connect(self._target, self.timeout, self._config)
-
-
-class _GuardedHTTPS(http.client.HTTPSConnection):
-    """HTTPS connection to a checked address; the certificate is verified against the host name."""
-
-    def __init__(self, target: netguard.Target, timeout: float, config: FetchConfig) -> None:
-        self._tls = ssl.create_default_context()
-        super().__init__(target.host, target.port, timeout=timeout, context=self._tls)
-        self._target, self._config = target, config
-
-    def connect(self) -> None:
-        sock = netguard.connect(self._target, self.timeout, self._config)
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self._target.host)
-
-
-def _read_body(
-    conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, config: FetchConfig, deadline: float
-) -> bytes:
-    """Stream the body with the size cap; refuse a body longer than its declared Content-Length."""
-    declared_text = resp.getheader("Content-Length")
-    declared = None
-    if declared_text is not None and not resp.chunked:
-        try:
-            declared = int(declared_text)
-        except ValueError as e:
-            raise FetchError("bad_content_length", repr(declared_text)) from e
-        if declared > config.max_bytes:
-            raise FetchError("too_large", f"declared {declared} bytes > fetch.max_bytes={config.max_bytes}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise FetchError("timeout", "download exceeded 3x fetch.timeout_s", retryable=True)
-        if declared is not None and size >= declared and conn.sock is not None:
-            conn.sock.settimeout(0.2)  # a keep-alive server sends nothing more; wait briefly for extra bytes
-        try:
-            # Read the socket directly (not resp.read) so bytes beyond Content-Length are seen, not cut.
-            chunk = resp.read(_CHUNK) if resp.chunked or resp.fp is None else resp.fp.read1(_CHUNK)
-        except TimeoutError:
-            if declared is not None and size >= declared:
-                break
-            raise
-        if not chunk:
-            break
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > config.max_bytes:
-            raise FetchError("too_large", f"body exceeds fetch.max_bytes={config.max_bytes}")
-        if declared is not None and size > declared:
-            raise FetchError("body_exceeds_content_length", f"more than the declared {declared} bytes")
-    if declared is not None and size < declared:
-        raise FetchError("truncated", f"{size} of {declared} bytes", retryable=True)
-    return b"".join(chunks)
-
-
-def _get_once(url: str, config: FetchConfig, deadline: float) -> tuple[int, str | None, bytes, str]:
-    """One GET without following redirects: (status, Location, body, content type)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError("unsupported_url", url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as e:
-        raise FetchError("unsupported_url", str(e)) from e
-    try:
-        target = netguard.resolve(parts.hostname, port, config)
-    except netguard.RefusedAddress as e:
-        raise FetchError("refused_address", str(e)) from e
-    conn_class = _GuardedHTTPS if parts.scheme == "https" else _GuardedHTTP
-    conn = conn_class(target, config.timeout_s, config)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {
-        "User-Agent": config.user_agent,
-        "Accept": "image/*",
-        "Accept-Encoding": "identity",
-        "Connection": "close",
-    }
-    try:
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        content_type = resp.getheader("Content-Type") or ""
-        if resp.status in _REDIRECTS:
-            return resp.status, resp.getheader("Location"), b"", content_type
-        if resp.status != 200:
-            retryable = resp.status >= 500 or resp.status == 429
-            raise FetchError(f"http_{resp.status}", url, retryable=retryable)
-        return resp.status, None, _read_body(conn, resp, config, deadline), content_type
-    finally:
-        conn.close()
+def fetch_policy(config: FetchConfig) -> FetchPolicy:
+    """One attempt's rules: each connect or read within ``timeout_s``, the whole download within 3x that."""
+    return FetchPolicy(
+        deadline_s=3 * config.timeout_s,
+        idle_timeout_s=config.timeout_s,
+        max_bytes=config.max_bytes,
+        max_redirects=config.max_redirects,
+        addresses=netguard.address_policy(config),
+        user_agent=config.user_agent,
+    )
 
 
 def _http_get(url: str, config: FetchConfig) -> tuple[bytes, dict[str, Any]]:
-    """GET ``url``, following at most ``max_redirects`` redirects, each hop checked like the first."""
-    deadline = time.monotonic() + 3 * config.timeout_s
-    current = url
-    for _hop in range(config.max_redirects + 1):
-        try:
-            status, location, body, content_type = _get_once(current, config, deadline)
-        except FetchError:
-            raise
-        except netguard.RefusedAddress as e:
-            raise FetchError("refused_address", str(e)) from e
-        except TimeoutError as e:
-            raise FetchError("timeout", current, retryable=True) from e
-        except ssl.SSLError as e:
-            raise FetchError("tls_error", str(e)) from e
-        except (OSError, http.client.HTTPException) as e:
-            raise FetchError("connection_error", f"{type(e).__name__}: {e}", retryable=True) from e
-        if location is None and status in _REDIRECTS:
-            raise FetchError("bad_redirect", f"{status} without Location")
-        if location is None:
-            return body, {"content_type": content_type, "final_url": current}
-        current = urljoin(current, location)
-    raise FetchError("too_many_redirects", f"more than fetch.max_redirects={config.max_redirects}")
+    """GET ``url`` once with :func:`flamingo.io.fetch.fetch` (redirects followed and checked)."""
+    fetched = fetch(url, fetch_policy(config))
+    return fetched.body, {"content_type": fetched.content_type, "final_url": fetched.final_url}
 
 
 def _read_local(location: str, config: FetchConfig) -> bytes:

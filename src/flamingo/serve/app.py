@@ -3,19 +3,27 @@
 (``flamingo.serve.ui``) mounted at ``/`` when Gradio is installed (the ``demo`` extra). Both sides check requests
 with the functions here and hand them to one :class:`~flamingo.serve.worker.BatchWorker`.
 
-Safety rules: every limit answers with a 4xx and a JSON body
+Safety rules: every limit answers with a 4xx (a busy server with 503 and ``Retry-After``) and a JSON body
 ``{"error": {"code": ..., "message": ...}}``; requests carry images only as base64 or (when enabled) http(s)
 URLs, never paths; text parts stay text; a failing request never stops the worker or the server.
+
+Nothing a request does can stall the event loop: bodies are counted as they arrive, images are decoded on a
+few threads of their own and URLs fetched on a bounded pool of their own (each fetch under one overall
+deadline), and requests wait for the model without holding a thread. Memory is bounded by
+``ServeLimits.max_pending_bytes`` (:mod:`flamingo.serve.budget`): each image is reduced right after decoding to
+a size the vision encoder still resizes itself, so a waiting request holds small images, not full-size ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import queue
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
@@ -23,10 +31,14 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from flamingo.io.fetch import Fetched, FetchError, FetchPool
+from flamingo.io.images import decoded_bytes
 from flamingo.pipeline import Completion, FlamingoPipeline
-from flamingo.serve.images import InputError, decode_base64_image, fetch_image_url
+from flamingo.serve.budget import MemoryBudget, Reservation
+from flamingo.serve.images import InputError, check_url, decode_base64_image, decode_image, fetch_error
 from flamingo.serve.worker import BatchWorker, DecodingSettings, Job
 
 log = logging.getLogger(__name__)
@@ -34,10 +46,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Per-request limits and batching settings of the server (image limits live in the pipeline's policy)."""
+    """Per-request limits, the memory budget and batching settings of the server (image limits live in the
+    pipeline's policy)."""
 
-    max_images: int = 8
-    """Images in one prompt."""
+    max_images: int = 33
+    """Images in one prompt (33: a 32-shot prompt and its query)."""
     max_new_tokens: int = 256
     """Largest ``max_new_tokens`` a request may ask for."""
     max_beams: int = 8
@@ -52,6 +65,24 @@ class ServeLimits:
     """Requests waiting at once; more get HTTP 503."""
     request_timeout_s: float = 300.0
     """A request still waiting after this long gets HTTP 504."""
+    max_pending_bytes: int = 1 << 30
+    """Memory all requests in flight may hold together: bodies while they arrive and until answered, each
+    image while it is decoded (its full size) and then reduced until answered. A request that would go over
+    it gets HTTP 503 with ``Retry-After`` at once. The default, 1 GiB, holds 30 requests of 8 images of
+    4096x4096 (about 11 MiB each once decoded: a 5 MiB body and 8 images reduced to 456x456 for a 224-pixel
+    encoder) next to ``decode_threads`` full-size decodes (64 MiB each)."""
+    decode_threads: int = 4
+    """Images decoded at once (each holds its full decoded size until it is reduced)."""
+    fetch_threads: int = 16
+    """Image URLs fetched at once (with ``--allow-urls``); a slow URL holds one of these threads only."""
+    body_timeout_s: float = 60.0
+    """A request body not fully received after this long gets HTTP 408 (a client cannot hold memory by
+    sending slowly)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_images", "max_queue", "max_pending_bytes", "decode_threads", "fetch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeLimits.{name}={getattr(self, name)}: must be >= 1")
 
 
 class TextPart(BaseModel):
@@ -98,37 +129,106 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``limit`` bytes with 413 before the application parses them."""
+RESERVATION_KEY = "flamingo.reservation"
+"""Where :class:`BodyLimitMiddleware` leaves a request's :class:`~flamingo.serve.budget.Reservation` in the
+ASGI scope, so that the body and the images of one request count as one (a request alone over the whole
+budget gets 413, not 503)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes with 413, before the application parses them.
+
+    A ``Content-Length`` over the limit is refused before any byte of the body is read; otherwise the bytes are
+    counted as they arrive (chunks collected in a list: linear time) and, with a ``budget``, reserved in it
+    until the response is sent (503 with ``Retry-After`` when the server's memory budget is full). A body
+    still arriving after ``timeout_s`` gets 408.
+    """
+
+    def __init__(
+        self, app: Any, limit: int, budget: MemoryBudget | None = None, timeout_s: float | None = None
+    ) -> None:
+        self.app, self.limit, self.budget, self.timeout_s = app, limit, budget, timeout_s
+
+    def _too_large(self) -> JSONResponse:
+        text = f"the request body is over {self.limit} bytes: send fewer or smaller images"
+        return JSONResponse(error_body("body_too_large", text), 413, headers={"Connection": "close"})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                text = "Content-Length must be a whole number of bytes"
+                await JSONResponse(error_body("bad_content_length", text), 400)(scope, receive, send)
+                return
+            if int(declared) > self.limit:  # refused unread: nothing of the body is received
+                await self._too_large()(scope, receive, send)
+                return
+        reservation = self.budget.reservation() if self.budget is not None else None
+        try:
+            body = await self._receive_body(scope, receive, send, reservation)
+            if body is None:
+                return
+            if reservation is not None:
+                scope[RESERVATION_KEY] = reservation  # the endpoint adds the request's images to it
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def _receive_body(
+        self, scope: dict, receive: Any, send: Any, reservation: Reservation | None
+    ) -> bytes | None:
+        """The whole body, or None after answering with an error (or when the client went away)."""
+        chunks: list[bytes] = []
+        size, more = 0, True
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                if deadline is None:
+                    message = await receive()
+                else:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                text = f"the request body did not arrive within {self.timeout_s} s"
+                headers = {"Connection": "close"}
+                await JSONResponse(error_body("body_timeout", text), 408, headers=headers)(
+                    scope, receive, send
+                )
+                return None
             if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
+                return None
+            chunk = message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.limit:
-                text = f"the request body is over {self.limit} bytes: send fewer or smaller images"
-                await JSONResponse(error_body("body_too_large", text), 413)(scope, receive, send)
-                return
-        replayed = False
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large()(scope, receive, send)
+                return None
+            if reservation is not None:
+                try:
+                    reservation.grow(len(chunk))
+                except InputError as err:
+                    await error_response(err)(scope, receive, send)
+                    return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def error_response(err: InputError) -> JSONResponse:
+    """The JSON error response for ``err`` (with ``Retry-After`` when it says so)."""
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    return JSONResponse(error_body(err.code, err.message), err.status, headers=headers)
 
 
 def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits) -> None:
@@ -149,26 +249,105 @@ def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, lim
             )
 
 
-def build_row(request: GenerateRequest, pipeline: FlamingoPipeline, limits: ServeLimits) -> tuple[str, list]:
-    """The request's prompt as a ``(text with <image> markers, images)`` row, each image decoded under the
-    limits. The text is never read as a path or URL (the tuple form keeps it text)."""
-    marker = pipeline.processor.image_token
-    texts = [(f"prompt[{i}]", p.text) for i, p in enumerate(request.prompt) if p.type == "text"]
-    check_prompt(texts, sum(p.type == "image" for p in request.prompt), marker, limits)
-    parts, images = [], []
-    for i, part in enumerate(request.prompt):
-        if part.type == "text":
-            parts.append(part.text)
-            continue
-        label = f"prompt[{i}] (image {len(images) + 1})"
-        if (part.base64 is None) == (part.url is None):
-            raise InputError(f"{label}: give exactly one of 'base64' or 'url'", "bad_image_part")
-        if part.base64 is not None:
-            images.append(decode_base64_image(part.base64, pipeline.policy, label))
-        else:
-            images.append(fetch_image_url(part.url, pipeline.policy, label))
-        parts.append(marker)
-    return "".join(parts), images
+def reduced_side(pipeline: FlamingoPipeline) -> int | None:
+    """The shorter side images are reduced towards right after decoding: twice the vision encoder's input size,
+    so the encoder's own resize still does the last step (images up to that size are kept as sent and give the
+    same answer as through the Python pipeline); None when the encoder does not say its size."""
+    size = getattr(getattr(pipeline.model, "vision", None), "image_size", None)
+    return 2 * int(size) if isinstance(size, int) and size > 0 else None
+
+
+class RequestImages:
+    """Turns the image parts of API requests into reduced RGB images, off the event loop and under the memory
+    budget: base64 decoding and image decoding on ``decode_threads`` threads, URL fetches on a
+    :class:`~flamingo.io.fetch.FetchPool` of ``fetch_threads``."""
+
+    def __init__(self, pipeline: FlamingoPipeline, limits: ServeLimits) -> None:
+        self.policy, self.limits = pipeline.policy, limits
+        self.marker = pipeline.processor.image_token
+        self.min_side = reduced_side(pipeline)
+        self.decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="flamingo-decode")
+        self.fetcher = FetchPool(limits.fetch_threads, max_pending=limits.max_queue)
+
+    def shutdown(self) -> None:
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.shutdown()
+
+    def decode(
+        self, data: bytes | str, label: str, reservation: Reservation, base64_text: bool = False
+    ) -> Image.Image:
+        """Bytes (or base64 text) -> a reduced RGB image; the decoding's memory is reserved from the header's
+        size before any pixel is decoded, and shrunk to the reduced image's size after."""
+        taken = 0
+
+        def reserve(width: int, height: int, mode: str) -> None:
+            nonlocal taken
+            reservation.grow(need := decoded_bytes(width, height, mode))
+            taken = need
+
+        try:
+            if base64_text:
+                image = decode_base64_image(data, self.policy, label, self.min_side, reserve)
+            else:
+                image = decode_image(data, self.policy, label, self.min_side, reserve)
+        except BaseException:
+            reservation.shrink(taken)
+            raise
+        reservation.shrink(taken - decoded_bytes(image.width, image.height, "RGB"))
+        return image
+
+    async def row(self, request: GenerateRequest, reservation: Reservation) -> tuple[str, list[Image.Image]]:
+        """The request's prompt as a ``(text with <image> markers, images)`` row. Every limit that needs no image
+        is checked first; URL fetches then all start at once (each under its own deadline) and the images are
+        decoded in prompt order. The text is never read as a path or URL (the tuple form keeps it text)."""
+        texts = [(f"prompt[{i}]", p.text) for i, p in enumerate(request.prompt) if p.type == "text"]
+        labels: dict[int, str] = {}
+        for i, part in enumerate(request.prompt):
+            if part.type == "image":
+                labels[i] = f"prompt[{i}] (image {len(labels) + 1})"
+        check_prompt(texts, len(labels), self.marker, self.limits)
+        for i, label in labels.items():
+            part = request.prompt[i]
+            if (part.base64 is None) == (part.url is None):
+                raise InputError(f"{label}: give exactly one of 'base64' or 'url'", "bad_image_part")
+            if part.url is not None:
+                check_url(part.url, self.policy)
+        fetches: dict[int, Future[Fetched]] = {}
+        try:
+            for i in labels:
+                if (url := request.prompt[i].url) is not None:
+                    fetches[i] = self.fetcher.submit(url, self.policy.fetch_policy())
+            parts, images = [], []
+            for i, part in enumerate(request.prompt):
+                if part.type == "text":
+                    parts.append(part.text)
+                    continue
+                if part.url is None:
+                    work = self.decoder.submit(self.decode, part.base64, labels[i], reservation, True)
+                    images.append(await asyncio.wrap_future(work))
+                else:
+                    images.append(await self._fetched_image(fetches[i], part.url, labels[i], reservation))
+                parts.append(self.marker)
+            return "".join(parts), images
+        except FetchError as err:
+            raise fetch_error(err, self.policy) from err
+        finally:
+            for future in fetches.values():
+                future.cancel()  # a refused request fetches nothing more
+
+    async def _fetched_image(
+        self, future: Future[Fetched], url: str, label: str, reservation: Reservation
+    ) -> Image.Image:
+        try:
+            fetched = await asyncio.wrap_future(future)
+        except FetchError as err:
+            raise fetch_error(err, self.policy) from err
+        reservation.grow(len(fetched.body))
+        try:
+            work = self.decoder.submit(self.decode, fetched.body, f"{label} ({url})", reservation)
+            return await asyncio.wrap_future(work)
+        finally:
+            reservation.shrink(len(fetched.body))
 
 
 def decoding_settings(
@@ -296,26 +475,37 @@ def create_app(
         raise RuntimeError(DEMO_NEEDS_GRADIO)
     limits = limits or ServeLimits()
     worker = BatchWorker(pipeline, limits.max_batch_size, limits.batch_wait_ms, limits.max_queue)
+    budget = MemoryBudget(limits.max_pending_bytes)
+    intake = RequestImages(pipeline, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         worker.start()
         yield
         worker.stop()
+        intake.shutdown()
 
     app = FastAPI(title="flamingo-vlm", summary="Few-shot vision-language generation", lifespan=lifespan)
-    app.state.worker = worker
+    app.state.worker, app.state.budget = worker, budget
     app.state.demo = demo
     max_body = (
-        limits.max_images * (pipeline.policy.max_image_bytes * 4 // 3 + 1024) + 4 * limits.max_text_chars
+        limits.max_images * (pipeline.policy.max_image_bytes * 4 // 3 + 1024)
+        + 4 * limits.max_text_chars
+        + 65536
     )
-    app.add_middleware(BodyLimitMiddleware, limit=max_body + 65536)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=min(max_body, limits.max_pending_bytes),
+        budget=budget,
+        timeout_s=limits.body_timeout_s,
+    )
     _add_error_handlers(app)
     examples = example_prompts()
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness, the model, the limits and the worker's counters (``batches`` counts ``generate`` calls)."""
+    async def health() -> dict[str, Any]:
+        """Liveness, the model, the limits, the worker's counters (``batches`` counts ``generate`` calls), the
+        memory the requests in flight hold and the URL fetches in progress."""
         policy = pipeline.policy
         return {
             "status": "ok",
@@ -326,21 +516,35 @@ def create_app(
                 "max_image_pixels": policy.max_image_pixels,
                 "max_prompt_tokens": pipeline.max_prompt_tokens,
                 "allow_urls": policy.allow_urls,
+                "url_timeout_s": policy.url_timeout_s,
             },
             "worker": worker.snapshot(),
+            "memory": {"pending_bytes": budget.used, "max_pending_bytes": budget.max_bytes},
+            "fetches": intake.fetcher.pending,
         }
 
     @app.get("/v1/examples")
-    def get_examples() -> list[dict[str, Any]]:
+    async def get_examples() -> list[dict[str, Any]]:
         """Ready-made few-shot prompts (images generated at startup, as data URLs); the web demo shows them."""
         return examples
 
-    @app.post("/v1/generate", response_model=GenerateResponse, responses={400: {}, 413: {}, 415: {}, 503: {}})
-    def generate(request: GenerateRequest) -> Any:
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses={400: {}, 403: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
+    )
+    async def generate(request: GenerateRequest, http: Request) -> Any:
         """Generate a continuation of an interleaved prompt; ``stream: true`` answers with server-sent events."""
         settings = check_settings(request, limits)
-        row = build_row(request, pipeline, limits)
-        job = worker.submit(Job(row=row, settings=settings, stream=request.stream))
+        reservation = http.scope.get(RESERVATION_KEY) or budget.reservation()
+        try:
+            row = await intake.row(request, reservation)
+            job = worker.submit(
+                Job(row=row, settings=settings, stream=request.stream, reservation=reservation)
+            )
+        except BaseException:
+            reservation.release()
+            raise
         if request.stream:
             return StreamingResponse(
                 stream_events(job, limits.request_timeout_s),
@@ -348,23 +552,29 @@ def create_app(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            completion = job.future.result(timeout=limits.request_timeout_s)
-        except TimeoutError as err:
+            # Waits without a thread; asyncio.wait (unlike wait_for) never cancels the worker's future.
+            done, _ = await asyncio.wait({asyncio.wrap_future(job.future)}, timeout=limits.request_timeout_s)
+        except asyncio.CancelledError:
             job.cancelled.set()
-            raise InputError(f"no answer within {limits.request_timeout_s} s", "timeout", 504) from err
+            raise
+        if not done:
+            job.cancelled.set()
+            raise InputError(f"no answer within {limits.request_timeout_s} s", "timeout", 504)
+        completion = job.future.result()
         return GenerateResponse(text=completion.text, usage=usage_of(completion, job))
 
     if demo:
         from flamingo.serve.ui import mount_demo
 
-        mount_demo(app, pipeline, worker, limits, model_name)  # last: it answers every path not matched above
+        # last: it answers every path not matched above
+        mount_demo(app, pipeline, worker, limits, model_name, budget)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def input_error(request: Request, err: InputError) -> JSONResponse:
-        return JSONResponse(error_body(err.code, err.message), err.status)
+        return error_response(err)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -25,9 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --allow-urls, also fetch from private addresses",
     )
+    p.add_argument(
+        "--url-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one image URL fetch may take in all (lookup, connect, redirects, every read)",
+    )
     p.add_argument("--max-image-bytes", type=int, default=10 * 1024 * 1024)
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
-    p.add_argument("--max-images", type=int, default=8, help="images per prompt")
+    p.add_argument("--max-images", type=int, default=33, help="images per prompt")
+    p.add_argument(
+        "--max-pending-mb",
+        type=int,
+        default=1024,
+        help="memory (MiB) all requests in flight may hold together; over it requests get 503 + Retry-After",
+    )
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=256, help="largest max_new_tokens a request may ask")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests batched into one generate call")
@@ -57,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_batch_size=args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms,
+        max_pending_bytes=args.max_pending_mb * 2**20,
     )
     serve(
         args.model,
@@ -70,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         device_map=args.device_map,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
+        url_timeout_s=args.url_timeout,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         max_prompt_tokens=args.max_prompt_tokens,

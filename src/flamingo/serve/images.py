@@ -4,40 +4,41 @@ limits.
 Used by :class:`flamingo.pipeline.FlamingoPipeline` and the HTTP API alike, so both refuse the same inputs
 with the same messages. Only the standard library and Pillow are imported here (no web framework).
 
-URL fetching is the risky part (server-side request forgery): every hop of a redirect chain is resolved
-first and refused unless all of its addresses are public, and the connection then goes to the address that
-was checked (no second DNS lookup that could answer differently), with a byte cap and an overall deadline.
+Decoding and fetching are :mod:`flamingo.io`'s, shared with the dataset builder: byte and pixel limits are
+checked before any pixel is decoded, and a URL fetch (server-side request forgery is the risk) checks every
+address of every redirect hop before connecting, caps the bytes while streaming and holds one overall deadline.
+This module turns their refusals into :class:`InputError` with the API's codes and wording.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import http.client
-import io
-import socket
-import ssl
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from flamingo import netaddr
+from flamingo.io.addresses import AddressPolicy, address_refusal
+from flamingo.io.fetch import FetchError, FetchPolicy, fetch
+from flamingo.io.images import DECODE_FORMATS, ImageRejected, decode_rgb
 
 # Formats decoded by Pillow itself; EPS/PS (Ghostscript subprocess) and other exotic plugins are never tried.
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+IMAGE_FORMATS = DECODE_FORMATS
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class InputError(ValueError):
-    """A request or pipeline input was refused; ``code`` names the rule, ``status`` is the HTTP status."""
+    """A request or pipeline input was refused; ``code`` names the rule, ``status`` is the HTTP status and
+    ``retry_after`` (seconds) is sent as a ``Retry-After`` header when set (a busy server's 503)."""
 
-    def __init__(self, message: str, code: str = "invalid_input", status: int = 400) -> None:
+    def __init__(
+        self, message: str, code: str = "invalid_input", status: int = 400, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
-        self.message, self.code, self.status = message, code, status
+        self.message, self.code, self.status, self.retry_after = message, code, status, retry_after
 
 
 @dataclass(frozen=True)
@@ -55,44 +56,77 @@ class ImagePolicy:
     allow_private_urls: bool = False
     """Also fetch from loopback, private, link-local and other non-public addresses (trusted networks only)."""
     url_timeout_s: float = 10.0
-    """Deadline for one URL fetch, redirects included."""
+    """Deadline for one URL fetch in wall-clock time: name lookup, connect, redirects and every read."""
     max_redirects: int = 3
     """Redirects followed; each target is checked like the first URL."""
 
+    def fetch_policy(self) -> FetchPolicy:
+        """The rules of one URL fetch under this policy (``allow_private_urls`` opens loopback and private)."""
+        return FetchPolicy(
+            deadline_s=self.url_timeout_s,
+            max_bytes=self.max_image_bytes,
+            max_redirects=self.max_redirects,
+            addresses=AddressPolicy(
+                allow_loopback=self.allow_private_urls, allow_private=self.allow_private_urls
+            ),
+        )
 
-def decode_image(data: bytes, policy: ImagePolicy, label: str = "image") -> Image.Image:
-    """Encoded bytes -> an RGB image, refusing oversized, non-image and decompression-bomb inputs."""
-    if len(data) > policy.max_image_bytes:
-        raise InputError(
-            f"{label} is {len(data)} bytes; the limit is {policy.max_image_bytes} bytes",
+
+def image_error(err: ImageRejected, label: str, policy: ImagePolicy) -> InputError:
+    """The API's error for an image :mod:`flamingo.io.images` refused."""
+    if err.reason == "too_large":
+        return InputError(
+            f"{label} is {err.size} bytes; the limit is {policy.max_image_bytes} bytes",
             "image_too_large",
             413,
         )
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            width, height = image.size  # read from the header: nothing decoded yet
-            if width * height > policy.max_image_pixels:
-                raise InputError(
-                    f"{label} is {width}x{height} = {width * height} pixels; the limit is "
-                    f"{policy.max_image_pixels} pixels",
-                    "image_too_many_pixels",
-                    413,
-                )
-            return image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise InputError(
-            f"{label} is not an image Pillow can read as {', '.join(IMAGE_FORMATS)} ({err})",
+    if err.reason == "decompression_bomb":
+        if isinstance(err.size, tuple):
+            width, height = err.size
+            what = f"{width}x{height} = {width * height} pixels"
+        else:
+            what = f"over the limit of {policy.max_image_pixels} pixels ({err.detail})"
+        return InputError(
+            f"{label} is {what}; the limit is {policy.max_image_pixels} pixels", "image_too_many_pixels", 413
+        )
+    if err.reason in ("empty", "not_an_image"):
+        return InputError(
+            f"{label} is not an image Pillow can read as {', '.join(IMAGE_FORMATS)} ({err.detail})",
             "not_an_image",
             415,
-        ) from err
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"{label} could not be decoded: {err}", "bad_image", 415) from err
+        )
+    return InputError(f"{label} could not be decoded: {err.detail}", "bad_image", 415)
 
 
-def decode_base64_image(text: str, policy: ImagePolicy, label: str = "image") -> Image.Image:
-    """A base64 string (optionally a ``data:image/...;base64,`` URL) -> an RGB image."""
+def decode_image(
+    data: bytes,
+    policy: ImagePolicy,
+    label: str = "image",
+    min_side: int | None = None,
+    before_decode: Callable[[int, int, str], None] | None = None,
+) -> Image.Image:
+    """Encoded bytes -> an RGB image, refusing oversized, non-image and decompression-bomb inputs.
+
+    ``min_side`` and ``before_decode`` are those of :func:`flamingo.io.images.decode_rgb` (the server reduces
+    large images at once and reserves the memory their decoding takes).
+    """
+    try:
+        return decode_rgb(
+            data, policy.max_image_bytes, policy.max_image_pixels, min_side, before_decode, IMAGE_FORMATS
+        )
+    except ImageRejected as err:
+        raise image_error(err, label, policy) from err
+
+
+def decode_base64_image(
+    text: str,
+    policy: ImagePolicy,
+    label: str = "image",
+    min_side: int | None = None,
+    before_decode: Callable[[int, int, str], None] | None = None,
+) -> Image.Image:
+    """A base64 string (optionally a ``data:image/...;base64,`` URL) -> an RGB image (``min_side`` and
+    ``before_decode`` as in :func:`decode_image`)."""
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
@@ -108,7 +142,7 @@ def decode_base64_image(text: str, policy: ImagePolicy, label: str = "image") ->
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:
         raise InputError(f"{label} is not valid base64 ({err})", "invalid_base64") from err
-    return decode_image(data, policy, label)
+    return decode_image(data, policy, label, min_side, before_decode)
 
 
 def read_image_file(path: str | Path, policy: ImagePolicy, label: str = "image") -> Image.Image:
@@ -129,12 +163,18 @@ def read_image_file(path: str | Path, policy: ImagePolicy, label: str = "image")
 
 
 def read_upload(
-    path: str | Path, upload_dir: str | Path, policy: ImagePolicy, label: str = "image"
+    path: str | Path,
+    upload_dir: str | Path,
+    policy: ImagePolicy,
+    label: str = "image",
+    min_side: int | None = None,
+    before_decode: Callable[[int, int, str], None] | None = None,
 ) -> Image.Image:
     """A file the web demo received into ``upload_dir`` -> an RGB image under ``policy``'s byte and pixel limits.
 
     For the server, which never reads paths a request names (``policy.allow_paths`` is off): a path that does not
     resolve (links and ``..`` followed) to a file inside ``upload_dir`` is refused before it is opened.
+    ``min_side`` and ``before_decode`` are those of :func:`decode_image`.
     """
     root = Path(upload_dir).resolve()
     resolved = Path(path).resolve()
@@ -149,7 +189,7 @@ def read_upload(
         )
     with open(resolved, "rb") as file:
         data = file.read(policy.max_image_bytes + 1)  # capped even if the file grew since
-    return decode_image(data, policy, label)
+    return decode_image(data, policy, label, min_side, before_decode)
 
 
 def is_url(text: str) -> bool:
@@ -158,16 +198,12 @@ def is_url(text: str) -> bool:
 
 
 def address_allowed(address: str) -> bool:
-    """True for a public unicast address (:func:`flamingo.netaddr.address_refusal`, the builder's rule too)."""
-    return netaddr.address_refusal(address) is None
+    """True for a public unicast address (:func:`flamingo.io.addresses.address_refusal`, the builder's rule too)."""
+    return address_refusal(address) is None
 
 
-def check_url(url: str, policy: ImagePolicy) -> tuple[str, str, int, str]:
-    """Validate ``url`` and resolve its host: (scheme, host, port, address to connect to).
-
-    Raises :class:`InputError` before any connection when fetching is off, the scheme is not http(s),
-    or any address the host resolves to is not public (unless ``allow_private_urls``).
-    """
+def check_url(url: str, policy: ImagePolicy) -> None:
+    """Refuse ``url`` before any connection when fetching is off or it is not an http(s) URL with a host."""
     if not policy.allow_urls:
         raise InputError(
             "fetching image URLs is disabled; send the image as base64 (or start the server with --allow-urls)",
@@ -175,96 +211,53 @@ def check_url(url: str, policy: ImagePolicy) -> tuple[str, str, int, str]:
             403,
         )
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise InputError(f"{url!r}: only http:// and https:// URLs with a host are fetched", "bad_url_scheme")
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{url!r}: cannot resolve the host ({err})", "url_unresolvable") from err
-    addresses = [info[4][0] for info in infos]
-    if not policy.allow_private_urls:
-        refused = [a for a in addresses if not address_allowed(a)]
-        if refused:
-            raise InputError(
-                f"{url!r} points to a non-public address ({refused[0]}); private, loopback and link-local "
-                "addresses are refused",
-                "url_forbidden",
-                403,
-            )
-    return scheme, parts.hostname, port, addresses[0]
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
-    """An HTTP connection to an address checked in advance, keeping ``host`` for the Host header."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    """The HTTPS twin of :class:`_PinnedHTTP`; certificates are verified against ``host``."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+def fetch_error(err: FetchError, policy: ImagePolicy) -> InputError:
+    """The API's error for a fetch :mod:`flamingo.io.fetch` refused or that failed."""
+    url = err.url
+    if err.reason == "refused_address":
+        return InputError(
+            f"{url!r} points to a non-public address ({err.address}); private, loopback and link-local "
+            "addresses are refused",
+            "url_forbidden",
+            403,
+        )
+    if err.reason == "unsupported_url":
+        return InputError(
+            f"{url!r}: only http:// and https:// URLs with a host are fetched", "bad_url_scheme"
+        )
+    if err.reason == "unresolvable":
+        return InputError(f"{url!r}: cannot resolve the host ({err.detail})", "url_unresolvable")
+    if err.reason == "too_large":
+        if err.declared is not None:
+            text = f"{url!r} is {err.declared} bytes; the limit is {policy.max_image_bytes} bytes"
+        else:
+            text = f"{url!r} is over the limit of {policy.max_image_bytes} bytes"
+        return InputError(text, "image_too_large", 413)
+    if err.reason == "busy":
+        return InputError(
+            "the server is fetching too many image URLs; retry shortly", "server_busy", 503, retry_after=1
+        )
+    if err.reason == "timeout":
+        return InputError(f"{url!r} took longer than {policy.url_timeout_s} s", "url_fetch_failed", 422)
+    if err.status is not None:
+        return InputError(f"{url!r} answered HTTP {err.status}", "url_fetch_failed", 422)
+    if err.reason == "too_many_redirects":
+        return InputError(f"{url!r}: more than {policy.max_redirects} redirects", "url_fetch_failed", 422)
+    return InputError(f"{url!r} could not be fetched ({err})", "url_fetch_failed", 422)
 
 
 def fetch_url_bytes(url: str, policy: ImagePolicy) -> bytes:
-    """GET ``url`` following at most ``policy.max_redirects`` redirects, each re-checked; at most
-    ``policy.max_image_bytes`` bytes within ``policy.url_timeout_s`` seconds."""
-    deadline = time.monotonic() + policy.url_timeout_s
-    for _ in range(policy.max_redirects + 1):
-        scheme, host, port, address = check_url(url, policy)
-        cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
-        conn = cls(host, port, address, timeout=max(0.1, deadline - time.monotonic()))
-        try:
-            parts = urlsplit(url)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request("GET", target, headers={"User-Agent": "flamingo-vlm", "Accept": "image/*"})
-            response = conn.getresponse()
-            if response.status in _REDIRECTS and response.getheader("Location"):
-                url = urljoin(url, response.getheader("Location"))
-                continue
-            if response.status != 200:
-                raise InputError(f"{url!r} answered HTTP {response.status}", "url_fetch_failed", 422)
-            return _read_capped(response, url, policy, deadline)
-        except (OSError, http.client.HTTPException) as err:
-            raise InputError(f"{url!r} could not be fetched ({err})", "url_fetch_failed", 422) from err
-        finally:
-            conn.close()
-    raise InputError(f"{url!r}: more than {policy.max_redirects} redirects", "url_fetch_failed", 422)
-
-
-def _read_capped(response: http.client.HTTPResponse, url: str, policy: ImagePolicy, deadline: float) -> bytes:
-    """The response body, refusing it as soon as it passes the byte cap or the deadline."""
-    declared = response.getheader("Content-Length")
-    if declared and declared.isdigit() and int(declared) > policy.max_image_bytes:
-        raise InputError(
-            f"{url!r} is {declared} bytes; the limit is {policy.max_image_bytes} bytes",
-            "image_too_large",
-            413,
-        )
-    chunks, total = [], 0
-    while chunk := response.read(64 * 1024):
-        total += len(chunk)
-        if total > policy.max_image_bytes:
-            raise InputError(
-                f"{url!r} is over the limit of {policy.max_image_bytes} bytes", "image_too_large", 413
-            )
-        if time.monotonic() > deadline:
-            raise InputError(f"{url!r} took longer than {policy.url_timeout_s} s", "url_fetch_failed", 422)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """GET ``url`` in this thread with :func:`flamingo.io.fetch.fetch`: at most ``policy.max_redirects``
+    redirects, each re-checked, at most ``policy.max_image_bytes`` bytes, all within ``policy.url_timeout_s``."""
+    check_url(url, policy)
+    try:
+        return fetch(url, policy.fetch_policy()).body
+    except FetchError as err:
+        raise fetch_error(err, policy) from err
 
 
 def fetch_image_url(url: str, policy: ImagePolicy, label: str = "image") -> Image.Image:

@@ -6,7 +6,8 @@ a thumbnail of each, and colours the text that belongs to it. Clicking an exampl
 
 Every generation takes the API's path: the same prompt and settings limits (``check_prompt``,
 ``decoding_settings``), the same image rules (:func:`~flamingo.serve.images.read_upload` under the pipeline's
-``ImagePolicy``) and the same :class:`~flamingo.serve.worker.BatchWorker`. Images are read only from Gradio's
+``ImagePolicy``, images reduced after decoding), the same memory budget and the same
+:class:`~flamingo.serve.worker.BatchWorker`. Images are read only from Gradio's
 upload directory, never from a path a browser names. Gradio's analytics and version check are off, and its
 scripts, styles and fonts come from the installed package: the page works with no internet.
 """
@@ -30,8 +31,17 @@ from typing import Any
 from fastapi import FastAPI
 from PIL import Image
 
+from flamingo.io.images import decoded_bytes
 from flamingo.pipeline import Completion, FlamingoPipeline
-from flamingo.serve.app import ServeLimits, check_prompt, decoding_settings, exception_payload, follow
+from flamingo.serve.app import (
+    ServeLimits,
+    check_prompt,
+    decoding_settings,
+    exception_payload,
+    follow,
+    reduced_side,
+)
+from flamingo.serve.budget import MemoryBudget, Reservation
 from flamingo.serve.examples import example_specs
 from flamingo.serve.images import ImagePolicy, InputError, read_upload
 from flamingo.serve.worker import BatchWorker, Job
@@ -104,11 +114,18 @@ class DemoBackend:
     """The page's callbacks: prompt preview and streaming generation, over the API's worker and rules."""
 
     def __init__(
-        self, pipeline: FlamingoPipeline, worker: BatchWorker, limits: ServeLimits, upload_dir: str | Path
+        self,
+        pipeline: FlamingoPipeline,
+        worker: BatchWorker,
+        limits: ServeLimits,
+        upload_dir: str | Path,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.pipeline, self.worker, self.limits = pipeline, worker, limits
         self.upload_dir = str(Path(upload_dir).resolve())
         self.slots = max(0, min(MAX_DEMOS, limits.max_images - 1))
+        self.budget = budget or MemoryBudget(limits.max_pending_bytes)
+        self.min_side = reduced_side(pipeline)
 
     def check(self, form: PromptForm) -> list[tuple[str, str | None, str]]:
         """The form's parts after the prompt limits, the same as the API's (no image is read yet)."""
@@ -117,14 +134,33 @@ class DemoBackend:
         check_prompt(texts, len(parts), self.pipeline.processor.image_token, self.limits)
         return parts
 
-    def load(self, path: str, label: str) -> Image.Image:
-        return read_upload(path, self.upload_dir, self.pipeline.policy, f"{label} image")
+    def load(self, path: str, label: str, reservation: Reservation | None = None) -> Image.Image:
+        """An uploaded image, reduced as the API reduces it; its memory is reserved in ``reservation``."""
+        taken = 0
 
-    def row(self, form: PromptForm) -> tuple[str, list[Image.Image]]:
-        """The pipeline row for a complete form, every image read under the pipeline's image policy."""
+        def reserve(width: int, height: int, mode: str) -> None:
+            nonlocal taken
+            if reservation is not None:
+                reservation.grow(need := decoded_bytes(width, height, mode))
+                taken = need
+
+        policy = self.pipeline.policy
+        try:
+            image = read_upload(path, self.upload_dir, policy, f"{label} image", self.min_side, reserve)
+        except BaseException:
+            if reservation is not None:
+                reservation.shrink(taken)
+            raise
+        if reservation is not None:
+            reservation.shrink(taken - decoded_bytes(image.width, image.height, "RGB"))
+        return image
+
+    def row(self, form: PromptForm, reservation: Reservation | None = None) -> tuple[str, list[Image.Image]]:
+        """The pipeline row for a complete form, every image read under the pipeline's image policy (and, with
+        ``reservation``, the server's memory budget)."""
         if problem := form.missing():
             raise InputError(problem, "incomplete_prompt")
-        loaded = [(self.load(path, label), text) for label, path, text in self.check(form)]
+        loaded = [(self.load(path, label, reservation), text) for label, path, text in self.check(form)]
         processor = self.pipeline.processor
         return few_shot_row(loaded[:-1], loaded[-1], processor.image_token, processor.eoc_token)
 
@@ -142,8 +178,15 @@ class DemoBackend:
                 form.temperature if form.mode == "sample" else 0.0,
                 form.top_p,
             )
-            row = self.row(form)
-            job = self.worker.submit(Job(row=row, settings=settings, stream=True))
+            reservation = self.budget.reservation()
+            try:
+                row = self.row(form, reservation)
+                job = self.worker.submit(
+                    Job(row=row, settings=settings, stream=True, reservation=reservation)
+                )
+            except BaseException:
+                reservation.release()
+                raise
             yield "", "generating…"
             answer = ""
             with contextlib.closing(follow(job, self.limits.request_timeout_s)) as items:  # Stop: cancelled
@@ -400,10 +443,16 @@ CSS = """
 
 
 def mount_demo(
-    app: FastAPI, pipeline: FlamingoPipeline, worker: BatchWorker, limits: ServeLimits, model_name: str = ""
+    app: FastAPI,
+    pipeline: FlamingoPipeline,
+    worker: BatchWorker,
+    limits: ServeLimits,
+    model_name: str = "",
+    budget: MemoryBudget | None = None,
 ) -> None:
     """Mount the page at ``/`` of ``app`` (after the API routes, which keep their paths), with Gradio's
-    telemetry, version check, server-side rendering, MCP server and run history off."""
+    telemetry, version check, server-side rendering, MCP server and run history off; its generations share
+    the API's memory ``budget``."""
     # Read by Gradio when it imports and whenever it would report usage or check for a newer version.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -412,7 +461,7 @@ def mount_demo(
 
     upload_dir = get_upload_folder()  # where Gradio puts uploads: GRADIO_TEMP_DIR, else <temp dir>/gradio
     Path(upload_dir).mkdir(parents=True, exist_ok=True)
-    demo = build_demo(DemoBackend(pipeline, worker, limits, upload_dir), model_name)
+    demo = build_demo(DemoBackend(pipeline, worker, limits, upload_dir, budget), model_name)
     demo.queue(max_size=limits.max_queue, default_concurrency_limit=limits.max_batch_size)
     gr.mount_gradio_app(
         app,

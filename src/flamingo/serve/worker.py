@@ -57,6 +57,14 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
     batch_size: int = 0
+    reservation: Any = None
+    """The request's share of the server's memory budget (a :class:`~flamingo.serve.budget.Reservation`),
+    released by the worker once the job is answered, failed or dropped."""
+
+    def finish(self) -> None:
+        """Release what the job holds (its images are no longer needed)."""
+        if self.reservation is not None:
+            self.reservation.release()
 
 
 class _Cancelled(StoppingCriteria):
@@ -110,6 +118,7 @@ class BatchWorker:
                     f"the server is busy ({len(self._pending)} requests queued); retry shortly",
                     "queue_full",
                     503,
+                    retry_after=1,
                 )
             self._pending.append(job)
             self._cond.notify_all()
@@ -132,6 +141,9 @@ class BatchWorker:
                 log.exception("worker error")
                 for job in batch:
                     _fail(job, err)
+            finally:
+                for job in batch:
+                    job.finish()
 
     def _take_batch(self) -> list[Job] | None:
         """The oldest live job plus compatible jobs that arrive within ``max_wait_s``; None on shutdown."""
@@ -144,6 +156,7 @@ class BatchWorker:
                 first = self._pending.popleft()
                 if not first.cancelled.is_set():
                     break
+                first.finish()
             batch = [first]
             if first.stream:
                 return batch
@@ -159,9 +172,14 @@ class BatchWorker:
     def _pop_compatible(self, settings: DecodingSettings, limit: int) -> list[Job]:
         """Queued non-streaming jobs with ``settings`` (oldest first), removed from the queue."""
         taken = [j for j in self._pending if not j.stream and j.settings == settings][:limit]
+        live = []
         for job in taken:
             self._pending.remove(job)
-        return [j for j in taken if not j.cancelled.is_set()]
+            if job.cancelled.is_set():
+                job.finish()
+            else:
+                live.append(job)
+        return live
 
     def _admit(self, batch: list[Job]) -> list[Job]:
         """The jobs whose prompts fit ``max_prompt_tokens``; the others fail now, alone, with a clear error.
@@ -205,7 +223,8 @@ class BatchWorker:
             return
         for job, completion in zip(batch, completions):
             job.batch_size = len(batch)
-            job.future.set_result(completion)
+            if not job.future.done():
+                job.future.set_result(completion)
 
     def _run_stream(self, job: Job) -> None:
         job.batch_size = 1

@@ -1,6 +1,7 @@
-"""Which IP addresses a server-side fetch may contact: one rule for the dataset builder and the web server.
+"""Which IP addresses a server-side fetch may contact: one rule for the dataset builder, the web server and the
+Python pipeline.
 
-Both fetch URLs that come from untrusted input (crawled pages, API requests), so both refuse loopback,
+All of them fetch URLs that come from untrusted input (crawled pages, API requests), so all refuse loopback,
 private, link-local, carrier-grade NAT, multicast, unspecified and reserved addresses unless told otherwise,
 judging IPv4 addresses carried inside IPv6 (mapped, 6to4, Teredo) as the IPv4 address they carry.
 """
@@ -8,6 +9,7 @@ judging IPv4 addresses carried inside IPv6 (mapped, 6to4, Teredo) as the IPv4 ad
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT; not "private" in the stdlib
@@ -45,3 +47,17 @@ def address_refusal(address: str, allow_loopback: bool = False, allow_private: b
     if not ip.is_global:
         return "reserved"  # documentation, benchmarking and other special-purpose ranges
     return None
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which non-public addresses a fetch may contact; the default allows public unicast addresses only."""
+
+    allow_loopback: bool = False
+    """Allow 127.0.0.0/8 and ::1 (tests, local mirrors)."""
+    allow_private: bool = False
+    """Allow private, carrier-grade NAT and link-local ranges (10/8, 192.168/16, 169.254/16, fc00::/7, ...)."""
+
+    def refusal(self, address: str) -> str | None:
+        """Why ``address`` may not be contacted under this policy, or None when it may."""
+        return address_refusal(address, self.allow_loopback, self.allow_private)
