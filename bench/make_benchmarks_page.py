@@ -255,6 +255,8 @@ def render_preprocess(run: Run) -> list[str]:
 
 
 def render_serve(run: Run) -> list[str]:
+    if run["results"] and run["results"][0]["mode"] == "memory load":
+        return render_serve_memory(run)
     rows = [
         [
             r["mode"],
@@ -274,6 +276,27 @@ def render_serve(run: Run) -> list[str]:
         "",
         f"Model: {meta['model']}; {meta['max_new_tokens']} new tokens per request; OMP_NUM_THREADS="
         f"{meta['omp_num_threads']}; `server b=N` batches up to N requests into one `generate`.",
+    ]
+
+
+def render_serve_memory(run: Run) -> list[str]:
+    rows = [
+        [
+            str(r["concurrency"]),
+            f"{r['images_per_request']} x {r['image_side']}² ({r['image_kb']:.0f} KB each)",
+            f"{r['idle_rss_mb']:.0f}",
+            f"{r['peak_rss_above_idle_mb']:.0f}",
+            ", ".join(f"{n} x {code}" for code, n in sorted(r["status_counts"].items())),
+            f"{r['wall_s']:.1f}",
+        ]
+        for r in run["results"]
+    ]
+    header = ["concurrent requests", "images", "idle RSS MB", "peak RSS above idle MB", "answers", "seconds"]
+    return [
+        *table(header, rows),
+        "",
+        f"Model: {run['meta']['model']}. Every request is sent at once; the server's memory budget answers "
+        "503 with Retry-After when full, so every request gets an answer and none times out.",
     ]
 
 
