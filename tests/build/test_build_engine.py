@@ -202,7 +202,9 @@ def test_config_roundtrip_and_errors(tmp_path) -> None:
     assert BuildConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match=r"interleave.no_image_policy is 'skip'; use drop or keep_text"):
         BuildConfig.from_dict({"interleave": {"no_image_policy": "skip"}})
-    with pytest.raises(ValueError, match=r"unknown keys \['min_widht'\] in section 'filter'"):
+    with pytest.raises(
+        ValueError, match=r"field 'filter\.min_widht': unknown field; did you mean 'min_side'"
+    ):
         BuildConfig.from_dict({"filter": {"min_widht": 3}})
     with pytest.raises(FileNotFoundError, match=r"x\.jsonl does not exist"):
         run_pipeline([tmp_path / "x.jsonl"], tmp_path, config)

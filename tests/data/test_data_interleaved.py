@@ -207,5 +207,9 @@ def test_config_validates_and_round_trips() -> None:
     assert InterleavedConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="single_image_drop_prob"):
         InterleavedConfig(single_image_drop_prob=1.5)
-    with pytest.raises(ValueError, match="unknown fields \\['max_image'\\]"):
+    with pytest.raises(ValueError, match="field 'max_image': unknown field; did you mean 'max_images'"):
         InterleavedConfig.from_dict({"max_image": 3})
+    with pytest.raises(
+        ValueError, match=r"x\.json: field 'max_tokens': got 1000000000000; expected an integer"
+    ):
+        InterleavedConfig.from_dict({"max_tokens": 10**12}, source="x.json")

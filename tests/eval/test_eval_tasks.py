@@ -71,7 +71,7 @@ def test_a_user_task_is_a_yaml_file(tmp_path):
         ({"prompt": {"demo": "<image>{answer}", "query": "<image>{answer}"}}, "prompt.query", "use only"),
         ({"decoding": None}, "decoding", "num_beams"),
         ({"task_type": "ranking"}, "task_type", "generation"),
-        ({"shots": [4, -1]}, "shots", "shots: [0, 4, 8]"),
+        ({"shots": [4, -1]}, "shots.1", "shots: [0, 4, 8]"),
         ({"shots": 4}, "shots", "shots: [0, 4, 8]"),
         ({"query_set_size": "big"}, "query_set_size", "integer"),
     ],

@@ -306,8 +306,12 @@ def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
     assert config.qa_kinds == ("colour",)
     assert config.pictures["qa"] == (3, 4) and config.pictures["bursty"] == (7, 8)  # other kinds kept
     assert config.pages == QuickstartConfig.small().pages
-    with pytest.raises(ValueError, match="unknown quickstart setting"):
+    with pytest.raises(ValueError, match="field 'train_step': unknown field; did you mean 'train_steps'"):
         config.updated({"train_step": 3})
+    with pytest.raises(
+        ValueError, match=r"qs\.yaml: field 'pictures\.qa\.1': got 10000; expected an integer"
+    ):
+        config.updated({"pictures": {"qa": [3, 10_000]}}, source=str(path))
     with pytest.raises(ValueError, match="unknown page kind"):
         config.updated({"pictures": {"blog": [1, 2]}})
     path.write_text("[1, 2]\n")

@@ -9,7 +9,6 @@ module did, so the commands exist whichever way the CLI is wired.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -99,19 +98,11 @@ def load_build_config(path: str | None) -> Any:
 
     if path is None:
         return BuildConfig()
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    from flamingo.configs import read_mapping
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a mapping with sections read, fetch, filter, interleave")
-    return BuildConfig.from_dict(data)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    return BuildConfig.from_dict(read_mapping(path, "build config"), source=path)
 
 
 def _build_config(args: argparse.Namespace) -> Any:

@@ -11,25 +11,29 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from flamingo.configs import ConfigError, between, from_mapping
+
+GIB = 1 << 30
+
 
 def _check(ok: bool, section: str, name: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"build config: {section}.{name} {message}")
+        raise ConfigError(f"{section}.{name} {message}")
 
 
 @dataclass
 class ReadConfig:
     """How pages are read and turned into sentences and image references."""
 
-    max_html_bytes: int = 5_000_000
+    max_html_bytes: int = field(default=5_000_000, metadata=between(1, GIB))
     """Pages larger than this (bytes) are skipped as unlikely to be articles."""
-    short_block_chars: int = 200
+    short_block_chars: int = field(default=200, metadata=between(0, 1_000_000))
     """Blocks with fewer characters than this are dropped when link-dense (menus, tag clouds)."""
-    max_link_density: float = 0.5
+    max_link_density: float = field(default=0.5, metadata=between(0, 1, above=True))
     """Share of a short block's characters inside links above which it is boilerplate."""
-    min_sentences: int = 1
+    min_sentences: int = field(default=1, metadata=between(0, 1_000_000))
     """Documents with fewer sentences than this are not emitted."""
-    max_images_per_document: int = 100
+    max_images_per_document: int = field(default=100, metadata=between(0, 100_000))
     """Only the first this-many images of a page are kept (guards against image galleries)."""
 
     def __post_init__(self) -> None:
@@ -42,19 +46,19 @@ class ReadConfig:
 class FetchConfig:
     """How images are downloaded or read; safe by default (public addresses only, no local files)."""
 
-    threads: int = 16
+    threads: int = field(default=16, metadata=between(1, 1024))
     """Concurrent downloads per worker process."""
-    timeout_s: float = 10.0
+    timeout_s: float = field(default=10.0, metadata=between(0, 3600, above=True))
     """Socket timeout for connecting and for each read; also bounds a whole download at 3x."""
-    retries: int = 2
+    retries: int = field(default=2, metadata=between(0, 100))
     """Extra attempts after a timeout, connection error or 5xx/429 (never after other 4xx)."""
-    backoff_s: float = 0.5
+    backoff_s: float = field(default=0.5, metadata=between(0, 3600))
     """First back-off delay; attempt k waits backoff_s * 2**k."""
-    max_bytes: int = 10_000_000
+    max_bytes: int = field(default=10_000_000, metadata=between(1, 4 * GIB))
     """Largest image accepted, enforced while streaming."""
-    max_pixels: int = 50_000_000
+    max_pixels: int = field(default=50_000_000, metadata=between(1, 1 << 32))
     """Largest width*height accepted before decoding (decompression-bomb guard)."""
-    max_redirects: int = 5
+    max_redirects: int = field(default=5, metadata=between(0, 20))
     """Redirect hops followed; every hop is checked like the first URL."""
     allow_loopback: bool = False
     """Allow 127.0.0.0/8 and ::1 (for tests and local mirrors)."""
@@ -78,11 +82,11 @@ class FetchConfig:
 class FilterConfig:
     """Which images are dropped; MMC4 drops small, ad-like, duplicated, NSFW and face images."""
 
-    min_side: int = 150
+    min_side: int = field(default=150, metadata=between(0, 65536))
     """Images narrower or shorter than this (pixels) are dropped (MMC4: 150)."""
-    max_aspect_ratio: float = 2.0
+    max_aspect_ratio: float = field(default=2.0, metadata=between(1, 1e6))
     """Images whose long/short side ratio exceeds this are dropped (MMC4: 2)."""
-    min_bytes: int = 10_000
+    min_bytes: int = field(default=10_000, metadata=between(0, 4 * GIB))
     """Images smaller than this on disk are dropped (OpenFlamingo: about 10 KB)."""
     drop_ads: bool = True
     """Drop tracking pixels and ad-like images (ad-server URLs, banner URLs at standard ad sizes)."""
@@ -90,17 +94,17 @@ class FilterConfig:
     """Drop later copies of byte-identical images across the whole corpus."""
     dedup_perceptual: bool = True
     """Drop later near-copies (pHash within ``phash_max_distance``) across the whole corpus."""
-    phash_max_distance: int = 4
+    phash_max_distance: int = field(default=4, metadata=between(0, 32))
     """Largest Hamming distance between 64-bit pHashes counted as the same image."""
     decontaminate_folders: list[str] = field(default_factory=list)
     """Folders of evaluation images; pHash near-copies of them are dropped."""
-    decontaminate_max_distance: int = 4
+    decontaminate_max_distance: int = field(default=4, metadata=between(0, 32))
     """Largest pHash Hamming distance to an evaluation image counted as contamination."""
-    max_faces: int = 1
+    max_faces: int = field(default=1, metadata=between(0, 1_000_000))
     """Images with at least this many detected faces are dropped (MMC4 fewer-faces: 1); 0 disables."""
     face_backend: str = "auto"
     """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's Haar cascade when it is installed)."""
-    nsfw_threshold: float = 0.5
+    nsfw_threshold: float = field(default=0.5, metadata=between(0, 1))
     """Images with NSFW probability at or above this are dropped; needs a scorer or an embedder."""
 
     def __post_init__(self) -> None:
@@ -127,11 +131,11 @@ class FilterConfig:
 class InterleaveConfig:
     """How images are placed among sentences (one-to-one assignment on CLIP similarities)."""
 
-    similarity_threshold: float = 0.24
+    similarity_threshold: float = field(default=0.24, metadata=between(-1, 1))
     """Pairs with cosine similarity below this are dropped (MMC4, CLIP ViT-L/14; depends on the model)."""
     no_image_policy: str = "drop"
     """What to do with a document left without images: drop, or keep_text."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=between(1, 65536))
     """Images or sentences per embedding call (batched across documents)."""
 
     def __post_init__(self) -> None:
@@ -156,7 +160,7 @@ class BuildConfig:
     """Dropping images."""
     interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
     """Placing images among sentences."""
-    max_documents_per_tar: int = 1000
+    max_documents_per_tar: int = field(default=1000, metadata=between(1, 10_000_000))
     """Documents per output tar; each input file gives its own series of tars."""
     progress: bool = True
     """Show progress bars."""
@@ -169,26 +173,6 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
-        """Inverse of ``to_dict``; unknown keys are an error naming the section and key."""
-        sections = {
-            "read": ReadConfig,
-            "fetch": FetchConfig,
-            "filter": FilterConfig,
-            "interleave": InterleaveConfig,
-        }
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sections:
-                known = {f.name for f in dataclasses.fields(sections[key])}
-                unknown = set(value) - known
-                if unknown:
-                    raise ValueError(f"build config: unknown keys {sorted(unknown)} in section {key!r}")
-                kwargs[key] = sections[key](**value)
-            elif key in ("progress", "max_documents_per_tar"):
-                kwargs[key] = value
-            else:
-                raise ValueError(
-                    f"build config: unknown section {key!r}; expected one of {[*sections, 'max_documents_per_tar', 'progress']}"
-                )
-        return cls(**kwargs)
+    def from_dict(cls, data: dict[str, Any], source: str = "build config") -> BuildConfig:
+        """Inverse of ``to_dict``, checking every field's type and bounds; errors name ``source`` and the key."""
+        return from_mapping(cls, data, source)

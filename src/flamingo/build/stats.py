@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from flamingo.build.document import WebDocument, count
+from flamingo.configs import between, from_mapping
+
+_COUNT = between(0, 1 << 62)
 
 STAGES = ("read", "fetch", "filter", "decontaminate", "dedup", "faces", "nsfw", "interleave", "write")
 
@@ -29,15 +32,15 @@ def _failures(docs: list[WebDocument]) -> Counter[str]:
 class StageStats:
     """Counts for one stage."""
 
-    documents_in: int = 0
-    documents_out: int = 0
-    images_in: int = 0
-    images_out: int = 0
-    sentences_in: int = 0
-    sentences_out: int = 0
-    images_dropped: Counter[str] = field(default_factory=Counter)
-    documents_dropped: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
+    documents_in: int = field(default=0, metadata=_COUNT)
+    documents_out: int = field(default=0, metadata=_COUNT)
+    images_in: int = field(default=0, metadata=_COUNT)
+    images_out: int = field(default=0, metadata=_COUNT)
+    sentences_in: int = field(default=0, metadata=_COUNT)
+    sentences_out: int = field(default=0, metadata=_COUNT)
+    images_dropped: Counter[str] = field(default_factory=Counter, metadata=_COUNT)
+    documents_dropped: Counter[str] = field(default_factory=Counter, metadata=_COUNT)
+    seconds: float = field(default=0.0, metadata=between(0, 1e12))
     """Wall time of the stage, summed over shards."""
 
     def add(self, other: StageStats) -> None:
@@ -72,8 +75,8 @@ class BuildStats:
     """All stages' counts plus the images-per-document histogram of the output."""
 
     stages: dict[str, StageStats] = field(default_factory=dict)
-    images_per_document: Counter[int] = field(default_factory=Counter)
-    shards: int = 0
+    images_per_document: Counter[int] = field(default_factory=Counter, metadata=_COUNT)
+    shards: int = field(default=0, metadata=_COUNT)
 
     def record(
         self,
@@ -124,21 +127,9 @@ class BuildStats:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildStats:
-        """Inverse of ``to_dict``."""
-        stats = cls(shards=int(data.get("shards", 0)))
-        for name, s in data.get("stages", {}).items():
-            counts = {k: v for k, v in s.items() if not k.endswith("_dropped") and k != "seconds"}
-            stats.stages[name] = StageStats(
-                **counts,
-                images_dropped=Counter(s.get("images_dropped", {})),
-                documents_dropped=Counter(s.get("documents_dropped", {})),
-                seconds=float(s.get("seconds", 0.0)),
-            )
-        stats.images_per_document = Counter(
-            {int(k): v for k, v in data.get("images_per_document", {}).items()}
-        )
-        return stats
+    def from_dict(cls, data: dict[str, Any], source: str = "stats.json") -> BuildStats:
+        """Inverse of ``to_dict``, checking every count; errors name ``source`` and the field."""
+        return from_mapping(cls, data, source)
 
     def report_markdown(self) -> str:
         """A human-readable summary (``report.md``)."""

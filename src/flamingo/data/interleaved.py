@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
+from flamingo.configs import ConfigError, between, from_mapping
 from flamingo.data.schema import InterleavedDocument
 
 IMAGE_TOKEN = "<image>"
@@ -42,15 +43,15 @@ class RandomSource(Protocol):
 class InterleavedConfig:
     """How interleaved documents become training text (defaults: OpenFlamingo v2 on MMC4)."""
 
-    max_images: int = 6
+    max_images: int = field(default=6, metadata=between(1, 1024))
     """Most images kept per document (the first ones in text order)."""
-    max_tokens: int = 256
+    max_tokens: int = field(default=256, metadata=between(2, 1 << 20))
     """Length of the tokenized sequence; images whose ``<image>`` token is cut off are dropped."""
-    sim_threshold: float = 0.24
+    sim_threshold: float = field(default=0.24, metadata=between(-1, 1))
     """Image-sentence pairs with a lower similarity are dropped."""
-    min_image_bytes: int = 10_000
+    min_image_bytes: int = field(default=10_000, metadata=between(0, 1 << 40))
     """Images with fewer encoded bytes are dropped (only when the size is known)."""
-    single_image_drop_prob: float = 0.5
+    single_image_drop_prob: float = field(default=0.5, metadata=between(0, 1))
     """Probability of skipping a document left with exactly one image."""
     assignment: Literal["stored", "hungarian"] = "stored"
     """``stored``: use ``matched_text_index``; ``hungarian``: recompute a one-to-one assignment from
@@ -62,17 +63,17 @@ class InterleavedConfig:
 
     def __post_init__(self) -> None:
         if self.max_images < 1:
-            raise ValueError(f"InterleavedConfig.max_images must be at least 1, got {self.max_images}")
+            raise ConfigError(f"InterleavedConfig.max_images must be at least 1, got {self.max_images}")
         if self.max_tokens < 2:
-            raise ValueError(f"InterleavedConfig.max_tokens must be at least 2, got {self.max_tokens}")
+            raise ConfigError(f"InterleavedConfig.max_tokens must be at least 2, got {self.max_tokens}")
         if not 0.0 <= self.single_image_drop_prob <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"InterleavedConfig.single_image_drop_prob must be in [0, 1], got {self.single_image_drop_prob}"
             )
         if self.min_image_bytes < 0:
-            raise ValueError(f"InterleavedConfig.min_image_bytes must be >= 0, got {self.min_image_bytes}")
+            raise ConfigError(f"InterleavedConfig.min_image_bytes must be >= 0, got {self.min_image_bytes}")
         if self.assignment not in ("stored", "hungarian"):
-            raise ValueError(
+            raise ConfigError(
                 f"InterleavedConfig.assignment must be 'stored' or 'hungarian', got {self.assignment!r}"
             )
 
@@ -80,12 +81,9 @@ class InterleavedConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InterleavedConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"InterleavedConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str = "InterleavedConfig") -> InterleavedConfig:
+        """Build from a plain dict, checking every field's type and bounds; errors name ``source``."""
+        return from_mapping(cls, data, source)
 
 
 @dataclass

@@ -37,6 +37,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from flamingo.configs import ConfigError, between
+
 # Samples, batches and packing live in flamingo.data.batch; importable from here as before.
 from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples
 from flamingo.data.interleaved import (
@@ -72,6 +74,8 @@ from flamingo.data.shards import (
 from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
+MAX_SEQUENCE = 1 << 20
+"""Longest sequence (tokens per row) a source config may ask for."""
 
 
 @dataclass
@@ -85,42 +89,42 @@ class SourceConfig:
     conversations (flamingo-sft/1 tar shards or JSONL; only the answers are supervised)."""
     shards: list[str] = field(default_factory=list)
     """Shard files, globs, brace patterns or folders; empty means the source is absent."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=between(1, 65536))
     """Samples per micro-batch on each rank."""
-    loss_weight: float = 1.0
+    loss_weight: float = field(default=1.0, metadata=between(0, 1e6))
     """Weight of this source's mean token loss in the step's objective (OpenFlamingo: pairs 0.2)."""
-    sample_weight: float = 1.0
+    sample_weight: float = field(default=1.0, metadata=between(0, 1e6))
     """Relative chance of being picked for a step when ``data.mixing`` is ``sample``."""
-    max_tokens: int | None = None
+    max_tokens: int | None = field(default=None, metadata=between(2, MAX_SEQUENCE))
     """Sequence length; None: 256 for interleaved and sft, 32 for pairs (OpenFlamingo)."""
-    max_images: int = 6
+    max_images: int = field(default=6, metadata=between(1, 1024))
     """Most images per interleaved document."""
-    min_image_bytes: int = 10_000
+    min_image_bytes: int = field(default=10_000, metadata=between(0, 1 << 40))
     """Interleaved images with fewer encoded bytes are dropped (set 0 for tiny synthetic images)."""
-    sim_threshold: float = 0.24
+    sim_threshold: float = field(default=0.24, metadata=between(-1, 1))
     """Interleaved image-sentence pairs with a lower similarity are dropped."""
-    single_image_drop_prob: float = 0.5
+    single_image_drop_prob: float = field(default=0.5, metadata=between(0, 1))
     """Chance of skipping an interleaved document left with one image."""
     assignment: Literal["stored", "hungarian"] = "stored"
     """Image-sentence assignment: the stored ``matched_text_index`` or a fresh Hungarian one."""
     drop_bad_images: bool = False
     """Keep documents without their corrupt images instead of skipping them."""
-    shuffle_block: int = 256
+    shuffle_block: int = field(default=256, metadata=between(1, 1_000_000))
     """Raw samples shuffled together within a shard (1: shard order only)."""
     template: ChatTemplate = field(default_factory=ChatTemplate)
     """sft only: the role prefixes of the prompt template."""
     pack: bool = False
     """Concatenate consecutive samples that open with <image> into rows of pack_max_tokens (batch_size rows)."""
-    pack_max_tokens: int | None = None
+    pack_max_tokens: int | None = field(default=None, metadata=between(2, MAX_SEQUENCE))
     """Length of a packed row; None: max_tokens (set it higher to pack several full-length samples)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("interleaved", "pairs", "sft"):
-            raise ValueError(
+            raise ConfigError(
                 f"source {self.name!r}: kind must be 'interleaved', 'pairs' or 'sft', got {self.kind!r}"
             )
         if self.pack_max_tokens is not None and self.pack_max_tokens < self.sequence_length:
-            raise ValueError(
+            raise ConfigError(
                 f"source {self.name!r}: pack_max_tokens ({self.pack_max_tokens}) is shorter than a sample "
                 f"(max_tokens {self.sequence_length}); raise it or leave it unset"
             )
@@ -128,11 +132,11 @@ class SourceConfig:
             self.shards = [self.shards]
         for name in ("batch_size", "shuffle_block", "max_images"):
             if getattr(self, name) < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"source {self.name!r}: {name} must be at least 1, got {getattr(self, name)}"
                 )
         if self.loss_weight < 0 or self.sample_weight < 0:
-            raise ValueError(f"source {self.name!r}: loss_weight and sample_weight must be >= 0")
+            raise ConfigError(f"source {self.name!r}: loss_weight and sample_weight must be >= 0")
         self.interleaved_config()  # validates the preprocessing knobs
 
     @property

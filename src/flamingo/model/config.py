@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flamingo.configs import ConfigError, between, from_mapping, read_mapping, show
+
 FORMAT_VERSION = 1
 MEDIA_POLICIES = ("previous", "all_previous")
 VISION_KINDS = ("open_clip", "hf")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
+MAX_VOCAB = 1 << 24
+"""Largest vocabulary (and token id) a config may name."""
+MAX_IMAGE_SIZE = 4096
+"""Largest input resolution (pixels per side)."""
+OPEN_CLIP_NUMBER = 1 << 20
+"""Largest magnitude of a number in an open_clip architecture dict (widths, layers, vocabulary sizes)."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -41,9 +45,11 @@ class VisionConfig:
     """Hub revision (commit or tag) for ``hf`` encoders."""
     legacy_tokens: bool = True
     """open_clip < 2.23 token semantics (last-block patch tokens, no ln_post): what OpenFlamingo's weights need."""
-    model_cfg: dict[str, Any] | None = None
+    model_cfg: dict[str, Any] | None = field(
+        default=None, metadata=between(-OPEN_CLIP_NUMBER, OPEN_CLIP_NUMBER)
+    )
     """An open_clip architecture dict to register under ``name`` (custom or tiny encoders)."""
-    image_size: int | None = None
+    image_size: int | None = field(default=None, metadata=between(1, MAX_IMAGE_SIZE))
     """Input resolution override; None uses the encoder's own."""
 
     def __post_init__(self) -> None:
@@ -75,17 +81,17 @@ class LMConfig:
 class PerceiverConfig:
     """Perceiver Resampler: patch tokens -> a fixed number of latents per image."""
 
-    depth: int = 6
+    depth: int = field(default=6, metadata=between(1, 64))
     """Number of (attention, feed-forward) layers."""
-    heads: int = 8
+    heads: int = field(default=8, metadata=between(1, 128))
     """Attention heads."""
-    dim_head: int = 64
+    dim_head: int = field(default=64, metadata=between(1, 512))
     """Width of each head."""
-    num_latents: int = 64
+    num_latents: int = field(default=64, metadata=between(1, 4096))
     """Latent vectors per image."""
-    ff_mult: int = 4
+    ff_mult: int = field(default=4, metadata=between(1, 16))
     """Feed-forward expansion factor."""
-    max_frames: int | None = None
+    max_frames: int | None = field(default=None, metadata=between(1, 1024))
     """Learned frame (time) embeddings for video input with up to this many frames; None disables them."""
 
     def __post_init__(self) -> None:
@@ -100,15 +106,15 @@ class PerceiverConfig:
 class CrossAttnConfig:
     """Gated cross-attention blocks inserted before LM decoder layers."""
 
-    every_n: int = 1
+    every_n: int = field(default=1, metadata=between(1, 1024))
     """A block sits before decoder layer i when (i + 1) % every_n == 0."""
-    heads: int = 8
+    heads: int = field(default=8, metadata=between(1, 128))
     """Attention heads."""
-    dim_head: int = 64
+    dim_head: int = field(default=64, metadata=between(1, 512))
     """Width of each head."""
-    ff_mult: int = 4
+    ff_mult: int = field(default=4, metadata=between(1, 16))
     """Feed-forward expansion factor."""
-    gate_init: float = 0.0
+    gate_init: float = field(default=0.0, metadata=between(-10, 10))
     """Initial value of both tanh gates (0 makes the untrained model exactly the text-only LM)."""
     media_policy: Literal["previous", "all_previous"] = "previous"
     """Which images a token sees: the latest one at or before it (OpenFlamingo), or all of those."""
@@ -132,17 +138,17 @@ class TokenConfig:
     """Marks where an image sits in the text."""
     pad_token: str = "<PAD>"
     """Added only when the tokenizer has no pad token."""
-    eoc_id: int | None = None
+    eoc_id: int | None = field(default=None, metadata=between(0, MAX_VOCAB - 1))
     """Id of ``eoc_token``."""
-    image_id: int | None = None
+    image_id: int | None = field(default=None, metadata=between(0, MAX_VOCAB - 1))
     """Id of ``image_token``."""
-    pad_id: int | None = None
+    pad_id: int | None = field(default=None, metadata=between(0, MAX_VOCAB - 1))
     """Id of the pad token."""
-    first_new_id: int | None = None
+    first_new_id: int | None = field(default=None, metadata=between(0, MAX_VOCAB - 1))
     """First id of the contiguous block of tokens added to the base tokenizer."""
-    num_new: int = 0
+    num_new: int = field(default=0, metadata=between(0, 65536))
     """How many tokens were added (their embedding rows are the only trainable part of the embeddings)."""
-    vocab_size: int | None = None
+    vocab_size: int | None = field(default=None, metadata=between(1, MAX_VOCAB))
     """Tokenizer length after adding the tokens (= rows of the resized embedding matrix)."""
     tied_output: bool | None = None
     """Whether the LM's output head shares the input embedding matrix."""
@@ -157,7 +163,7 @@ class FlamingoConfig:
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     cross_attn: CrossAttnConfig = field(default_factory=CrossAttnConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
-    format_version: int = FORMAT_VERSION
+    format_version: int = field(default=FORMAT_VERSION, metadata=between(1, 1_000_000))
     """Version of the checkpoint format."""
     backbones_included: bool = False
     """Whether the frozen LM and vision encoder are stored inside the checkpoint directory."""
@@ -167,24 +173,28 @@ class FlamingoConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> FlamingoConfig:
-        """Build from a plain dict, naming unknown or misspelt fields in the error."""
-        sections = {"lm": LMConfig, "vision": VisionConfig, "perceiver": PerceiverConfig}
-        sections |= {"cross_attn": CrossAttnConfig, "tokens": TokenConfig}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sections:
-                kwargs[key] = _build_section(sections[key], value, f"{source}: {key}")
-            elif key in ("format_version", "backbones_included"):
-                kwargs[key] = value
-            elif key != "architecture":
+        """Build from a plain dict (a ``config.json``), checking every field's type and bounds.
+
+        Unknown or misspelt fields, values of the wrong type and sizes out of bounds raise one
+        :class:`ConfigError` naming ``source`` and the field.
+        """
+        if isinstance(data, dict) and "architecture" in data:
+            data = dict(data)
+            architecture = data.pop("architecture")
+            if architecture != "flamingo":
                 raise ConfigError(
-                    f"{source}: unknown field {key!r}; expected one of {[*sections, 'format_version']}"
+                    f"{source}: field 'architecture': got {show(architecture)}; expected 'flamingo' (this is not "
+                    "a flamingo-vlm model config)",
+                    source=source,
+                    field="architecture",
                 )
-        config = cls(**kwargs)
+        config = from_mapping(cls, data, source)
         if config.format_version > FORMAT_VERSION:
             raise ConfigError(
                 f"{source}: format_version {config.format_version} is newer than this flamingo-vlm understands "
-                f"({FORMAT_VERSION}); upgrade flamingo-vlm"
+                f"({FORMAT_VERSION}); upgrade flamingo-vlm",
+                source=source,
+                field="format_version",
             )
         return config
 
@@ -194,18 +204,5 @@ class FlamingoConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> FlamingoConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data, source=str(path))
-
-
-def _build_section(section_cls: type, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be an object, got {type(value).__name__}")
-    names = {f.name for f in dataclasses.fields(section_cls)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields are {sorted(names)}")
-    return section_cls(**value)
+        """Read a ``config.json``; every problem is a one-line :class:`ConfigError` naming the file."""
+        return cls.from_dict(read_mapping(path, "model config"), source=str(path))

@@ -29,8 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
 
-    if args.seeds < 1:
-        raise ValueError("--seeds must be at least 1")
+    if not 1 <= args.seeds <= 1000:
+        raise ValueError(f"--seeds must be from 1 to 1000, got {args.seeds}")
+    if not 1 <= args.threads <= 1024:
+        raise ValueError(f"--threads must be from 1 to 1024, got {args.threads}")
     seeds = tuple(range(args.seeds))
     if args.small:
         config = QuickstartConfig.small(out=args.out or "runs/quickstart-small", seeds=seeds)
@@ -38,18 +40,13 @@ def _run(args: argparse.Namespace) -> int:
         config = QuickstartConfig(out=args.out or "runs/quickstart", seeds=seeds)
     config.threads = args.threads
     if args.config:
-        config = config.updated(_read_overrides(args.config))
+        config = config.updated(_read_overrides(args.config), source=args.config)
     run_quickstart(config)
     return 0
 
 
 def _read_overrides(path: str) -> dict:
-    import yaml
+    """The mapping of QuickstartConfig fields in a YAML or JSON file; errors name the file."""
+    from flamingo.configs import read_mapping
 
-    with open(path, encoding="utf-8") as stream:
-        overrides = yaml.safe_load(stream) or {}  # YAML is a superset of JSON
-    if not isinstance(overrides, dict):
-        raise ValueError(
-            f"{path}: expected a mapping of QuickstartConfig fields, got {type(overrides).__name__}"
-        )
-    return overrides
+    return read_mapping(path, "quickstart config")

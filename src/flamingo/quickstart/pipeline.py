@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+MAX_STEPS = 10_000_000
+"""Largest number of steps of any stage."""
+MAX_COUNT = 10_000_000
+"""Largest number of pages, pairs, names, episodes or samples."""
 
 
 @dataclass
@@ -30,22 +36,26 @@ class QuickstartConfig:
 
     out: str = "runs/quickstart"
     """Output folder."""
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=between(0, MAX_SEED))
     """Evaluation seeds (demonstrations and episodes)."""
-    pages: dict[str, int] = field(default_factory=lambda: {"captions": 400, "qa": 800, "bursty": 2400})
+    pages: dict[str, int] = field(
+        default_factory=lambda: {"captions": 400, "qa": 800, "bursty": 2400}, metadata=between(0, MAX_COUNT)
+    )
     """Web pages per kind (3600 pages: 1500 steps of 16 documents see each about 6.7 times; with 1000 pages the
     adapters memorised which training name went with which picture and predicted those names in context). With
     400 quiz pages instead of 800 (same backbones), 4-shot novel labels were 0.933/0.890/0.920 instead of
     0.963/0.947/0.963 and 4-shot VQA 90.3 instead of 100: the pictures of the demonstrations led count answers on
     into bursty-page phrases (``two gift from``)."""
-    pictures: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(_default_pictures()))
+    pictures: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: dict(_default_pictures()), metadata=between(1, 100)
+    )
     """Pictures per page of each kind (a range). On a bursty page the first picture of each object is a first
     mention, whose name can only be guessed; the rest are repeats, whose name the adapters learn to copy. Quiz
     pages go to 10 so that an 8-shot VQA prompt (9 pictures) is not where pages end (with 4-6, 8-shot VQA was 66
     against 87 with 4-10, same backbones, 1 thread: the model went on after the answer the way pages end)."""
-    bursty_objects: tuple[int, int] = (2, 3)
+    bursty_objects: tuple[int, int] = field(default=(2, 3), metadata=between(1, 100))
     """Objects per bursty page (a range; each is a distinct training class under its own invented name)."""
-    bursty_cast_intro: float = 0.5
+    bursty_cast_intro: float = field(default=0.5, metadata=between(0, 1))
     """Share of bursty pages whose intro lists the cast's names (``Meet my pets: Zorp, Blix.``). A first mention
     on such a page is one of the names above it, so the adapters learn to pick a name from the context where
     they cannot copy one, instead of a training name (1 thread, same backbones: 4-shot novel labels 0.872 with
@@ -54,83 +64,83 @@ class QuickstartConfig:
     world seed 1 at 1 thread 0.859 with none and 0.942 with a quarter (blanked 0.014 and 0.076)."""
     qa_kinds: tuple[str, ...] = ("colour", "shape", "count")
     """Question kinds the quiz pages ask (the VQA benchmark asks all three)."""
-    qa_whole_answers: float = 0.0
+    qa_whole_answers: float = field(default=0.0, metadata=between(0, 1))
     """Share of quiz pages that answer in sentences (``answer: the triangle is red.``); the rest answer in one
     word, like the VQA benchmark's annotations."""
-    qa_style: str = "marked"
+    qa_style: Literal["marked", "plain"] = "marked"
     """How quiz pages (and the LM's and the CLIP's quiz text) write questions and answers: ``marked``
     (``Question: what colour is the triangle? answer: red.``) or ``plain`` (``What colour is the triangle? the
     triangle is red.``), in which case no text of the world shows the VQA prompt's markers and one-word answers."""
-    pet_quiz: float = 0.0
+    pet_quiz: float = field(default=0.0, metadata=between(0, 1))
     """Share of bursty pages written as pet quizzes (``Question: what is the name of the red triangle? answer:
     zorp.``); the CLIP's sentences then include such questions too (for the builder's placement)."""
-    vqa_names: float = 0.0
+    vqa_names: float = field(default=0.0, metadata=between(0, 1))
     """Share of the VQA set's questions that ask for the name of one of ``vqa_cast`` pets, whose held-out names
     only the demonstrations can give (OK-VQA-like: the picture alone cannot answer)."""
-    vqa_cast: int = 2
+    vqa_cast: int = field(default=2, metadata=between(0, 1000))
     """Pets of the VQA set's name questions (distinct training classes with held-out names)."""
     lm_pet_quiz: bool = False
     """Pet-quiz documents in the LM's text, in the pages' format and the VQA prompt's (measured: they broke
     captions, see the notes)."""
-    train_names: int = 400
+    train_names: int = field(default=400, metadata=between(1, 100_000))
     """Invented names that training pages use (100 more are held out for the novel-label episodes)."""
-    pairs: int = 2000
+    pairs: int = field(default=2000, metadata=between(0, MAX_COUNT))
     """Alt-text pairs (picture + bare description), trained on beside the pages like LAION in OpenFlamingo."""
-    pair_batch_size: int = 32
+    pair_batch_size: int = field(default=32, metadata=between(1, 65536))
     """Pairs per training step."""
-    pair_loss_weight: float = 0.2
+    pair_loss_weight: float = field(default=0.2, metadata=between(0, 1000))
     """Weight of the pairs' loss (OpenFlamingo: 0.2 with twice the batch)."""
-    pair_pack_tokens: int | None = None
+    pair_pack_tokens: int | None = field(default=None, metadata=between(2, 1 << 20))
     """Pack consecutive pairs into rows of this many tokens (None: one pair per row)."""
-    clip_steps: int = 1200
+    clip_steps: int = field(default=1200, metadata=between(1, MAX_STEPS))
     """CLIP steps (batch 128): contrastive loss plus shape/colour/count heads."""
-    clip_attribute_weight: float = 1.0
+    clip_attribute_weight: float = field(default=1.0, metadata=between(0, 1000))
     """Weight of the CLIP's attribute heads (0: contrastive only)."""
-    lm_max_steps: int = 1500
+    lm_max_steps: int = field(default=1500, metadata=between(1, MAX_STEPS))
     """Most LM pretraining steps; stops earlier once copy accuracy reaches ``lm_copy_threshold``."""
-    lm_copy_threshold: float = 0.995
+    lm_copy_threshold: float = field(default=0.995, metadata=between(0, 1))
     """Held-out copy accuracy at which LM pretraining stops (0.98 stopped at 800 steps; 4-shot novel labels
     0.850, against 0.882 with 0.995 and 1500 adapter steps, same world, 2 threads)."""
-    similarity_threshold: float = 0.2
+    similarity_threshold: float = field(default=0.2, metadata=between(-1, 1))
     """Builder and loader: image-sentence pairs with a lower CLIP cosine similarity are dropped."""
-    train_steps: int = 1500
+    train_steps: int = field(default=1500, metadata=between(1, MAX_STEPS))
     """Flamingo training steps."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=between(1, 65536))
     """Documents per training step."""
-    gate_init: float = 0.5
+    gate_init: float = field(default=0.5, metadata=between(-10, 10))
     """Initial value of the cross-attention tanh gates."""
-    episodes: int = 300
+    episodes: int = field(default=300, metadata=between(0, MAX_COUNT))
     """Novel-label episodes per condition and seed."""
-    eval_samples: int = 100
+    eval_samples: int = field(default=100, metadata=between(1, MAX_COUNT))
     """Test examples per generic task (captions, VQA)."""
-    threads: int = 2
+    threads: int = field(default=2, metadata=between(1, 1024))
     """Cores the quickstart may use (1 when other work shares the CPU). With 2 or more, a second process draws
     the world and pretrains the LM beside the CLIP stage (each side with half the threads), and
     training computes on ``threads - 1`` threads while its data worker processes take the remaining core."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, MAX_SEED))
     """Seed of the world and of training."""
 
-    def updated(self, overrides: dict[str, Any]) -> QuickstartConfig:
-        """A copy with ``overrides`` (field name -> value) applied; unknown names are refused, lists become
-        tuples where the field holds ranges or seeds."""
-        from dataclasses import fields, replace
+    def __post_init__(self) -> None:
+        from flamingo.quickstart.pages import PAGE_KINDS
 
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown quickstart setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(overrides)
-        if "pictures" in values:
-            values["pictures"] = {**self.pictures, **{k: tuple(v) for k, v in values["pictures"].items()}}
-            bad = sorted(set(values["pictures"]) - set(self.pictures))
+        for name in ("pages", "pictures"):
+            bad = sorted(map(str, set(getattr(self, name)) - set(PAGE_KINDS)))
             if bad:
-                raise ValueError(f"pictures: unknown page kind(s) {bad}; use {sorted(self.pictures)}")
-        if "pages" in values:
-            values["pages"] = {**self.pages, **values["pages"]}
-        for name in ("seeds", "bursty_objects", "qa_kinds"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return replace(self, **values)
+                raise ConfigError(f"{name}: unknown page kind(s) {bad}; use {sorted(PAGE_KINDS)}")
+        ranges = {f"pictures.{kind}": span for kind, span in self.pictures.items()}
+        for name, (low, high) in {**ranges, "bursty_objects": self.bursty_objects}.items():
+            if low > high:
+                raise ConfigError(f"{name}: ({low}, {high}) is not a range (low, high) with low <= high")
+
+    def updated(self, overrides: Mapping[str, Any], source: str = "quickstart overrides") -> QuickstartConfig:
+        """A copy with ``overrides`` (field name -> value) applied, checked like a config file (errors name
+        ``source``); ``pictures`` and ``pages`` change only the page kinds they name."""
+        values: dict[str, Any] = asdict(self)
+        for key, value in overrides.items():
+            if key in ("pictures", "pages") and isinstance(value, Mapping):
+                value = {**values[key], **value}
+            values[key] = value
+        return from_mapping(QuickstartConfig, values, source)
 
     @classmethod
     def small(cls, out: str = "runs/quickstart-small", seeds: tuple[int, ...] = (0, 1)) -> QuickstartConfig:

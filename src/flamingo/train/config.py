@@ -11,7 +11,6 @@ of the wrong type are errors that name the key and the file.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any, Literal
 
 import yaml
 
+from flamingo.configs import MAX_SEED, ConfigError, between, bounds_text, from_mapping, read_mapping
 from flamingo.data.loader import SourceConfig
 
-
-class ConfigError(ValueError):
-    """A training config that cannot be used; the message names the key and the fix."""
+MAX_STEPS = 100_000_000
+"""Largest number of steps (optimizer steps, warm-up, checkpoint and logging intervals)."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -37,17 +36,17 @@ class LoraConfig:
 
     enabled: bool = False
     """Add and train LoRA matrices in the LM's linear layers (the LM's own weights stay frozen)."""
-    r: int = 8
+    r: int = field(default=8, metadata=between(1, 4096))
     """Rank of each update ``B A``."""
-    alpha: float = 16.0
+    alpha: float = field(default=16.0, metadata=between(0, 1e6, above=True))
     """Scale: the update is ``(alpha / r) * B A x``."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=between(0, 1))
     """Dropout on the LoRA branch's input during training."""
     target_modules: str | list[str] = "auto"
     """``auto``: the decoder layers' linear projections; ``all-linear``: all but the head; or a list of names.
     ``auto`` takes attention and MLP projections whatever the family calls them; a listed name matches itself
     and any ``*.name``. The head and the embeddings are refused."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=between(0, 100))
     """Decoupled weight decay of the LoRA matrices (0: none, as QLoRA; decay pulls B A towards the base LM)."""
     merge_on_save: bool = False
     """Fold the LoRA into the saved LM copy model/lm/ (needs saved backbones) instead of writing model/lora/.
@@ -77,15 +76,15 @@ class ModelConfig:
     """tiny: the LM family (llama, gpt2, ...); openflamingo: the preset; pretrained: the path or hub id."""
     vision: str = "open_clip"
     """tiny only: open_clip, clip or siglip."""
-    every_n: int = 1
+    every_n: int = field(default=1, metadata=between(1, 1024))
     """tiny only: cross-attention before every n-th decoder layer."""
-    gate_init: float = 0.0
+    gate_init: float = field(default=0.0, metadata=between(-10, 10))
     """tiny only: initial value of the tanh gates."""
-    width: int = 64
+    width: int = field(default=64, metadata=between(1, 8192))
     """tiny only: LM width."""
-    layers: int = 4
+    layers: int = field(default=4, metadata=between(1, 256))
     """tiny only: LM decoder layers."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, MAX_SEED))
     """tiny only: seed of the random backbone weights (they are rebuilt on resume)."""
     train_new_token_rows: bool = True
     """Train the embedding rows of <image>, <|endofchunk|> and pad."""
@@ -110,9 +109,9 @@ class DataConfig:
     """``all``: every step uses every source (OpenFlamingo); ``sample``: one source per step by sample_weight."""
     synthetic: bool = False
     """Generate synthetic shards into <run_dir>/data for sources without shards (tiny runs and tests)."""
-    synthetic_samples: int = 200
+    synthetic_samples: int = field(default=200, metadata=between(1, 10_000_000))
     """Documents, pairs or conversations generated per synthetic source."""
-    prefetch: int = 2
+    prefetch: int = field(default=2, metadata=between(0, 1024))
     """Micro-batches built ahead per source by its worker (0: none, built in the training loop)."""
     worker: Literal["process", "thread"] = "process"
     """Where each source's batches are built: ``process`` (a forked worker process per source, so reading,
@@ -139,18 +138,18 @@ class DataConfig:
 class OptimizerConfig:
     """AdamW over the trainable parameters."""
 
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=between(0, 10, above=True))
     """Peak learning rate."""
-    weight_decay: float = 0.1
+    weight_decay: float = field(default=0.1, metadata=between(0, 100))
     """Decoupled weight decay of the parameters chosen by ``decay_on``."""
     decay_on: Literal["cross_attn", "cross_attn_matrices", "none"] = "cross_attn"
     """``cross_attn``: every cross-attention parameter (OpenFlamingo); ``cross_attn_matrices``: only its
     weight matrices (no gates, norms or biases)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=between(0, 1))
     """AdamW betas."""
-    eps: float = 1e-8
+    eps: float = field(default=1e-8, metadata=between(0, 1))
     """AdamW epsilon."""
-    grad_clip: float = 1.0
+    grad_clip: float = field(default=1.0, metadata=between(0, 1e6))
     """Clip the global gradient norm of each optimizer step to this (0: no clipping)."""
 
 
@@ -158,11 +157,11 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Learning-rate schedule, counted in optimizer steps."""
 
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=between(0, MAX_STEPS))
     """Linear warm-up from lr/warmup_steps to lr."""
     schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: ``constant`` or ``cosine`` decay to min_lr_ratio * lr at the last step."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = field(default=0.0, metadata=between(0, 1))
     """Floor of the cosine schedule as a fraction of lr."""
 
 
@@ -170,19 +169,19 @@ class ScheduleConfig:
 class TrainConfig(OptimizerConfig, ScheduleConfig):
     """The loop: steps, accumulation, precision; includes the optimizer and schedule fields (train.lr, ...)."""
 
-    steps: int = 100
+    steps: int = field(default=100, metadata=between(1, MAX_STEPS))
     """Optimizer steps to run."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=between(1, 65536))
     """Micro-batches per source accumulated into one optimizer step."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, MAX_SEED))
     """Seed of the data order and the torch RNG."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 autocast on GPU, fp32 on CPU; ``fp32``; ``bf16`` autocast."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
-    max_nonfinite_steps: int = 10
+    max_nonfinite_steps: int = field(default=10, metadata=between(1, MAX_STEPS))
     """Stop after this many optimizer steps in a row skipped for a non-finite loss or gradient."""
-    vision_cache_mb: int = 0
+    vision_cache_mb: int = field(default=0, metadata=between(0, 1 << 20))
     """Keep the frozen vision encoder's output of each image, up to this many megabytes, and reuse it when the
     same pixels come again (0: off). Worth it when a run sees its images several times (small datasets, many
     epochs, no random augmentation); a single pass over web data only pays for the hashing. Not with FSDP."""
@@ -222,9 +221,9 @@ class ParallelConfig:
 class CheckpointConfig:
     """Resumable checkpoints under <run_dir>/checkpoints."""
 
-    every: int = 0
+    every: int = field(default=0, metadata=between(0, MAX_STEPS))
     """Save every this many optimizer steps (0: only at the end)."""
-    keep_last: int = 3
+    keep_last: int = field(default=3, metadata=between(1, 1_000_000))
     """Checkpoints kept; older ones are deleted."""
     resume: str | None = None
     """``auto``: continue from the latest checkpoint of run_dir if any; or a checkpoint directory."""
@@ -240,7 +239,7 @@ class CheckpointConfig:
 class LoggingConfig:
     """Metrics: JSONL always; progress bar, TensorBoard and W&B optional."""
 
-    every: int = 1
+    every: int = field(default=1, metadata=between(1, MAX_STEPS))
     """Write metrics every this many optimizer steps."""
     progress: bool = True
     """Show a tqdm progress bar (rank 0)."""
@@ -250,7 +249,7 @@ class LoggingConfig:
     """Also log to Weights & Biases (only if wandb is installed)."""
     wandb_project: str = "flamingo-vlm"
     """W&B project."""
-    peak_flops: float | None = None
+    peak_flops: float | None = field(default=None, metadata=between(0, 1e21, above=True))
     """Device peak FLOP/s for MFU; None: 989e12 (H100 bf16) on GPU, 70e9 on CPU."""
 
     def __post_init__(self) -> None:
@@ -287,20 +286,19 @@ class RunConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A :class:`RunConfig` from a YAML file (or the defaults) with ``key.sub=value`` overrides applied."""
+    """A :class:`RunConfig` from a YAML file (or the defaults) with ``key.sub=value`` overrides applied.
+
+    The file and the overrides go through the same checks (types, bounds, unknown keys); an error names the
+    file, or the override when the value came from one.
+    """
     data: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
         path = _preset_or_path(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        _check(isinstance(data, dict), f"{path}: the top level must be a mapping of sections")
-    for override in overrides or []:
-        apply_override(data, override)
+        data = read_mapping(path, "training config")
+    origins = {apply_override(data, override): f"override '{override}'" for override in overrides or []}
     _refuse_remote_code_key(data, source)
-    return from_dict(RunConfig, data, source)
+    return from_dict(RunConfig, data, source, origins=origins)
 
 
 def _preset_or_path(path: str | Path) -> Path:
@@ -332,96 +330,46 @@ def _refuse_remote_code_key(data: Any, source: str, where: str = "") -> None:
             _refuse_remote_code_key(value, source, f"{where}.{index}")
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set ``a.b.0.c=value`` in nested dicts/lists; the value is parsed as YAML (``[1, 2]``, ``null``, ...)."""
+def apply_override(data: dict[str, Any], override: str) -> str:
+    """Set ``a.b.0.c=value`` in nested dicts/lists; the value is parsed as YAML (``[1, 2]``, ``null``, ...).
+
+    Returns the dotted key that was set.
+    """
     key, sep, raw = override.partition("=")
-    _check(bool(sep and key), f"override {override!r} must look like section.key=value")
+    source = f"override '{override}'"
+    _check(bool(sep and key.strip()), f"{source}: must look like section.key=value")
     parts = key.strip().split(".")
+    try:
+        parsed = yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError, RecursionError) as error:
+        problem = getattr(error, "problem", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{source}: the value is not valid YAML ({problem})", source=source) from None
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        value = yaml.safe_load(raw) if last else {}
+        value = parsed if last else {}
         if isinstance(node, list):
-            _check(part.isdigit(), f"override {key}: {part!r} must be a list index")
+            _check(part.isdigit(), f"{source}: {part!r} in {key} must be a list index")
             index = int(part)
-            _check(index <= len(node), f"override {key}: index {index} is past the end (length {len(node)})")
+            _check(index <= len(node), f"{source}: index {index} is past the end (length {len(node)})")
             if index == len(node):
                 node.append(value)  # a new list entry (for example one more data source)
             elif last:
                 node[index] = value
             node = node[index]
         else:
-            _check(isinstance(node, dict), f"override {key}: {'.'.join(parts[:depth])} is not a section")
+            _check(isinstance(node, dict), f"{source}: {'.'.join(parts[:depth])} is not a section")
             if last:
                 node[part] = value
             node = node.setdefault(part, value)
+    return ".".join(parts)
 
 
-def from_dict(cls: type, data: Any, source: str, where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``source`` and the key."""
-    if isinstance(data, cls):
-        return data
-    _check(isinstance(data, dict), f"{source}: {where or 'the config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            raise ConfigError(f"{source}: unknown key '{path}'; known keys here: {', '.join(known)}")
-        kwargs[key] = _coerce(hints[key], value, source, path)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{source}: {where or 'config'}: {error}") from error
-
-
-def _coerce(kind: Any, value: Any, source: str, path: str) -> Any:
-    """``value`` as type ``kind`` (dataclass, list[...], X | None, Literal, bool, int, float, str)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    bad = ConfigError(f"{source}: '{path}' must be {_describe(kind)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        return _coerce(options[0], value, source, path) if len(options) == 1 else value
-    if origin is Literal:
-        if value not in args:
-            raise bad
-        return value
-    if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, source, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(args[0], item, source, f"{path}.{i}") for i, item in enumerate(value)]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if kind in (int, float):
-        if isinstance(value, bool):
-            raise bad
-        try:
-            number = float(value) if kind is float else value
-        except (TypeError, ValueError):
-            raise bad from None
-        if kind is int and not isinstance(number, int):
-            raise bad
-        return number
-    if kind is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise bad
-        return str(value)
-    return value
-
-
-def _describe(kind: Any) -> str:
-    if typing.get_origin(kind) is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(kind)))
-    return getattr(kind, "__name__", str(kind))
+def from_dict(
+    cls: type, data: Any, source: str, where: str = "", origins: dict[str, str] | None = None
+) -> Any:
+    """Build dataclass ``cls`` from ``data``, checking keys, types and bounds; errors name ``source`` and the key."""
+    return from_mapping(cls, data, source, where=where, origins=origins)
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -436,7 +384,8 @@ def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
             lines += describe_fields(hints[f.name], f"{path}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{path} = {default!r}  # {docs.get(f.name, '')}")
+        limits = bounds_text(f.metadata)
+        lines.append(f"{path} = {default!r}  # {docs.get(f.name, '')}" + (f" [{limits}]" if limits else ""))
     return lines
 
 

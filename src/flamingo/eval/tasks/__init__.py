@@ -10,13 +10,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import string
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping, hint, parse_mapping
 from flamingo.eval.datasets import EvalExample, get_reader, imagenet_clip_classnames, resolve
 from flamingo.eval.metrics import METRICS
 from flamingo.eval.postprocess import END_OF_CHUNK, POSTPROCESSORS
@@ -27,7 +26,7 @@ DEMO_FIELDS = frozenset({"caption", "answer", "label", "question", "text"})
 QUERY_FIELDS = frozenset({"question", "text"})
 
 
-class TaskSpecError(ValueError):
+class TaskSpecError(ConfigError):
     """A task file is invalid; the message names the file, the field and the fix."""
 
 
@@ -49,11 +48,11 @@ class PromptSpec:
 class DecodingSpec:
     """Generation settings (generation tasks only)."""
 
-    num_beams: int = 3
+    num_beams: int = field(default=3, metadata=between(1, 64))
     """Beam search width."""
-    max_new_tokens: int = 20
+    max_new_tokens: int = field(default=20, metadata=between(1, 4096))
     """Most tokens generated after the prompt."""
-    length_penalty: float = 0.0
+    length_penalty: float = field(default=0.0, metadata=between(-100, 100))
     """Beam search length penalty (OpenFlamingo uses 0)."""
     stop: tuple[str, ...] = (END_OF_CHUNK,)
     """Strings that end generation."""
@@ -81,21 +80,25 @@ class TaskSpec:
     """Post-processor applied to generated text (see ``flamingo.eval.postprocess.POSTPROCESSORS``)."""
     decoding: DecodingSpec | None = None
     """Generation settings; required for generation tasks."""
-    class_names: str | tuple[str, ...] | None = None
+    class_names: str | tuple[str, ...] | None = field(default=None, metadata=hint('e.g. ["no", "yes"]'))
     """Classification: a list of names, ``imagenet_clip``, or a file of names (one a line) under the data root."""
     positive_class: str | None = None
     """Classification scored by ROC AUC: the class whose probability is the score."""
-    shots: tuple[int, ...] = (0, 4, 8, 16, 32)
+    shots: tuple[int, ...] = field(
+        default=(0, 4, 8, 16, 32), metadata=between(0, 1024, hint="e.g. shots: [0, 4, 8]")
+    )
     """Numbers of demonstrations to evaluate."""
-    seeds: tuple[int, ...] = (42, 43, 44)
+    seeds: tuple[int, ...] = field(
+        default=(42, 43, 44), metadata=between(0, MAX_SEED, hint="e.g. seeds: [42, 43, 44]")
+    )
     """Seeds; scores are averaged over them."""
-    query_set_size: int = 2048
+    query_set_size: int = field(default=2048, metadata=between(0, 10_000_000))
     """Training examples drawn once per seed, from which random demonstrations are drawn."""
-    zero_shot_text_demos: int = 2
+    zero_shot_text_demos: int = field(default=2, metadata=between(0, 1024))
     """Text-only demonstrations used for 0-shot (their images removed)."""
     description: str = ""
     """Free text."""
-    source: str = "<dict>"
+    source: str = field(default="<dict>", metadata={"internal": True})
     """The file this task came from (set by ``load_task``)."""
 
     def __post_init__(self) -> None:
@@ -192,49 +195,12 @@ def _check_reader(spec: TaskSpec) -> None:
             ) from err
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def task_from_dict(data: dict[str, Any], source: str = "<dict>") -> TaskSpec:
-    """Build a ``TaskSpec`` from parsed YAML, with errors that name ``source`` and the field."""
-    if not isinstance(data, dict):
-        raise TaskSpecError(f"{source}: a task file must be a YAML mapping of fields; see coco.yaml.")
-    known = {f.name for f in fields(TaskSpec)} - {"source"}
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            fix = f"did you mean {close[0]!r}?" if close else f"known fields: {sorted(known)}"
-            raise _fail(source, key, "unknown field", fix)
-    required = [f.name for f in fields(TaskSpec) if _no_default(f)]
-    for name in required:
-        if name not in data:
-            raise _fail(source, name, "missing", f"add '{name}:' to the task file (see coco.yaml)")
-    values = dict(data)
-    values["prompt"] = _sub_spec(PromptSpec, data["prompt"], source, "prompt")
-    if data.get("decoding") is not None:
-        values["decoding"] = _sub_spec(DecodingSpec, data["decoding"], source, "decoding")
-    for key in ("shots", "seeds", "class_names"):
-        if key in values:
-            values[key] = _as_tuple(values[key])
-    if isinstance(values.get("class_names"), tuple) and not all(
-        isinstance(c, str) for c in values["class_names"]
-    ):
-        raise _fail(source, "class_names", "names must be strings", 'quote them, e.g. ["no", "yes"]')
-    return TaskSpec(**values, source=source)
+    """Build a ``TaskSpec`` from parsed YAML, checking every field's type and bounds.
 
-
-def _no_default(f: Any) -> bool:
-    return f.default is MISSING and f.default_factory is MISSING
-
-
-def _sub_spec(cls: type, data: Any, source: str, name: str) -> Any:
-    if not isinstance(data, dict):
-        raise _fail(source, name, "must be a mapping", f"see the {name} section of coco.yaml")
-    try:
-        return cls(**{k: _as_tuple(v) for k, v in data.items()})
-    except TypeError as err:
-        raise _fail(source, name, str(err), f"its fields are {[f.name for f in fields(cls)]}") from err
+    Errors are :class:`TaskSpecError` naming ``source``, the field and the fix.
+    """
+    return from_mapping(TaskSpec, data, source, fixed={"source": source}, error=TaskSpecError)
 
 
 def list_tasks() -> list[str]:
@@ -259,7 +225,9 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
             )
         source, content = f"flamingo/eval/tasks/{text}.yaml", resource.read_text("utf-8")
     try:
-        data = yaml.safe_load(content)
-    except yaml.YAMLError as err:
-        raise TaskSpecError(f"{source}: not valid YAML ({err}).") from err
+        data = parse_mapping(content, source, what="task")
+    except TaskSpecError:
+        raise
+    except ConfigError as err:
+        raise TaskSpecError(str(err), source=source) from None
     return task_from_dict(data, source)
