@@ -40,11 +40,15 @@ from flamingo.data.shards import (
     read_mmc4_jsonl,
     read_pairs,
 )
+from flamingo.data.usable import REASONS, SETTINGS_REASONS, Checked, SampleSettings, check_sample
 from flamingo.data.validate import ValidationIssue, ValidationReport, shard_stats, validate_shards
 
 __all__ = [
     "FORMAT",
+    "REASONS",
+    "SETTINGS_REASONS",
     "ChatTemplate",
+    "Checked",
     "Conversation",
     "EncodedImage",
     "ImageInfo",
@@ -56,6 +60,7 @@ __all__ = [
     "Message",
     "PairShardWriter",
     "ReadStats",
+    "SampleSettings",
     "SchemaError",
     "SchemaIssue",
     "SftShardWriter",
@@ -64,6 +69,7 @@ __all__ = [
     "ValidationReport",
     "build_interleaved_text",
     "build_pair_text",
+    "check_sample",
     "conversation_from_dict",
     "expand_braces",
     "expand_paths",

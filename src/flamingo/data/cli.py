@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="build, convert, inspect and validate datasets")
     commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    validate = commands.add_parser("validate", help="report every problem of every sample of the shards")
-    validate.add_argument("paths", nargs="+", help="shard files, globs, brace patterns or folders")
+    validate = commands.add_parser(
+        "validate",
+        help="report every problem of every sample of the shards",
+        description="Check every sample as the trainer's loader does and count the unusable ones per reason. "
+        "With --config, each data source of a training config is checked with its own settings and the "
+        "model's tokenizer, so the counts are the ones training will log (read_<reason>).",
+    )
+    validate.add_argument(
+        "paths", nargs="*", help="shard files, globs, brace patterns or folders (with --config: optional)"
+    )
+    validate.add_argument(
+        "--kind",
+        choices=("auto", "interleaved", "pairs", "sft"),
+        default="auto",
+        help="what the samples are (auto: guessed per sample); --config takes each source's kind",
+    )
+    validate.add_argument(
+        "--config", help="a training config: check with its data sources' settings and its model's tokenizer"
+    )
+    validate.add_argument("--source", help="with --config: only this data source (needed to check PATHS)")
     validate.add_argument("--no-images", action="store_true", help="do not decode the images")
     validate.add_argument("--json", help="also write the report as JSON to this file")
     validate.add_argument("--max-issues", type=int, default=50, help="issues printed (all go to --json)")
@@ -30,13 +49,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from flamingo.data.usable import SampleSettings
     from flamingo.data.validate import validate_shards, write_report
 
-    report = validate_shards(args.paths, check_images=not args.no_images)
-    print(report.to_text(args.max_issues))
+    if args.config is None:
+        if not args.paths:
+            raise ValueError(
+                "name the shards to check, or give --config to check a training config's sources"
+            )
+        report = validate_shards(args.paths, not args.no_images, SampleSettings(kind=args.kind))
+        print(report.to_text(args.max_issues))
+        if args.json:
+            write_report(report, args.json)
+        return 0 if report.ok else 1
+    reports = {}
+    for name, paths, settings in _config_sources(args):
+        reports[name] = report = validate_shards(paths, not args.no_images, settings)
+        print(f"source {name!r} ({settings.kind}, max_tokens {settings.max_tokens}):")
+        print(report.to_text(args.max_issues))
     if args.json:
-        write_report(report, args.json)
-    return 0 if report.ok else 1
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({name: report.to_dict() for name, report in reports.items()}, handle, indent=2)
+    return 0 if all(report.ok for report in reports.values()) else 1
+
+
+def _config_sources(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """(name, shards, settings) of the config's sources to check, with the tokenizer the trainer uses."""
+    from flamingo.data.loader import sample_settings
+    from flamingo.train.config import load_config
+
+    config = load_config(args.config)
+    sources = [s for s in config.data.sources if args.source in (None, s.name)]
+    if not sources:
+        names = [s.name for s in config.data.sources]
+        raise ValueError(f"{args.config}: no data source named {args.source!r}; the sources are {names}")
+    if args.paths and len(sources) > 1:
+        raise ValueError(f"{args.config} has several data sources: say which one PATHS are for with --source")
+    if not args.paths:
+        sources = [s for s in sources if s.shards]
+        if not sources:
+            raise ValueError(
+                f"{args.config}: no data source has shards (synthetic data); name the shards to check"
+            )
+    tokenizer = _training_tokenizer(config.model)
+    return [(s.name, args.paths or s.shards, sample_settings(s, tokenizer)) for s in sources]
+
+
+def _training_tokenizer(model: Any) -> Any:
+    """The tokenizer training uses: a checkpoint's own copy when it has one, else the model's own."""
+    if model.kind == "pretrained":
+        from flamingo.model.checkpoint import resolve_checkpoint_dir
+
+        folder = resolve_checkpoint_dir(model.name) / "tokenizer"
+        if folder.is_dir():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(folder))
+    from flamingo.train.trainer import build_model
+
+    return build_model(model).tokenizer
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ sample in the epoch's stream (``index % world_size == rank``), so no rank is eve
 
 Samples (one per document, pair or conversation) carry their images in the order of their ``<image>`` tokens and
 labels from :mod:`flamingo.data.labels` (``make_labels`` for web data, ``make_response_labels`` for instruction
-data, see :mod:`flamingo.data.sft`); samples with no supervised token and bad input are skipped and counted.
+data, see :mod:`flamingo.data.sft`). Each raw sample goes through :func:`flamingo.data.usable.check_sample`, the
+check ``flamingo data validate`` applies too: unusable samples are skipped and counted per reason, as are the
+samples and images the source's settings leave out (no image above the threshold, no supervised token, ...).
 Collation gives what :class:`flamingo.model.flamingo.Flamingo` takes (axis letters as in docs/design.md,
 "Contracts"). Sequences are padded to ``max_tokens`` (static shapes for ``torch.compile``).
 
@@ -40,37 +42,15 @@ from PIL import Image
 from flamingo.configs import ConfigError, between
 
 # Samples, batches and packing live in flamingo.data.batch; importable from here as before.
-from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples
-from flamingo.data.interleaved import (
-    PAIR_MAX_TOKENS,
-    InterleavedConfig,
-    preprocess_interleaved,
-    tokenize_interleaved,
-    tokenize_pair,
-)
-from flamingo.data.labels import make_labels, make_response_labels
+from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples  # noqa: F401
+from flamingo.data.interleaved import PAIR_MAX_TOKENS, InterleavedConfig
 from flamingo.data.paths import SHARD_SUFFIXES, expand_paths
-from flamingo.data.schema import SchemaError
-from flamingo.data.sft import (
-    ChatTemplate,
-    attach_images,
-    conversation_from_dict,
-    decode_images,
-    iter_jsonl_samples,
-    render_conversation,
-    tokenize_conversation,
-)
+from flamingo.data.sft import ChatTemplate, iter_jsonl_samples
+from flamingo.data.shards import FileReadLog, ReadStats, count_checked, iter_tar_samples
 
-# The readers' per-sample parsers: the same counting and checks as read_interleaved / read_pairs, but applied
-# to raw tar members that we can skip without decoding (resumption) or leave to another rank.
-from flamingo.data.shards import (
-    FileReadLog,
-    ReadStats,
-    _document_from_sample,
-    _pair_from_sample,
-    _parse_json,
-    iter_tar_samples,
-)
+# The one sample check, shared with the shard readers and `flamingo data validate`; applied here to raw tar
+# members, which can be skipped without decoding (resumption) or left to another rank.
+from flamingo.data.usable import SampleSettings, check_sample
 from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
@@ -160,6 +140,24 @@ class SourceConfig:
         )
 
 
+def sample_settings(
+    source: SourceConfig, tokenizer: Any, image_token_id: int | None = None, eoc_token_id: int | None = None
+) -> SampleSettings:
+    """How the samples of ``source`` are checked and prepared: the loader's settings, which
+    ``flamingo data validate --config`` uses too."""
+    return SampleSettings(
+        kind=source.kind,
+        verify_images=True,
+        drop_bad_images=source.drop_bad_images,
+        tokenizer=tokenizer,
+        max_tokens=source.sequence_length,
+        interleaved=source.interleaved_config(),
+        template=source.template,
+        image_token_id=image_token_id,
+        eoc_token_id=eoc_token_id,
+    )
+
+
 def check_packing(sources: Sequence[SourceConfig], media_policy: str) -> None:
     """Refuse packing unless every token sees only the latest image before it (media policy ``previous``)."""
     packed = [source.name for source in sources if source.pack]
@@ -218,7 +216,7 @@ class SourceDataset(torch.utils.data.IterableDataset):
                 "character offsets); load the tokenizer with use_fast=True"
             )
         self.split: Literal["shard", "sample"] = "shard" if len(self.shards) >= world_size else "sample"
-        self.interleaved = config.interleaved_config()
+        self.settings = sample_settings(config, self.tokenizer, image_token_id, eoc_token_id)
         self.position = Position()
         self.read_stats = ReadStats()
         self.skipped: Counter[str] = Counter()
@@ -314,86 +312,27 @@ class SourceDataset(torch.utils.data.IterableDataset):
     def _make_sample(
         self, key: str, members: dict, shard: str, log: FileReadLog, epoch: int
     ) -> Sample | None:
-        """Parse, preprocess, tokenize and label one raw sample; None (counted) when it is not usable."""
+        """Check, preprocess, tokenize and label one raw sample; None (counted) when it is not used."""
         try:
-            if self.config.kind == "pairs":
-                pair = _pair_from_sample(key, members, log, True)
-                if pair is None:
-                    return None
+            checked = check_sample(
+                key,
+                members,
+                self.settings,
+                source=shard,
+                counts=self.skipped,
+                rng=lambda doc_id: self._rng("document", epoch, doc_id),
+            )
+            count_checked(checked, log, shard)
+            if checked.skipped is None:
                 self.read_stats.samples += 1
-                tokenized = tokenize_pair(
-                    pair.caption, pair.image.decode(), self.tokenizer, self.config.sequence_length
-                )
-            elif self.config.kind == "sft":
-                return self._conversation_sample(key, members, shard, log)
-            else:
-                tokenized = self._tokenize_document(key, members, shard, log, epoch)
-                if tokenized is None:
-                    return None
-            return self._label(tokenized.input_ids, tokenized.attention_mask, tokenized.images)
+            if checked.prepared is None:
+                return None
+            prepared = checked.prepared
+            pixels = self.image_transform(prepared.images)  # (t, c, h, w)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             log.skip("bad_sample", f"[{key}]: {error}")
             return None
-
-    def _tokenize_document(self, key: str, members: dict, shard: str, log: FileReadLog, epoch: int) -> Any:
-        document = _document_from_sample(key, members, Path(shard), log, True, self.config.drop_bad_images)
-        if document is None:
-            return None
-        self.read_stats.samples += 1
-        rng = self._rng("document", epoch, document.id)
-        eos = self.tokenizer.eos_token or ""
-        prepared = preprocess_interleaved(document, self.interleaved, rng, eos, self.skipped)
-        if prepared is None:
-            return None
-        return tokenize_interleaved(
-            prepared.text, prepared.images, self.tokenizer, self.config.sequence_length
-        )
-
-    def _conversation_sample(self, key: str, members: dict, shard: str, log: FileReadLog) -> Sample | None:
-        """A conversation rendered with the source's template; only the answers are supervised."""
-        data = _parse_json(members.get("json"), key, log)
-        if data is None:
-            return None
-        try:
-            conversation = conversation_from_dict(data, shard, key)
-        except SchemaError as error:
-            log.skip("schema_error", str(error))
-            return None
-        missing = attach_images(conversation, members, Path(shard).parent)
-        if missing:
-            log.skip("missing_member", f"[{key}] image {conversation.image_refs[missing[0]]!r} not found")
-            return None
-        self.read_stats.samples += 1
-        eos = self.tokenizer.eos_token or ""
-        rendered = render_conversation(conversation, self.config.template, eos)
-        tokenized, answers, order = tokenize_conversation(
-            rendered, self.tokenizer, self.config.sequence_length
-        )
-        ids, mask = tokenized.input_ids, tokenized.attention_mask
-        labels = make_response_labels(ids[None], mask[None], answers[None], self.image_token_id)[0]
-        return self._label(ids, mask, decode_images(conversation, order), labels)
-
-    def _label(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        images: list,
-        labels: torch.Tensor | None = None,
-    ) -> Sample | None:
-        """The sample with web-data labels (unless ``labels`` are given); None (counted) if unusable."""
-        if labels is None:
-            mode = "pairs" if self.config.kind == "pairs" else "interleaved"
-            labels = make_labels(
-                input_ids[None], attention_mask[None], self.image_token_id, self.eoc_token_id, mode=mode
-            )[0]
-        if not images:
-            self.skipped["no_images_after_truncation"] += 1
-            return None
-        if not (labels[1:] != IGNORE_INDEX).any():  # the loss is over shifted labels: position 0 never counts
-            self.skipped["no_supervised_tokens"] += 1
-            return None
-        pixels = self.image_transform(images)  # (t, c, h, w)
-        return Sample(input_ids, attention_mask, labels, pixels)
+        return Sample(prepared.input_ids, prepared.attention_mask, prepared.labels, pixels)
 
 
 class SourceLoader:
@@ -474,9 +413,11 @@ class SourceLoader:
 
 
 def skip_counts(state: dict[str, Any]) -> dict[str, int]:
-    """Skips recorded in a dataset state: bad input as ``read_<reason>``, dropped images as
-    ``image_<reason>``, and samples read fine but unusable under their own reason (``no_supervised_tokens``,
-    ``single_image_dropped``, ``no_images``, ...)."""
+    """Skips recorded in a dataset state: unusable samples and files as ``read_<reason>`` (the reasons of
+    :data:`flamingo.data.usable.REASONS`, which ``flamingo data validate`` reports as they are), bad images
+    dropped from kept documents as ``image_<reason>``, and what the settings leave out under its own name
+    (:data:`flamingo.data.usable.SETTINGS_REASONS`: ``no_supervised_tokens``, ``single_image_dropped``,
+    ``no_images``, ``image_past_truncation``, ...)."""
     out = {f"read_{k}": v for k, v in state["read_stats"]["skipped"].items()}
     out |= {f"image_{k}": v for k, v in state["read_stats"]["images_dropped"].items()}
     return out | dict(state["skipped"])

@@ -19,6 +19,8 @@ from flamingo.data.schema import (
     InterleavedDocument,
     SchemaIssue,
     check_document_dict,
+    not_an_object,
+    type_issue,
 )
 
 
@@ -27,9 +29,10 @@ def is_mmc4_dict(data: Any) -> bool:
     return isinstance(data, dict) and "format" not in data and "text_list" in data and "image_info" in data
 
 
-def sniff_image_ext(data: bytes, name: str | None = None) -> str:
-    """The extension of an image: from ``name`` when it has a known one, else from the magic bytes."""
-    if name and "." in name:
+def sniff_image_ext(data: bytes, name: Any = None) -> str:
+    """The extension of an image: from ``name`` when it is a file name with a known one, else from the magic
+    bytes (a ``name`` that is not a string, as in malformed JSON, is ignored)."""
+    if isinstance(name, str) and "." in name:
         ext = name.rsplit(".", 1)[1].lower()
         if ext in IMAGE_EXTENSIONS:
             return ext
@@ -40,10 +43,16 @@ def sniff_image_ext(data: bytes, name: str | None = None) -> str:
     return "jpg"
 
 
+def _image_infos(data: dict[str, Any]) -> list[Any]:
+    """``image_info`` when it is a list (:func:`check_mmc4_dict` reports it otherwise)."""
+    infos = data.get("image_info")
+    return infos if isinstance(infos, list) else []
+
+
 def decode_base64_images(data: dict[str, Any]) -> tuple[list[EncodedImage], list[int]]:
     """The images embedded in an MMC4 shard document, and the indices whose ``image_base64`` is unusable."""
     images, bad = [], []
-    for index, info in enumerate(data.get("image_info") or []):
+    for index, info in enumerate(_image_infos(data)):
         encoded = info.get("image_base64") if isinstance(info, dict) else None
         try:
             raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
@@ -58,7 +67,7 @@ def decode_base64_images(data: dict[str, Any]) -> tuple[list[EncodedImage], list
 def mmc4_to_dict(data: dict[str, Any], doc_id: str, images: list[EncodedImage]) -> dict[str, Any]:
     """Our JSON form of an MMC4 document (member names ``<i>.<ext>``, hashes from ``images`` when given)."""
     infos = []
-    for index, info in enumerate(data.get("image_info") or []):
+    for index, info in enumerate(_image_infos(data)):
         if not isinstance(info, dict):
             infos.append(info)
             continue
@@ -89,17 +98,26 @@ def mmc4_to_dict(data: dict[str, Any], doc_id: str, images: list[EncodedImage]) 
 def check_mmc4_dict(data: Any) -> list[SchemaIssue]:
     """Schema problems of an MMC4 document, named with MMC4's own field names."""
     if not isinstance(data, dict):
-        return [
-            SchemaIssue("<root>", f"expected a JSON object, got {type(data).__name__}", "write one object")
-        ]
+        return [not_an_object(data)]
     converted = mmc4_to_dict(data, "mmc4", [])
+    if not isinstance(data.get("image_info"), list):
+        converted["image_info"] = data.get("image_info")  # reported with MMC4's own value
     issues = [i for i in check_document_dict(converted) if not i.field.endswith(".member")]
-    for index, info in enumerate(data.get("image_info") or []):
-        if isinstance(info, dict) and not (isinstance(info.get("image_name"), str) or "image_base64" in info):
+    for index, info in enumerate(_image_infos(data)):
+        if not isinstance(info, dict):
+            continue
+        where = f"image_info[{index}]"
+        name, encoded = info.get("image_name"), info.get("image_base64")
+        if name is not None and not isinstance(name, str):
             issues.append(
-                SchemaIssue(
-                    f"image_info[{index}].image_name", "missing", "store the image file name or its bytes"
-                )
+                type_issue(f"{where}.image_name", "a file name string", name, "store the file name")
+            )
+        if encoded is not None and not isinstance(encoded, str):
+            fix = "store the image bytes base64-encoded as a string"
+            issues.append(type_issue(f"{where}.image_base64", "a base64 string", encoded, fix))
+        if name is None and encoded is None:
+            issues.append(
+                SchemaIssue(f"{where}.image_name", "missing", "store the image file name or its bytes")
             )
     return issues
 

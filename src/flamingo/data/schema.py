@@ -11,8 +11,10 @@ The JSON uses MMC4's field names (``text_list``, ``image_info``, ``matched_text_
 ``similarity_matrix``) so that MMC4 code paths share it. ``image_info[i]["member"]`` is the member suffix after
 the key (``"0.jpg"``). Pair shards follow img2dataset: ``<key>.jpg``, ``<key>.txt``, ``<key>.json``.
 
-Validation collects :class:`SchemaIssue` objects (field, message, fix) so that a validator can report every
-problem of a file; :meth:`InterleavedDocument.from_dict` raises :class:`SchemaError` on the first one.
+Validation collects :class:`SchemaIssue` objects (field, message, fix, reason) so that a validator can report
+every problem of a file; :meth:`InterleavedDocument.from_dict` raises :class:`SchemaError` on the first one. The
+reason is ``bad_field_type:<field>`` when a field holds the wrong JSON type (indices written ``[]``, so the
+reasons stay a small fixed set), else ``schema_error`` (missing fields and bad values).
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ _MEMBER_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+\.(jpg|jpeg|png|webp)$")
 
 @dataclass(frozen=True)
 class SchemaIssue:
-    """One problem in a JSON document: which field, what is wrong, how to fix it."""
+    """One problem of a sample: which field, what is wrong, how to fix it, and the reason it is counted under
+    (one of :data:`flamingo.data.usable.REASONS`)."""
 
     field: str
     message: str
     fix: str
+    reason: str = "schema_error"
 
     def describe(self, source: str = "<dict>", key: str | None = None) -> str:
         where = f"{source}" + (f" [{key}]" if key else "")
@@ -212,15 +216,39 @@ def _image_info_from_dict(data: dict[str, Any]) -> ImageInfo:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number (not a bool), finite as a float: JSON allows integers too large for one (1e400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def type_issue(field: str, expected: str, value: Any, fix: str) -> SchemaIssue:
+    """A field holding the wrong JSON type; counted as ``bad_field_type:<field with indices as []>``."""
+    got = "null" if value is None else type(value).__name__
+    return SchemaIssue(
+        field, f"must be {expected}, got {got}", fix, f"bad_field_type:{_INDEX.sub('[]', field)}"
+    )
+
+
+def not_an_object(data: Any, fix: str = "write one JSON object per sample") -> SchemaIssue:
+    got = "null" if data is None else type(data).__name__
+    return SchemaIssue("<root>", f"expected a JSON object, got {got}", fix, "not_an_object")
 
 
 def check_document_dict(data: Any) -> list[SchemaIssue]:
     """Every schema problem of one interleaved-document JSON dict (an empty list when it is valid)."""
     if not isinstance(data, dict):
-        return [
-            SchemaIssue("<root>", f"expected a JSON object, got {type(data).__name__}", "write one object")
-        ]
+        return [not_an_object(data)]
     issues: list[SchemaIssue] = []
     if data.get("format") != FORMAT:
         issues.append(
@@ -228,27 +256,44 @@ def check_document_dict(data: Any) -> list[SchemaIssue]:
                 "format", f"expected {FORMAT!r}, got {data.get('format')!r}", f'set "format": "{FORMAT}"'
             )
         )
-    if not isinstance(data.get("id"), str) or not data.get("id"):
+    doc_id = data.get("id")
+    if doc_id is not None and not isinstance(doc_id, str):
+        issues.append(type_issue("id", "a string", doc_id, "give each document a string id"))
+    elif not doc_id:
         issues.append(
             SchemaIssue("id", "missing or not a non-empty string", "give each document a string id")
         )
     for name in ("url", "source"):
         if data.get(name) is not None and not isinstance(data[name], str):
-            issues.append(SchemaIssue(name, "must be a string or null", f"store {name} as a string or null"))
+            issues.append(
+                type_issue(name, "a string or null", data[name], f"store {name} as a string or null")
+            )
     text_list = data.get("text_list")
-    if not isinstance(text_list, list) or not all(isinstance(s, str) for s in text_list):
-        issues.append(SchemaIssue("text_list", "must be a list of strings", "store the sentences as strings"))
+    sentences_fix = "store the sentences as a list of strings"
+    if text_list is None:
+        issues.append(SchemaIssue("text_list", "missing", sentences_fix))
+    elif not isinstance(text_list, list):
+        issues.append(type_issue("text_list", "a list of strings", text_list, sentences_fix))
         text_list = None
+    else:
+        bad = next((i for i, sentence in enumerate(text_list) if not isinstance(sentence, str)), None)
+        if bad is not None:
+            expected = f"a list of strings (item {bad} is not)"
+            issues.append(type_issue("text_list", expected, text_list[bad], sentences_fix))
+            text_list = None
     image_info = data.get("image_info")
+    images_fix = "store one object per image (may be empty)"
     if not isinstance(image_info, list):
-        issues.append(
-            SchemaIssue("image_info", "must be a list", "store one object per image (may be empty)")
-        )
+        if image_info is None:
+            issues.append(SchemaIssue("image_info", "missing", images_fix))
+        else:
+            issues.append(type_issue("image_info", "a list", image_info, images_fix))
         return issues
-    num_sentences = len(text_list) if text_list is not None else None
+    num_sentences = len(text_list) if isinstance(text_list, list) else None
     for index, info in enumerate(image_info):
         issues.extend(_check_image_info(info, index, num_sentences))
     members = [info.get("member") for info in image_info if isinstance(info, dict)]
+    members = [member for member in members if isinstance(member, str)]
     if len(set(members)) != len(members):
         issues.append(
             SchemaIssue("image_info[].member", "duplicate member names", "number images 0.jpg, 1.jpg...")
@@ -260,10 +305,13 @@ def check_document_dict(data: Any) -> list[SchemaIssue]:
 def _check_image_info(info: Any, index: int, num_sentences: int | None) -> list[SchemaIssue]:
     where = f"image_info[{index}]"
     if not isinstance(info, dict):
-        return [SchemaIssue(where, "must be an object", "store one object per image")]
+        return [type_issue(where, "an object", info, "store one object per image")]
     issues = []
     member = info.get("member")
-    if not isinstance(member, str) or not _MEMBER_PATTERN.match(member):
+    member_fix = f'name the image member "{index}.jpg" (the tar member is "<key>.{index}.jpg")'
+    if member is not None and not isinstance(member, str):
+        issues.append(type_issue(f"{where}.member", "a string", member, member_fix))
+    elif member is None or not _MEMBER_PATTERN.match(member):
         issues.append(
             SchemaIssue(
                 f"{where}.member",
@@ -272,8 +320,12 @@ def _check_image_info(info: Any, index: int, num_sentences: int | None) -> list[
             )
         )
     match = info.get("matched_text_index")
-    if not isinstance(match, int) or isinstance(match, bool):
-        issues.append(SchemaIssue(f"{where}.matched_text_index", f"got {match!r}", "store an integer index"))
+    if match is None:
+        issues.append(SchemaIssue(f"{where}.matched_text_index", "missing", "store an integer index"))
+    elif not _is_int(match):
+        issues.append(
+            type_issue(f"{where}.matched_text_index", "an integer", match, "store an integer index")
+        )
     elif num_sentences is not None and not 0 <= match < num_sentences:
         issues.append(
             SchemaIssue(
@@ -282,13 +334,25 @@ def _check_image_info(info: Any, index: int, num_sentences: int | None) -> list[
                 "point it at a sentence of text_list (0-based)",
             )
         )
-    if "matched_sim" in info and not _is_number(info["matched_sim"]):
+    sim = info.get("matched_sim", 0.0)
+    if not isinstance(sim, int | float) or isinstance(sim, bool):
+        issues.append(type_issue(f"{where}.matched_sim", "a number", sim, "store a float"))
+    elif not _is_number(sim):
         issues.append(SchemaIssue(f"{where}.matched_sim", "must be a finite number", "store a float"))
     for name in ("width", "height"):
         value = info.get(name, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _is_int(value):
+            issues.append(type_issue(f"{where}.{name}", "an integer", value, "store a non-negative integer"))
+        elif value < 0:
             issues.append(SchemaIssue(f"{where}.{name}", f"got {value!r}", "store a non-negative integer"))
-    if info.get("sha256", "") and not re.fullmatch(r"[0-9a-f]{64}", str(info["sha256"])):
+    digest = info.get("sha256")
+    if digest is not None and not isinstance(digest, str):
+        issues.append(
+            type_issue(
+                f"{where}.sha256", "a string or null", digest, "store hashlib.sha256(bytes).hexdigest()"
+            )
+        )
+    elif digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
         issues.append(
             SchemaIssue(f"{where}.sha256", "not a hex SHA-256", "store hashlib.sha256(bytes).hexdigest()")
         )
@@ -299,14 +363,20 @@ def _check_similarity_matrix(matrix: Any, num_images: int, num_sentences: int | 
     if matrix is None:
         return []
     shape_fix = "store one row per image and one column per sentence, or null"
-    if not isinstance(matrix, list) or len(matrix) != num_images:
-        got = len(matrix) if isinstance(matrix, list) else type(matrix).__name__
-        return [
-            SchemaIssue("similarity_matrix", f"expected {num_images} rows (images), got {got}", shape_fix)
-        ]
+    if not isinstance(matrix, list):
+        return [type_issue("similarity_matrix", "a list of rows or null", matrix, shape_fix)]
+    if len(matrix) != num_images:
+        message = f"expected {num_images} rows (images), got {len(matrix)}"
+        return [SchemaIssue("similarity_matrix", message, shape_fix)]
     for row_index, row in enumerate(matrix):
-        if not isinstance(row, list) or not all(_is_number(v) for v in row):
-            return [SchemaIssue(f"similarity_matrix[{row_index}]", "must be a list of numbers", shape_fix)]
+        where = f"similarity_matrix[{row_index}]"
+        if not isinstance(row, list):
+            return [type_issue(where, "a list of numbers", row, shape_fix)]
+        bad = next((v for v in row if not isinstance(v, int | float) or isinstance(v, bool)), row)
+        if bad is not row:
+            return [type_issue(f"{where}[]", "a number", bad, shape_fix)]
+        if not all(_is_number(v) for v in row):
+            return [SchemaIssue(where, "must be a list of finite numbers", shape_fix)]
         if num_sentences is not None and len(row) != num_sentences:
             message = f"has {len(row)} columns, expected {num_sentences} (sentences)"
             return [SchemaIssue(f"similarity_matrix[{row_index}]", message, shape_fix)]
@@ -316,16 +386,22 @@ def _check_similarity_matrix(matrix: Any, num_images: int, num_sentences: int | 
 def check_pair_dict(data: Any) -> list[SchemaIssue]:
     """Every schema problem of one img2dataset pair JSON dict (an empty list when it is valid)."""
     if not isinstance(data, dict):
-        return [
-            SchemaIssue("<root>", f"expected a JSON object, got {type(data).__name__}", "write one object")
-        ]
+        return [not_an_object(data)]
     issues = []
-    if not isinstance(data.get("caption"), str):
-        issues.append(SchemaIssue("caption", "missing or not a string", "store the caption text as a string"))
+    caption = data.get("caption")
+    caption_fix = "store the caption text as a string (in <key>.txt or the JSON's caption)"
+    if caption is None:
+        issues.append(SchemaIssue("caption", "missing", caption_fix))
+    elif not isinstance(caption, str):
+        issues.append(type_issue("caption", "a string", caption, caption_fix))
     if data.get("url") is not None and not isinstance(data["url"], str):
-        issues.append(SchemaIssue("url", "must be a string or null", "store the url as a string"))
+        issues.append(type_issue("url", "a string or null", data["url"], "store the url as a string"))
     for name in ("width", "height"):
         value = data.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        if value is not None and not _is_int(value):
+            issues.append(
+                type_issue(name, "an integer or null", value, "store a non-negative integer or null")
+            )
+        elif value is not None and value < 0:
             issues.append(SchemaIssue(name, f"got {value!r}", "store a non-negative integer or null"))
     return issues

@@ -41,7 +41,14 @@ from PIL import Image
 
 from flamingo.data.interleaved import EOC_TOKEN, IMAGE_TOKEN, TokenizedSample, _token_id
 from flamingo.data.labels import spans_to_token_mask
-from flamingo.data.schema import IMAGE_EXTENSIONS, EncodedImage, SchemaError, SchemaIssue
+from flamingo.data.schema import (
+    IMAGE_EXTENSIONS,
+    EncodedImage,
+    SchemaError,
+    SchemaIssue,
+    not_an_object,
+    type_issue,
+)
 from flamingo.data.shards import FileReadLog, _json_bytes, _TarShardWriter
 
 SFT_FORMAT = "flamingo-sft/1"
@@ -96,12 +103,18 @@ class RenderedConversation:
 def _parts(content: Any, where: str) -> tuple[list[str | int], list[SchemaIssue]]:
     if isinstance(content, str):
         return [content], []
+    if content is None:
+        return [], [SchemaIssue(where, "missing", 'write "text" or [{...}]')]
     if not isinstance(content, list):
-        return [], [SchemaIssue(where, "must be a string or a list of parts", 'write "text" or [{...}]')]
+        return [], [type_issue(where, "a string or a list of parts", content, 'write "text" or [{...}]')]
     parts: list[str | int] = []
     issues = []
     for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(part, dict):
+            fix = 'write {"type": "text", "text": "..."} or {"type": "image", "image": <index>}'
+            issues.append(type_issue(f"{where}[{index}]", "an object", part, fix))
+            continue
+        kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
             parts.append(part["text"])
         elif kind == "image" and isinstance(part.get("image"), int) and not isinstance(part["image"], bool):
@@ -115,28 +128,44 @@ def _parts(content: Any, where: str) -> tuple[list[str | int], list[SchemaIssue]
 def check_conversation_dict(data: Any) -> tuple[list[Message], list[SchemaIssue]]:
     """The messages of one ``flamingo-sft/1`` dict and every schema problem found (none when valid)."""
     if not isinstance(data, dict):
-        return [], [
-            SchemaIssue(
-                "<root>", f"expected a JSON object, got {type(data).__name__}", "one object a conversation"
-            )
-        ]
+        return [], [not_an_object(data, "write one object a conversation")]
     issues = []
     if data.get("format") != SFT_FORMAT:
         message = f"expected {SFT_FORMAT!r}, got {data.get('format')!r}"
         issues.append(SchemaIssue("format", message, f'set "format": "{SFT_FORMAT}"'))
-    if not isinstance(data.get("id"), str) or not data["id"]:
+    conversation_id = data.get("id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        issues.append(type_issue("id", "a string", conversation_id, "give each conversation a string id"))
+    elif not conversation_id:
         issues.append(SchemaIssue("id", "missing or not a non-empty string", "give each conversation an id"))
     images = data.get("images", [])
-    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
-        issues.append(SchemaIssue("images", "must be a list of member names or paths", 'write ["0.png"]'))
+    images_fix = 'write ["0.png"]'
+    if not isinstance(images, list):
+        issues.append(type_issue("images", "a list of member names or paths", images, images_fix))
+        images = []
+    elif not all(isinstance(i, str) and i for i in images):
+        bad = next(i for i, ref in enumerate(images) if not (isinstance(ref, str) and ref))
+        if isinstance(images[bad], str):
+            issues.append(SchemaIssue(f"images[{bad}]", "is empty", images_fix))
+        else:
+            issues.append(type_issue(f"images[{bad}]", "a member name or path", images[bad], images_fix))
         images = []
     raw = data.get("messages")
-    if not isinstance(raw, list) or not raw:
-        return [], [*issues, SchemaIssue("messages", "must be a non-empty list", "store the turns in order")]
+    turns_fix = "store the turns in order"
+    if raw is not None and not isinstance(raw, list):
+        return [], [*issues, type_issue("messages", "a list of turns", raw, turns_fix)]
+    if not raw:
+        return [], [*issues, SchemaIssue("messages", "must be a non-empty list", turns_fix)]
     messages = []
     for index, turn in enumerate(raw):
         where = f"messages[{index}]"
-        role = turn.get("role") if isinstance(turn, dict) else None
+        if not isinstance(turn, dict):
+            issues.append(type_issue(where, "an object", turn, 'write {"role": ..., "content": ...}'))
+            continue
+        role = turn.get("role")
+        if role is not None and not isinstance(role, str):
+            issues.append(type_issue(f"{where}.role", "a string", role, f"use one of {ROLES}"))
+            continue
         if role not in ROLES:
             issues.append(SchemaIssue(f"{where}.role", f"got {role!r}", f"use one of {ROLES}"))
             continue
@@ -174,7 +203,10 @@ def attach_images(conversation: Conversation, members: dict[str, bytes], folder:
         data = members.get(ref)
         if data is None:
             path = Path(ref) if Path(ref).is_absolute() else folder / ref
-            data = path.read_bytes() if path.is_file() else None
+            try:  # a name the file system refuses (too long, ...) names no file
+                data = path.read_bytes() if path.is_file() else None
+            except OSError:
+                data = None
         if data is None or ext not in IMAGE_EXTENSIONS:
             missing.append(index)
         images.append(EncodedImage(data or b"", ext))

@@ -6,7 +6,9 @@ renamed when complete, so a reader never sees half a shard.
 
 Readers never stop on bad input. A corrupt image, bad JSON, a schema error, a missing member, a truncated or
 unreadable file: the sample (or the rest of the file) is skipped, counted per reason in :class:`ReadStats`, and
-each file with problems gives ONE warning on the ``flamingo.data`` logger.
+each file with problems gives ONE warning on the ``flamingo.data`` logger. Samples are checked by
+:func:`flamingo.data.usable.check_sample`, as in the trainer's loader and ``flamingo data validate``; the reasons
+are those of :data:`flamingo.data.usable.REASONS`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ import os
 import tarfile
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from flamingo.data.mmc4 import decode_base64_images, document_from_mmc4, is_mmc4_dict, sniff_image_ext
+from flamingo.data.mmc4 import check_mmc4_dict, document_from_mmc4, is_mmc4_dict, sniff_image_ext
 from flamingo.data.paths import PathSpec, expand_paths
 from flamingo.data.schema import (
     IMAGE_EXTENSIONS,
@@ -36,10 +36,13 @@ from flamingo.data.schema import (
     ImageTextPair,
     InterleavedDocument,
     SchemaError,
+    SchemaIssue,
     check_document_dict,
-    check_pair_dict,
     is_valid_key,
 )
+
+if TYPE_CHECKING:  # flamingo.data.usable imports this module (through sft): imported where used
+    from flamingo.data.usable import Checked, SampleSettings
 
 logger = logging.getLogger("flamingo.data")
 
@@ -313,68 +316,23 @@ def iter_tar_samples(path: Path, log: FileReadLog) -> Iterator[tuple[str, dict[s
         yield key, members
 
 
-def _parse_json(raw: bytes | None, key: str, log: FileReadLog) -> Any:
-    if raw is None:
-        log.skip("missing_member", f"[{key}] has no .json member")
-        return None
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        log.skip("bad_json", f"[{key}].json: {error}")
-        return None
+def count_checked(checked: Checked, log: FileReadLog, source: str = "") -> None:
+    """Count what :func:`flamingo.data.usable.check_sample` found: the skip reason, or the dropped images."""
+    if checked.skipped is not None:
+        log.skip(checked.skipped.reason, checked.skipped.describe(source, checked.key))
+    for problem in checked.dropped:
+        log.drop_image(problem.reason, problem.describe(source, checked.key))
 
 
-def _check_images(
-    document: InterleavedDocument, missing: Iterable[int], log: FileReadLog, verify: bool, drop_bad: bool
-) -> InterleavedDocument | None:
-    """Decode (when ``verify``) and check the images; skip the document or drop the bad images."""
-    bad: dict[int, str] = {index: "missing_member" for index in missing}
-    for index, (info, image) in enumerate(zip(document.image_info, document.images)):
-        if index in bad or not verify:
-            continue
-        if info.sha256 and info.sha256 != image.sha256():
-            bad[index] = "sha256_mismatch"
-            continue
-        try:
-            width, height = image.decode().size
-        except (OSError, ValueError, Image.DecompressionBombError):
-            bad[index] = "corrupt_image"
-            continue
-        if not info.width or not info.height:
-            document.image_info[index] = replace(info, width=width, height=height)
-    if not bad:
-        return document
-    detail = f"[{document.id}] image {min(bad)}: {bad[min(bad)]}"
-    if not drop_bad:
-        log.skip(bad[min(bad)], detail)
-        return None
-    for reason in bad.values():
-        log.drop_image(reason, detail)
-    return document.without_images(set(bad))
+def _read_sample(
+    key: str, members: dict[str, bytes], path: Path, log: FileReadLog, settings: SampleSettings
+) -> Any:
+    """The parsed sample, or None when it is unusable (counted in ``log``)."""
+    from flamingo.data.usable import check_sample
 
-
-def _document_from_sample(
-    key: str, members: dict[str, bytes], path: Path, log: FileReadLog, verify: bool, drop_bad: bool
-) -> InterleavedDocument | None:
-    data = _parse_json(members.get("json"), key, log)
-    if data is None:
-        return None
-    try:
-        if is_mmc4_dict(data):
-            images, missing = decode_base64_images(data)
-            document = document_from_mmc4(data, key, images)
-        else:
-            document = InterleavedDocument.from_dict(data, source=str(path), key=key)
-            images = [
-                EncodedImage(members.get(i.member, b""), i.member.rsplit(".", 1)[1])
-                for i in document.image_info
-            ]
-            missing = [index for index, info in enumerate(document.image_info) if info.member not in members]
-            document.images = images
-    except SchemaError as error:
-        log.skip("schema_error", str(error))
-        return None
-    return _check_images(document, missing, log, verify, drop_bad)
+    checked = check_sample(key, members, settings, source=str(path))
+    count_checked(checked, log, str(path))
+    return checked.sample if checked.skipped is None else None
 
 
 def read_interleaved(
@@ -393,11 +351,16 @@ def read_interleaved(
             with False, images are decoded lazily by ``EncodedImage.decode``.
         drop_bad_images: keep a document without its missing or corrupt images instead of skipping it.
     """
+    from flamingo.data.usable import SampleSettings
+
+    settings = SampleSettings(
+        kind="interleaved", verify_images=verify_images, drop_bad_images=drop_bad_images
+    )
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         log = FileReadLog(path, stats)
         for key, members in iter_tar_samples(path, log):
-            document = _document_from_sample(key, members, path, log, verify_images, drop_bad_images)
+            document = _read_sample(key, members, path, log, settings)
             if document is not None:
                 stats.samples += 1
                 yield document
@@ -420,29 +383,47 @@ def _open_text_lines(path: Path) -> Iterator[str]:
 def _mmc4_line_document(
     line: str, doc_id: str, image_dir: Path, log: FileReadLog, verify: bool, drop_bad: bool
 ) -> InterleavedDocument | None:
+    from flamingo.data.usable import Checked, SampleSettings, check_document_images
+
     try:
         data = json.loads(line)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # bad JSON, a number of 4300+ digits, deep nesting
         log.skip("bad_json", f"{doc_id}: {error}")
+        return None
+    if not isinstance(data, dict):
+        log.skip("not_an_object", f"{doc_id}: expected a JSON object, got {type(data).__name__}")
         return None
     if not is_mmc4_dict(data):
         log.skip("schema_error", f"{doc_id}: not an MMC4 document (needs text_list and image_info)")
         return None
-    images, missing = [], []
-    for index, info in enumerate(data["image_info"] if isinstance(data["image_info"], list) else []):
-        name = info.get("image_name") if isinstance(info, dict) else None
-        file = image_dir / name if isinstance(name, str) and name else None
-        if file is None or not file.is_file():
-            missing.append(index)
-        images.append(
-            EncodedImage(file.read_bytes() if index not in missing else b"", sniff_image_ext(b"", name))
-        )
-    try:
-        document = document_from_mmc4(data, doc_id, images)
-    except SchemaError as error:
-        log.skip("schema_error", str(error))
+    issues = check_mmc4_dict(data)
+    if issues:
+        log.skip(issues[0].reason, issues[0].describe(doc_id))
         return None
-    return _check_images(document, missing, log, verify, drop_bad)
+    images, missing = [], {}
+    for index, info in enumerate(data["image_info"]):
+        name = info.get("image_name")
+        file = image_dir / name if isinstance(name, str) and name else None
+        if file is None or not _is_file(file):
+            fix = f"put the image in {image_dir}, or remove its image_info entry"
+            message = f"{name!r} is not in the image folder"
+            missing[index] = SchemaIssue(f"image_info[{index}].image_name", message, fix, "missing_member")
+        images.append(
+            EncodedImage(b"" if index in missing else file.read_bytes(), sniff_image_ext(b"", name))
+        )
+    document = document_from_mmc4(data, doc_id, images)
+    settings = SampleSettings(kind="interleaved", verify_images=verify, drop_bad_images=drop_bad)
+    checked = check_document_images(Checked(doc_id, "interleaved"), document, missing, settings)
+    count_checked(checked, log, doc_id)
+    return checked.sample if checked.skipped is None else None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False for a name the file system refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def read_mmc4_jsonl(
@@ -482,35 +463,6 @@ def read_mmc4_jsonl(
         log.finish()
 
 
-def _pair_from_sample(
-    key: str, members: dict[str, bytes], log: FileReadLog, verify: bool
-) -> ImageTextPair | None:
-    ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-    if ext is None:
-        log.skip("missing_member", f"[{key}] has no image member ({'/'.join(IMAGE_EXTENSIONS)})")
-        return None
-    meta = _parse_json(members["json"], key, log) if "json" in members else {}
-    if meta is None:
-        return None
-    caption = members["txt"].decode("utf-8", errors="replace") if "txt" in members else meta.get("caption")
-    issues = check_pair_dict({**meta, "caption": caption})
-    if issues:
-        log.skip("schema_error", issues[0].describe(key=key))
-        return None
-    image = EncodedImage(members[ext], ext)
-    if verify:
-        try:
-            image.decode()
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            log.skip("corrupt_image", f"[{key}].{ext}: {error}")
-            return None
-    extra = {k: v for k, v in meta.items() if k not in ("caption", "url", "width", "height")}
-    width, height = meta.get("width") or 0, meta.get("height") or 0
-    if verify and (not width or not height):
-        width, height = image.decode().size
-    return ImageTextPair(key, caption, image, meta.get("url"), width, height, extra)
-
-
 def read_pairs(
     paths: PathSpec, *, stats: ReadStats | None = None, verify_images: bool = True
 ) -> Iterator[ImageTextPair]:
@@ -518,11 +470,14 @@ def read_pairs(
 
     The caption comes from ``.txt``, else from the JSON's ``caption``.
     """
+    from flamingo.data.usable import SampleSettings
+
+    settings = SampleSettings(kind="pairs", verify_images=verify_images)
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         log = FileReadLog(path, stats)
         for key, members in iter_tar_samples(path, log):
-            pair = _pair_from_sample(key, members, log, verify_images)
+            pair = _read_sample(key, members, path, log, settings)
             if pair is not None:
                 stats.samples += 1
                 yield pair

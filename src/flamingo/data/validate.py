@@ -1,8 +1,11 @@
 """Validation reports and statistics of shards (library side of ``flamingo data validate`` / ``stats``).
 
-Both walk the tar members directly, so that a report can name every problem of every sample instead of
-skipping them the way the readers do. A sample is an interleaved document when its JSON has ``text_list``
-(ours or OpenFlamingo's MMC4 shards), else an image-text pair when it has an image member.
+Both walk the tar members directly, so that a report can name every problem of every sample. Each sample goes
+through :func:`flamingo.data.usable.check_sample`, the check the trainer's loader applies, so a report counts
+exactly the samples training skips, under the same reasons; with the settings of a training data source
+(:class:`~flamingo.data.usable.SampleSettings`, tokenizer included) it also counts what those settings leave
+out. Without them a sample is a pair when it has an image member ``<key>.jpg`` (or png...), a conversation
+when its JSON says ``flamingo-sft/1``, else an interleaved document (ours or OpenFlamingo's MMC4 shards).
 """
 
 from __future__ import annotations
@@ -10,23 +13,24 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from flamingo.data.mmc4 import check_mmc4_dict, decode_base64_images, is_mmc4_dict
-from flamingo.data.paths import PathSpec, expand_paths
+from flamingo.data.mmc4 import check_mmc4_dict, is_mmc4_dict
+from flamingo.data.paths import SHARD_SUFFIXES, PathSpec, expand_paths
 from flamingo.data.schema import (
     IMAGE_EXTENSIONS,
-    EncodedImage,
+    ImageTextPair,
+    InterleavedDocument,
     SchemaIssue,
     check_document_dict,
-    check_pair_dict,
 )
+from flamingo.data.sft import Conversation, iter_jsonl_samples
 from flamingo.data.shards import FileReadLog, ReadStats, iter_tar_samples
+from flamingo.data.usable import SampleSettings, check_sample
 
 _FILE_FIXES = {
     "missing_file": "check the path, glob or brace pattern",
@@ -45,9 +49,13 @@ class ValidationIssue:
     field: str
     message: str
     fix: str
+    reason: str = "schema_error"
+    """What the problem is counted under (:data:`flamingo.data.usable.REASONS`)."""
 
     def describe(self) -> str:
-        return f"{self.file} [{self.key}] field '{self.field}': {self.message}. Fix: {self.fix}"
+        return (
+            f"{self.file} [{self.key}] field '{self.field}': {self.message} ({self.reason}). Fix: {self.fix}"
+        )
 
 
 @dataclass
@@ -55,12 +63,26 @@ class ValidationReport:
     """Everything :func:`validate_shards` found; ``ok`` is True when nothing is wrong."""
 
     files: list[str] = field(default_factory=list)
+    samples: int = 0
+    """Raw samples (keys of the tars, lines of JSONL files) seen."""
+    usable: int = 0
+    """Samples neither skipped nor left out by the settings."""
     documents: int = 0
+    """Interleaved documents whose JSON follows the schema (their images may still be bad)."""
     images: int = 0
     sentences: int = 0
     pairs: int = 0
+    """Image-text pairs whose JSON follows the schema."""
+    conversations: int = 0
+    """Conversations whose JSON follows the schema."""
     undecodable_images: int = 0
     images_per_document: Counter[int] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Unusable samples (and whole files) per reason: what the trainer's loader counts as ``read_<reason>``."""
+    images_dropped: Counter[str] = field(default_factory=Counter)
+    """Bad images removed from kept documents (``drop_bad_images``), per reason."""
+    left_out: Counter[str] = field(default_factory=Counter)
+    """Sound samples and images the training settings leave out (only with a tokenizer), per reason."""
     issues: list[ValidationIssue] = field(default_factory=list)
 
     @property
@@ -71,22 +93,37 @@ class ValidationReport:
         return {
             "ok": self.ok,
             "files": self.files,
+            "samples": self.samples,
+            "usable": self.usable,
             "documents": self.documents,
             "images": self.images,
             "sentences": self.sentences,
             "pairs": self.pairs,
+            "conversations": self.conversations,
             "undecodable_images": self.undecodable_images,
             "images_per_document": {str(k): v for k, v in sorted(self.images_per_document.items())},
+            "skipped": dict(sorted(self.skipped.items())),
+            "images_dropped": dict(sorted(self.images_dropped.items())),
+            "left_out": dict(sorted(self.left_out.items())),
             "issues": [issue.__dict__ for issue in self.issues],
         }
 
     def to_text(self, max_issues: int = 50) -> str:
         """A human-readable report: counts, the images-per-document histogram, then the issues."""
         lines = [
-            f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {len(self.files)} file(s)",
-            f"  documents {self.documents}, images {self.images}, sentences {self.sentences}, pairs {self.pairs}",
+            f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {len(self.files)} file(s), {self.samples} sample(s), "
+            f"{self.usable} usable",
+            f"  documents {self.documents}, images {self.images}, sentences {self.sentences}, pairs {self.pairs}, "
+            f"conversations {self.conversations}",
             f"  undecodable images {self.undecodable_images}, issues {len(self.issues)}",
         ]
+        for title, counts in (
+            ("skipped", self.skipped),
+            ("images dropped", self.images_dropped),
+            ("left out by the training settings", self.left_out),
+        ):
+            if counts:
+                lines.append(f"  {title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         if self.images_per_document:
             lines.append("  images per document:")
             width = max(self.images_per_document.values())
@@ -105,126 +142,74 @@ def _load_json(raw: bytes | None) -> tuple[Any, str | None]:
         return None, None
     try:
         return json.loads(raw), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         return None, str(error)
 
 
-def _decodes(image: EncodedImage) -> str | None:
-    """None when ``image`` decodes, else the error."""
-    try:
-        image.decode()
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        return str(error) or type(error).__name__
-    return None
-
-
 class _Validator:
-    def __init__(self, check_images: bool):
+    def __init__(self, settings: SampleSettings):
         self.report = ValidationReport()
-        self.check_images = check_images
+        self.settings = settings
 
     def issue(self, file: str, key: str, problem: SchemaIssue) -> None:
-        self.report.issues.append(ValidationIssue(file, key, problem.field, problem.message, problem.fix))
+        self.report.issues.append(
+            ValidationIssue(file, key, problem.field, problem.message, problem.fix, problem.reason)
+        )
 
     def file(self, path: Path) -> None:
         self.report.files.append(str(path))
         stats = ReadStats()
-        for key, members in iter_tar_samples(path, FileReadLog(path, stats)):
+        log = FileReadLog(path, stats)
+        raw = iter_jsonl_samples(path, log) if path.name.endswith(".jsonl") else iter_tar_samples(path, log)
+        for key, members in raw:
             self.sample(str(path), key, members)
-        for reason, detail in stats.skipped.items():
-            message = f"{reason} ({detail} time(s))"
-            self.issue(
-                str(path), "<file>", SchemaIssue("<file>", message, _FILE_FIXES.get(reason, "rebuild it"))
-            )
+        for reason, count in stats.skipped.items():
+            self.report.skipped[reason] += count
+            message = f"{reason} ({count} time(s))"
+            fix = _FILE_FIXES.get(reason, "rebuild it")
+            self.issue(str(path), "<file>", SchemaIssue("<file>", message, fix, reason))
 
     def sample(self, file: str, key: str, members: dict[str, bytes]) -> None:
-        data, error = _load_json(members.get("json"))
-        image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
-        if error is not None:
-            self.issue(file, key, SchemaIssue("<json>", f"not valid JSON: {error}", "write valid UTF-8 JSON"))
-        elif isinstance(data, dict) and "text_list" in data:
-            self.document(file, key, data, members)
-        elif image_ext is not None:
-            self.pair(file, key, data if isinstance(data, dict) else {}, members, image_ext)
-        else:
-            fix = "write <key>.json (document) or <key>.jpg + <key>.txt (pair)"
-            self.issue(
-                file, key, SchemaIssue("<sample>", f"neither a document nor a pair: {sorted(members)}", fix)
-            )
-
-    def document(self, file: str, key: str, data: dict[str, Any], members: dict[str, bytes]) -> None:
-        mmc4 = is_mmc4_dict(data)
-        problems = check_mmc4_dict(data) if mmc4 else check_document_dict(data)
-        for problem in problems:
+        report = self.report
+        checked = check_sample(key, members, self.settings, source=file, counts=report.left_out)
+        report.samples += 1
+        for problem in checked.problems:
             self.issue(file, key, problem)
-        if problems:
-            return
-        self.report.documents += 1
-        self.report.sentences += len(data["text_list"])
-        self.report.images += len(data["image_info"])
-        self.report.images_per_document[len(data["image_info"])] += 1
-        for index, image in self._document_images(file, key, data, members, mmc4):
-            problem = _decodes(image) if self.check_images and image is not None else None
-            if problem is not None:
-                self.report.undecodable_images += 1
-                fix = "re-download or re-encode the image, or remove its image_info entry"
-                self.issue(
-                    file, key, SchemaIssue(f"image_info[{index}]", f"undecodable image: {problem}", fix)
-                )
-
-    def _document_images(
-        self, file: str, key: str, data: dict[str, Any], members: dict[str, bytes], mmc4: bool
-    ) -> list[tuple[int, EncodedImage | None]]:
-        if mmc4:
-            images, bad = decode_base64_images(data)
-            for index in bad:
-                fix = "store the image bytes base64-encoded, or remove the entry"
-                self.issue(
-                    file, key, SchemaIssue(f"image_info[{index}].image_base64", "missing or invalid", fix)
-                )
-            return [(i, image) for i, image in enumerate(images) if i not in bad]
-        found = []
-        for index, info in enumerate(data["image_info"]):
-            member = info["member"]
-            if member not in members:
-                message = f"member {key}.{member} is not in the tar"
-                fix = "add the image member next to the JSON or remove its image_info entry"
-                self.issue(file, key, SchemaIssue(f"image_info[{index}].member", message, fix))
-                continue
-            image = EncodedImage(members[member], member.rsplit(".", 1)[1])
-            if info.get("sha256") and image.sha256() != info["sha256"]:
-                fix = "recompute sha256 from the member's bytes"
-                self.issue(
-                    file, key, SchemaIssue(f"image_info[{index}].sha256", "does not match the bytes", fix)
-                )
-            found.append((index, image))
-        return found
-
-    def pair(self, file: str, key: str, meta: dict[str, Any], members: dict[str, bytes], ext: str) -> None:
-        caption = (
-            members["txt"].decode("utf-8", errors="replace") if "txt" in members else meta.get("caption")
-        )
-        problems = check_pair_dict({**meta, "caption": caption})
-        for problem in problems:
-            self.issue(file, key, problem)
-        problem = _decodes(EncodedImage(members[ext], ext)) if self.check_images else None
-        if problem is not None:
-            self.report.undecodable_images += 1
-            self.issue(
-                file, key, SchemaIssue(ext, f"undecodable image: {problem}", "re-download or re-encode it")
-            )
-        if not problems and problem is None:
-            self.report.pairs += 1
+        report.undecodable_images += sum(problem.reason == "corrupt_image" for problem in checked.problems)
+        if checked.skipped is not None:
+            report.skipped[checked.skipped.reason] += 1
+        for problem in checked.dropped:
+            report.images_dropped[problem.reason] += 1
+        report.usable += checked.usable
+        sample = checked.sample
+        if isinstance(sample, InterleavedDocument):
+            num_images = len(sample.image_info) + len(checked.dropped)
+            report.documents += 1
+            report.sentences += len(sample.text_list)
+            report.images += num_images
+            report.images_per_document[num_images] += 1
+        elif isinstance(sample, ImageTextPair):
+            report.pairs += 1
+        elif isinstance(sample, Conversation):
+            report.conversations += 1
 
 
-def validate_shards(paths: PathSpec, check_images: bool = True) -> ValidationReport:
+def validate_shards(
+    paths: PathSpec, check_images: bool = True, settings: SampleSettings | None = None
+) -> ValidationReport:
     """Check every sample of the shards named by ``paths`` (files, globs, brace patterns, folders).
 
-    Interleaved documents (ours and OpenFlamingo's MMC4 shards) and img2dataset pairs are recognised per
-    sample. With ``check_images`` every image is decoded. Counts include only valid samples.
+    Each sample goes through :func:`flamingo.data.usable.check_sample` with ``settings`` (default: kind
+    guessed per sample, structure only); pass a training data source's settings
+    (:func:`flamingo.data.loader.sample_settings`) to count what its loader would skip and leave out. With
+    ``check_images`` every image is decoded. ``.jsonl`` files are read as instruction conversations.
     """
-    validator = _Validator(check_images)
-    for path in expand_paths(paths):
+    settings = settings if settings is not None else SampleSettings()
+    if not check_images:
+        settings = replace(settings, verify_images=False)
+    validator = _Validator(settings)
+    suffixes = (*SHARD_SUFFIXES, ".jsonl") if settings.kind == "sft" else SHARD_SUFFIXES
+    for path in expand_paths(paths, suffixes):
         validator.file(path)
     return validator.report
 
