@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--lm", help="local path or hub id overriding the preset's LM")
     conv.add_argument("--model", help="our checkpoint directory (to-openflamingo)")
     conv.add_argument("--out", required=True, help="output directory (from-) or .pt file (to-)")
+    conv.add_argument(
+        "--key-names",
+        choices=["4.x", "5.x"],
+        default="4.x",
+        help="transformers generation whose LM key names the exported file uses (to-openflamingo; default 4.x, "
+        "as the released files and open-flamingo 2.0.1 use: GPT-NeoX's head is embed_out there, lm_head in 5.x)",
+    )
     conv.set_defaults(func=_convert)
 
 
@@ -99,6 +106,6 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("to-openflamingo needs --model DIR")
     model = Flamingo.from_pretrained(args.model)
-    torch.save(export_openflamingo_state(model), args.out)
+    torch.save(export_openflamingo_state(model, key_names=args.key_names), args.out)
     print(f"wrote {args.out}")
     return 0
