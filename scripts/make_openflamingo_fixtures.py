@@ -148,7 +148,9 @@ def build_reference(family: str, lm_dir: Path, every_n: int, vision_state: dict,
     ref.perceiver.requires_grad_(True)
     lang.gated_cross_attn_layers.requires_grad_(True)
     with torch.no_grad():  # trained-looking adapters: open gates, no LayerNorm left at ones and zeros
-        for name, p in list(ref.perceiver.named_parameters()) + list(lang.gated_cross_attn_layers.named_parameters()):
+        for name, p in list(ref.perceiver.named_parameters()) + list(
+            lang.gated_cross_attn_layers.named_parameters()
+        ):
             if name.endswith("gate"):
                 p.uniform_(0.3, 0.9)
             else:
@@ -172,7 +174,9 @@ def main() -> None:
             "module docstring); the fixtures must hold 4.x key names"
         )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/openflamingo"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/openflamingo")
+    )
     out = Path(parser.parse_args().out)
     if out.exists():
         shutil.rmtree(out)
@@ -220,7 +224,9 @@ def main() -> None:
         state = release_state(ref) if kind == "release" else ref.state_dict()
         torch.save({k: v.contiguous() for k, v in state.items()}, out / family / "checkpoint.pt")
         with torch.no_grad():
-            logits = ref(inputs["images"], inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            logits = ref(
+                inputs["images"], inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).logits
             greedy = ref.generate(
                 inputs["images"],
                 inputs["input_ids"],
