@@ -118,6 +118,102 @@ def environment_versions() -> dict[str, str]:
     }
 
 
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the git checkout holding ``path`` (default: this package's source), with ``-dirty`` when
+    tracked files were changed; None when it is not a git checkout (an installed wheel) or git is missing."""
+    import subprocess
+
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
+        if len(top) != 2 or not (Path(top[0]) / "src" / "flamingo").is_dir():
+            return None  # a repository, but not flamingo-vlm's (e.g. a site-packages inside someone's repo)
+        dirty = subprocess.run(
+            ["git", "-C", top[0], "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return top[1] + ("-dirty" if dirty else "")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_checksums(task: TaskSpec, data_root: str | Path | None) -> dict[str, dict[str, str]]:
+    """sha256 of every data file the task's readers read (annotations, questions, class maps), by reader option:
+    ``{"test.annotations": {"path": "okvqa/....json", "sha256": "..."}}``. Folders (images) are not hashed."""
+    if data_root is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    hashed: dict[Path, str] = {}
+    for split, options in (("train", task.train), ("test", task.test)):
+        for name, value in sorted((options or {}).items()):
+            if not isinstance(value, str) or not value:
+                continue
+            full = Path(data_root) / value
+            if not full.is_file():
+                continue
+            if full not in hashed:
+                hashed[full] = _sha256(full)
+            out[f"{split}.{name}"] = {"path": value, "sha256": hashed[full]}
+    return out
+
+
+def _java_version() -> str | None:
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if java is None:
+        return None
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def scoring_provenance(task: TaskSpec) -> dict[str, Any]:
+    """What stands behind the task's score besides the predictions: the OK-VQA stemmer, CIDEr's Java and
+    pycocoevalcap."""
+    out: dict[str, Any] = {}
+    if task.postprocess == "okvqa":
+        from flamingo.eval.stemming import stemmer_info
+
+        out["stemmer"] = stemmer_info()
+    if task.metric == "cider":
+        out["cider"] = {"java": _java_version(), "pycocoevalcap": _version("pycocoevalcap")}
+    return out
+
+
+def provenance(task: TaskSpec, data_root: str | Path | None) -> dict[str, Any]:
+    """The ``provenance`` block of ``results.json``: code version and commit, scoring tools, data checksums."""
+    return {
+        "flamingo_version": _version("flamingo-vlm"),
+        "git_commit": git_commit(),
+        **scoring_provenance(task),
+        "data_files": data_checksums(task, data_root),
+    }
+
+
 def task_settings(task: TaskSpec) -> dict[str, Any]:
     """Every setting of ``task`` that affects scores, as JSON."""
     settings = asdict(task)
@@ -135,8 +231,9 @@ def build_results(
 ) -> dict[str, Any]:
     """The content of ``results.json``.
 
-    ``model`` and ``data`` identify what was evaluated (e.g. checkpoint path and revision, data root
-    and file hashes); ``settings`` holds run options beyond the task's (demonstration selection,
+    ``model`` and ``data`` identify what was evaluated (e.g. checkpoint path and revision, data root);
+    ``provenance`` adds the code's version and git commit, the scoring tools (OK-VQA stemmer, CIDEr's Java and
+    pycocoevalcap) and the sha256 of the data files read under ``data["data_root"]``; ``settings`` holds run options beyond the task's (demonstration selection,
     ablations, batch size); ``timings`` holds seconds per stage.
     """
     return {
@@ -149,6 +246,7 @@ def build_results(
         "model": model,
         "data": data,
         "versions": environment_versions(),
+        "provenance": provenance(task, (data or {}).get("data_root")),
         "timings": timings or {},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -203,10 +301,19 @@ def markdown_report(results: Sequence[dict[str, Any]], label: str = "this model"
         lines += [f"### {res['task']} ({res['metric']})", ""]
         lines.append("| model | " + " | ".join(f"{s}-shot" for s in shots) + " |")
         lines.append("|---|" + "---|" * len(shots))
-        lines.append(f"| {label} | " + " | ".join(_fmt(res["scores"].get(str(s))) for s in shots) + " |")
+        stemmer = res.get("provenance", {}).get("stemmer")
+        approximate = stemmer is not None and not stemmer.get("exact")
+        row_label = f"{label} (approximate stemmer)" if approximate else label
+        lines.append(f"| {row_label} | " + " | ".join(_fmt(res["scores"].get(str(s))) for s in shots) + " |")
         for name in PUBLISHED_MODELS if pub else ():
             by_shot = dict(zip(published["shots"], pub[name]))
             lines.append(f"| {name} | " + " | ".join(str(by_shot.get(s, "-")) for s in shots) + " |")
+        if approximate:
+            lines += [
+                "",
+                "Predictions were stemmed with the data-free rules, an approximation of OpenFlamingo's NLTK "
+                f"stemming ({stemmer.get('reason')}); scores can differ slightly from published ones.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
