@@ -318,27 +318,57 @@ def markdown_report(results: Sequence[dict[str, Any]], label: str = "this model"
     return "\n".join(lines)
 
 
-def plot_report(results: Sequence[dict[str, Any]], path: str | Path, label: str = "this model") -> Path:
-    """A PNG with one panel per task: score vs shots, ours with std error bars, published dashed."""
+def _grid(count: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` panels: one row up to 3, then two rows (2 x 2 for 4, up to 2 x 4 for 8),
+    then rows of 4."""
+    if count <= 3:
+        return 1, max(count, 1)
+    columns = 2 if count == 4 else min(4, -(-count // 2))
+    return -(-count // columns), columns
+
+
+def report_figure(results: Sequence[dict[str, Any]], label: str = "this model") -> Any:
+    """The report's matplotlib figure: a grid of panels (score vs shots per task, ours with std error bars,
+    published dashed) with a single legend for the whole figure, below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     published = load_published()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.0 * len(results), 3.4), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    rows, columns = _grid(len(results))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows + 0.6), squeeze=False)
+    flat = list(axes.flat)
+    entries: dict[str, Any] = {}
+    for ax, res in zip(flat, results):
         shots = sorted(int(s) for s in res["scores"])
         means = [res["scores"][str(s)]["mean"] for s in shots]
         stds = [res["scores"][str(s)]["std"] for s in shots]
-        ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
+        entries.setdefault(label, ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color="C0"))
         pub = published["tasks"].get(res["task"])
-        for name in PUBLISHED_MODELS if pub else ():
-            ax.plot(published["shots"], pub[name], linestyle="--", marker=".", label=name)
-        ax.set(title=res["task"], xlabel="shots", ylabel=res["metric"])
+        for index, name in enumerate(PUBLISHED_MODELS if pub else ()):
+            (line,) = ax.plot(
+                published["shots"], pub[name], linestyle="--", marker=".", color=f"C{index + 1}"
+            )
+            entries.setdefault(name, line)
+        ax.set_title(res["task"], fontsize=10)
+        ax.set_xlabel("shots", fontsize=8)
+        ax.set_ylabel(res["metric"], fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    for ax in flat[len(results) :]:
+        ax.set_visible(False)
+    # One legend for the figure (same colour per model in every panel), in a strip below the grid.
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=len(entries), fontsize=8)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def plot_report(results: Sequence[dict[str, Any]], path: str | Path, label: str = "this model") -> Path:
+    """Write :func:`report_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(results, label)
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
