@@ -96,3 +96,33 @@ def test_report_writes_a_markdown_table_and_a_png(tmp_path):
     assert f"{results['scores']['0']['mean']:.1f} ± " in markdown_report([results])
     with Image.open(files["png"]) as image:
         assert image.size[0] > 100
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_report_plot_is_a_grid_with_one_legend(count):
+    import matplotlib.pyplot as plt
+
+    from flamingo.eval.results import report_figure
+
+    tasks = ["coco", "flickr30k", "vqav2", "okvqa", "textvqa", "vizwiz", "hateful_memes", "imagenet"]
+    base = {"metric": "m", "scores": {"0": {"mean": 1.0, "std": 0.1}, "4": {"mean": 2.0, "std": 0.1}}}
+    fig = report_figure([{**base, "task": t} for t in tasks[:count]], label="tiny")
+    try:
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in visible] == tasks[:count]
+        columns = len({round(ax.get_position().x0, 3) for ax in visible})
+        rows = len({round(ax.get_position().y0, 3) for ax in visible})
+        assert columns <= 4 and rows <= 2 and rows * columns < count + columns  # no empty row
+        width, height = fig.get_size_inches()
+        assert width / columns >= 3.0 and height / rows >= 2.5  # panels stay readable
+        # One legend, for the whole figure, naming each model once; none inside a panel.
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        labels = [text.get_text() for text in fig.legends[0].get_texts()]
+        assert labels[0] == "tiny" and len(labels) == len(set(labels))
+        assert ("OpenFlamingo-3B" in labels) == (count >= 1)  # coco has published numbers
+        # The legend sits below every panel.
+        legend_top = fig.legends[0].get_window_extent(fig.canvas.get_renderer()).y1
+        renderer = fig.canvas.get_renderer()
+        assert all(ax.get_tightbbox(renderer).y0 >= legend_top - 1 for ax in visible)  # labels included
+    finally:
+        plt.close(fig)

@@ -118,6 +118,102 @@ def environment_versions() -> dict[str, str]:
     }
 
 
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the git checkout holding ``path`` (default: this package's source), with ``-dirty`` when
+    tracked files were changed; None when it is not a git checkout (an installed wheel) or git is missing."""
+    import subprocess
+
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
+        if len(top) != 2 or not (Path(top[0]) / "src" / "flamingo").is_dir():
+            return None  # a repository, but not flamingo-vlm's (e.g. a site-packages inside someone's repo)
+        dirty = subprocess.run(
+            ["git", "-C", top[0], "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return top[1] + ("-dirty" if dirty else "")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_checksums(task: TaskSpec, data_root: str | Path | None) -> dict[str, dict[str, str]]:
+    """sha256 of every data file the task's readers read (annotations, questions, class maps), by reader option:
+    ``{"test.annotations": {"path": "okvqa/....json", "sha256": "..."}}``. Folders (images) are not hashed."""
+    if data_root is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    hashed: dict[Path, str] = {}
+    for split, options in (("train", task.train), ("test", task.test)):
+        for name, value in sorted((options or {}).items()):
+            if not isinstance(value, str) or not value:
+                continue
+            full = Path(data_root) / value
+            if not full.is_file():
+                continue
+            if full not in hashed:
+                hashed[full] = _sha256(full)
+            out[f"{split}.{name}"] = {"path": value, "sha256": hashed[full]}
+    return out
+
+
+def _java_version() -> str | None:
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if java is None:
+        return None
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def scoring_provenance(task: TaskSpec) -> dict[str, Any]:
+    """What stands behind the task's score besides the predictions: the OK-VQA stemmer, CIDEr's Java and
+    pycocoevalcap."""
+    out: dict[str, Any] = {}
+    if task.postprocess == "okvqa":
+        from flamingo.eval.stemming import stemmer_info
+
+        out["stemmer"] = stemmer_info()
+    if task.metric == "cider":
+        out["cider"] = {"java": _java_version(), "pycocoevalcap": _version("pycocoevalcap")}
+    return out
+
+
+def provenance(task: TaskSpec, data_root: str | Path | None) -> dict[str, Any]:
+    """The ``provenance`` block of ``results.json``: code version and commit, scoring tools, data checksums."""
+    return {
+        "flamingo_version": _version("flamingo-vlm"),
+        "git_commit": git_commit(),
+        **scoring_provenance(task),
+        "data_files": data_checksums(task, data_root),
+    }
+
+
 def task_settings(task: TaskSpec) -> dict[str, Any]:
     """Every setting of ``task`` that affects scores, as JSON."""
     settings = asdict(task)
@@ -135,8 +231,9 @@ def build_results(
 ) -> dict[str, Any]:
     """The content of ``results.json``.
 
-    ``model`` and ``data`` identify what was evaluated (e.g. checkpoint path and revision, data root
-    and file hashes); ``settings`` holds run options beyond the task's (demonstration selection,
+    ``model`` and ``data`` identify what was evaluated (e.g. checkpoint path and revision, data root);
+    ``provenance`` adds the code's version and git commit, the scoring tools (OK-VQA stemmer, CIDEr's Java and
+    pycocoevalcap) and the sha256 of the data files read under ``data["data_root"]``; ``settings`` holds run options beyond the task's (demonstration selection,
     ablations, batch size); ``timings`` holds seconds per stage.
     """
     return {
@@ -149,6 +246,7 @@ def build_results(
         "model": model,
         "data": data,
         "versions": environment_versions(),
+        "provenance": provenance(task, (data or {}).get("data_root")),
         "timings": timings or {},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -203,35 +301,74 @@ def markdown_report(results: Sequence[dict[str, Any]], label: str = "this model"
         lines += [f"### {res['task']} ({res['metric']})", ""]
         lines.append("| model | " + " | ".join(f"{s}-shot" for s in shots) + " |")
         lines.append("|---|" + "---|" * len(shots))
-        lines.append(f"| {label} | " + " | ".join(_fmt(res["scores"].get(str(s))) for s in shots) + " |")
+        stemmer = res.get("provenance", {}).get("stemmer")
+        approximate = stemmer is not None and not stemmer.get("exact")
+        row_label = f"{label} (approximate stemmer)" if approximate else label
+        lines.append(f"| {row_label} | " + " | ".join(_fmt(res["scores"].get(str(s))) for s in shots) + " |")
         for name in PUBLISHED_MODELS if pub else ():
             by_shot = dict(zip(published["shots"], pub[name]))
             lines.append(f"| {name} | " + " | ".join(str(by_shot.get(s, "-")) for s in shots) + " |")
+        if approximate:
+            lines += [
+                "",
+                "Predictions were stemmed with the data-free rules, an approximation of OpenFlamingo's NLTK "
+                f"stemming ({stemmer.get('reason')}); scores can differ slightly from published ones.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
 
-def plot_report(results: Sequence[dict[str, Any]], path: str | Path, label: str = "this model") -> Path:
-    """A PNG with one panel per task: score vs shots, ours with std error bars, published dashed."""
+def _grid(count: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` panels: one row up to 3, then two rows (2 x 2 for 4, up to 2 x 4 for 8),
+    then rows of 4."""
+    if count <= 3:
+        return 1, max(count, 1)
+    columns = 2 if count == 4 else min(4, -(-count // 2))
+    return -(-count // columns), columns
+
+
+def report_figure(results: Sequence[dict[str, Any]], label: str = "this model") -> Any:
+    """The report's matplotlib figure: a grid of panels (score vs shots per task, ours with std error bars,
+    published dashed) with a single legend for the whole figure, below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     published = load_published()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.0 * len(results), 3.4), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    rows, columns = _grid(len(results))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows + 0.6), squeeze=False)
+    flat = list(axes.flat)
+    entries: dict[str, Any] = {}
+    for ax, res in zip(flat, results):
         shots = sorted(int(s) for s in res["scores"])
         means = [res["scores"][str(s)]["mean"] for s in shots]
         stds = [res["scores"][str(s)]["std"] for s in shots]
-        ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=label)
+        entries.setdefault(label, ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color="C0"))
         pub = published["tasks"].get(res["task"])
-        for name in PUBLISHED_MODELS if pub else ():
-            ax.plot(published["shots"], pub[name], linestyle="--", marker=".", label=name)
-        ax.set(title=res["task"], xlabel="shots", ylabel=res["metric"])
+        for index, name in enumerate(PUBLISHED_MODELS if pub else ()):
+            (line,) = ax.plot(
+                published["shots"], pub[name], linestyle="--", marker=".", color=f"C{index + 1}"
+            )
+            entries.setdefault(name, line)
+        ax.set_title(res["task"], fontsize=10)
+        ax.set_xlabel("shots", fontsize=8)
+        ax.set_ylabel(res["metric"], fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    for ax in flat[len(results) :]:
+        ax.set_visible(False)
+    # One legend for the figure (same colour per model in every panel), in a strip below the grid.
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=len(entries), fontsize=8)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def plot_report(results: Sequence[dict[str, Any]], path: str | Path, label: str = "this model") -> Path:
+    """Write :func:`report_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(results, label)
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -199,6 +199,23 @@ def okvqa_stem(text: str, backend: str = "auto") -> str:
     return _stem_rules(text)
 
 
+def stemmer_info(backend: str = "auto") -> dict[str, object]:
+    """Which stemmer ``okvqa_stem(text, backend)`` uses in this process, for results files.
+
+    ``{"backend": "nltk" | "rules", "exact": bool, "reason": why the exact one is unavailable or None,
+    "versions": {package: version}}``; ``exact`` is True only for OpenFlamingo's NLTK procedure.
+    """
+    from importlib import metadata
+
+    if backend == "rules":
+        return {"backend": "rules", "exact": False, "reason": "backend='rules' was asked for", "versions": {}}
+    stemmer, reason = _nltk_stemmer_or_reason()
+    if stemmer is None:
+        return {"backend": "rules", "exact": False, "reason": reason, "versions": {}}
+    versions = {name: metadata.version(name) for name in ("nltk", "inflection")}
+    return {"backend": "nltk", "exact": True, "reason": None, "versions": versions}
+
+
 @functools.cache
 def _warn_fallback(reason: str) -> None:
     """Say once per process that OK-VQA scores use the approximate stemmer."""

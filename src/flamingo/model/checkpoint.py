@@ -123,6 +123,9 @@ def save_pretrained(model: Flamingo, directory: str | Path, save_backbones: bool
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(directory / "tokenizer")
     config.save(directory / CONFIG_NAME)
+    from flamingo.model.card import write_model_card
+
+    write_model_card(directory, config)  # README.md for the hub; a card someone wrote is kept
     return directory
 
 

@@ -1,4 +1,4 @@
-"""Model subcommands: ``generate``, ``tiny-model`` and ``convert``."""
+"""Model subcommands: ``generate``, ``tiny-model``, ``convert`` and ``push``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let a model whose LM is defined by Python files in its repository run them (off by default; "
         "a model's own files can never turn this on)",
     )
+    conv.add_argument(
+        "--key-names",
+        choices=["4.x", "5.x"],
+        default="4.x",
+        help="transformers generation whose LM key names the exported file uses (to-openflamingo; default 4.x, "
+        "as the released files and open-flamingo 2.0.1 use: GPT-NeoX's head is embed_out there, lm_head in 5.x)",
+    )
     conv.set_defaults(func=_convert)
+
+    push = subparsers.add_parser(
+        "push", help="upload a checkpoint directory to the Hugging Face hub, with a model card"
+    )
+    push.add_argument("directory", help="a checkpoint directory written by save_pretrained")
+    push.add_argument("repo", help="hub repository id, e.g. me/my-flamingo (created when missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="branch to commit to (created when missing)")
+    push.add_argument("--commit-message", help="commit message")
+    push.add_argument("--token", help="hub token (default: the one `hf auth login` stored)")
+    push.add_argument("--license", help="license identifier for the card, e.g. apache-2.0 (default: other)")
+    push.add_argument("--training-config", help="the run's config.yaml, shown in the card")
+    push.add_argument(
+        "--results", action="append", default=[], help="a results.json or an eval output folder; repeatable"
+    )
+    push.set_defaults(func=_push)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -113,6 +136,40 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("to-openflamingo needs --model DIR")
     model = Flamingo.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    torch.save(export_openflamingo_state(model), args.out)
+    torch.save(export_openflamingo_state(model, key_names=args.key_names), args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    import yaml
+
+    from flamingo.model.card import push_to_hub, read_evaluation, write_model_card
+    from flamingo.model.config import FlamingoConfig
+
+    directory = Path(args.directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: no config.json; push a directory written by save_pretrained")
+    training = None
+    if args.training_config:
+        training = yaml.safe_load(Path(args.training_config).read_text(encoding="utf-8"))
+    card = write_model_card(
+        directory,
+        FlamingoConfig.load(directory / "config.json"),
+        repo_id=args.repo,
+        license=args.license,
+        training=training,
+        evaluation=read_evaluation(args.results) or None,
+    )
+    if card is None:
+        print(f"{directory}/README.md was written by hand: uploading it as it is")
+    info = push_to_hub(
+        directory,
+        args.repo,
+        private=args.private or None,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {directory} to {getattr(info, 'commit_url', None) or args.repo}")
     return 0

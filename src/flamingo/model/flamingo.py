@@ -480,16 +480,43 @@ class Flamingo(nn.Module):
     def save_pretrained(
         self, directory: str, save_backbones: bool = False, push_to_hub: str | None = None
     ) -> None:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer; optionally upload to a hub repo."""
+        """Write ``config.json``, ``model.safetensors``, the tokenizer and a model card (``README.md``);
+        optionally upload the directory to the hub repository ``push_to_hub``."""
         from flamingo.model.checkpoint import save_pretrained
 
         path = save_pretrained(self, directory, save_backbones)
         if push_to_hub:
-            from huggingface_hub import HfApi
+            from flamingo.model.card import push_to_hub as push
 
-            api = HfApi()
-            api.create_repo(push_to_hub, exist_ok=True)
-            api.upload_folder(repo_id=push_to_hub, folder_path=str(path))
+            push(path, push_to_hub)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        save_backbones: bool = False,
+    ) -> Any:
+        """Save to a temporary directory (model card included) and upload it to ``repo_id`` in one commit.
+
+        Follows ``huggingface_hub``: the repository is created when missing (``private`` applies then), ``token``
+        defaults to the logged-in one, ``revision`` names a branch (created when missing). Returns the commit
+        information of ``HfApi.upload_folder``.
+        """
+        import tempfile
+
+        from flamingo.model.card import push_to_hub as push
+        from flamingo.model.card import write_model_card
+        from flamingo.model.checkpoint import save_pretrained
+
+        with tempfile.TemporaryDirectory(prefix="flamingo-push-") as tmp:
+            path = save_pretrained(self, tmp, save_backbones)
+            from flamingo.model.config import FlamingoConfig
+
+            write_model_card(path, FlamingoConfig.load(path / "config.json"), repo_id=repo_id)
+            return push(path, repo_id, private, token, revision, commit_message)
 
     # ------------------------------------------------------------------ parameters
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

@@ -153,7 +153,7 @@ class OpenClipAdapter(VisionAdapter):
         ):  # it warns "no pretrained weights"; we load them next
             model, _, transform = open_clip.create_model_and_transforms(config.name, pretrained=tag)
         if weights_file:
-            _load_visual_weights(model.visual, Path(weights_file))
+            load_open_clip_weights(model, Path(weights_file), config.name)
         return cls(model.visual, config, transform)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -197,21 +197,115 @@ def _quiet_open_clip(quiet: bool) -> Iterator[None]:
 
 def _is_weights_file(pretrained: str | None) -> bool:
     return bool(pretrained) and (
-        pretrained.endswith((".safetensors", ".pt", ".bin")) or Path(pretrained).is_file()
+        pretrained.endswith((".safetensors", ".pt", ".pth", ".bin")) or Path(pretrained).is_file()
     )
 
 
-def _load_visual_weights(visual: nn.Module, path: Path) -> None:
-    """Load a vision tower saved by :meth:`OpenClipAdapter.save_backbone` (keys ``visual.*``), strictly."""
-    from flamingo.model.files import load_safetensors
+_EXPECTED_LAYOUTS = (
+    "an open_clip model state dict as open_clip saves it (keys visual.* beside the text tower's, optionally "
+    "under 'state_dict' and prefixed 'module.'), a bare vision tower (model.visual.state_dict()), or "
+    "flamingo-vlm's own open_clip_visual.safetensors (keys visual.* only)"
+)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file, unwrapped as open_clip does:
+    a ``state_dict`` entry is taken when present and a leading ``module.`` removed. Pickles that would run code
+    are refused (``weights_only=True``)."""
+    import pickle
 
     if not path.is_file():
         raise FileNotFoundError(
             f"vision weights {path} not found: check vision.pretrained in the model config"
         )
-    state = load_safetensors(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
-    state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.") or "." in k}
-    visual.load_state_dict(state, strict=True)
+    if path.suffix == ".safetensors":
+        from flamingo.model.files import load_safetensors
+
+        raw: Any = load_safetensors(path)
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+            raise ValueError(
+                f"vision weights {path}: refused to load, it is not a plain tensor file (loading it would run "
+                f"pickled code; a TorchScript archive is one): {str(err).splitlines()[0]}"
+            ) from err
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(
+            f"vision weights {path}: expected a state dict (a dict of tensors), got {type(raw).__name__}"
+        )
+    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def _describe_layout(keys: set[str]) -> str:
+    """What a set of state-dict keys that fits no accepted layout looks like, in words."""
+    if any(k.startswith(("vision_model.", "model.vision_model.")) for k in keys):
+        return (
+            "a Hugging Face CLIP/SigLIP checkpoint (keys vision_model.*; use vision.kind: hf with its folder)"
+        )
+    if any(k.startswith(("perceiver.", "lang_encoder.")) for k in keys):
+        return "an OpenFlamingo checkpoint (use flamingo convert from-openflamingo)"
+    if any(k.startswith("visual.") for k in keys):
+        return "an open_clip model state dict"
+    return f"an unknown layout (keys such as {sorted(keys)[:3]})"
+
+
+def load_open_clip_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load ``path`` into the vision tower of the open_clip ``model`` (architecture ``name``), strictly.
+
+    Accepted: every whole-model file open_clip's own ``pretrained=FILE`` accepts, a bare vision tower
+    (``model.visual.state_dict()``) and :meth:`OpenClipAdapter.save_backbone`'s file (keys ``visual.*``). A file
+    that fits none raises ``ValueError`` saying which layout it looked like and what was expected.
+    """
+    import inspect
+
+    import open_clip
+
+    state = read_weights_file(path)
+    keys = set(state)
+    visual = model.visual
+    visual_keys = set(visual.state_dict())
+    prefixed = {k for k in keys if k.startswith("visual.")}
+    if (
+        prefixed
+        and prefixed != keys
+        and "weights_only" in inspect.signature(open_clip.load_checkpoint).parameters
+    ):
+        layout = "an open_clip model state dict"
+        try:  # open_clip's own loader: its conversions (older layouts, resized position tables) included
+            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+            return
+        except RuntimeError as err:
+            raise ValueError(
+                f"vision weights {path} look like {layout} but do not fit open_clip model {name!r}: "
+                f"{str(err).splitlines()[-1].strip()[:300]}. Check vision.name"
+            ) from err
+    if prefixed:
+        layout = "flamingo-vlm's vision tower file" if prefixed == keys else "an open_clip model state dict"
+        state = {k.removeprefix("visual."): v for k, v in state.items() if k in prefixed}
+    elif keys & visual_keys:
+        layout = "a bare vision tower state dict"
+    else:
+        raise ValueError(
+            f"vision weights {path} look like {_describe_layout(keys)}, which flamingo-vlm cannot load into "
+            f"open_clip model {name!r}. Expected {_EXPECTED_LAYOUTS}"
+        )
+    try:
+        result = visual.load_state_dict(state, strict=False)
+        problem = f"missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}"
+        fits = not result.missing_keys and not result.unexpected_keys
+    except RuntimeError as err:  # a shape mismatch
+        problem, fits = str(err).splitlines()[-1].strip()[:300], False
+    if not fits:
+        raise ValueError(
+            f"vision weights {path} look like {layout} but do not fit open_clip model {name!r}: {problem}. "
+            f"Check vision.name; expected {_EXPECTED_LAYOUTS}"
+        )
 
 
 def _register_open_clip_config(name: str, model_cfg: dict[str, Any]) -> None:
