@@ -11,10 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from flamingo.errors import UsageError
+
+# MMC4 placed images with CLIP ViT-L/14 (OpenAI weights); this is what the CLI uses unless told otherwise.
+DEFAULT_CLIP = "open_clip:ViT-L-14:openai"
+
 
 def _check(ok: bool, section: str, name: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"build config: {section}.{name} {message}")
+        raise UsageError(f"build config: {section}.{name} {message}")
 
 
 @dataclass

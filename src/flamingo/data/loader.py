@@ -69,6 +69,7 @@ from flamingo.data.shards import (
     _parse_json,
     iter_tar_samples,
 )
+from flamingo.errors import MissingFileError
 from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
@@ -207,7 +208,7 @@ class SourceDataset(torch.utils.data.IterableDataset):
         suffixes = (*SHARD_SUFFIXES, ".jsonl") if config.kind == "sft" else SHARD_SUFFIXES
         self.shards = [str(p) for p in expand_paths(config.shards, suffixes)]
         if not self.shards:
-            raise FileNotFoundError(f"source {config.name!r}: shards {config.shards} name no file")
+            raise MissingFileError(f"source {config.name!r}: shards {config.shards} name no file")
         if config.kind == "sft" and not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 f"source {config.name!r}: sft sources need a fast tokenizer (answers are found through its "

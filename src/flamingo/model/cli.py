@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flamingo.errors import MissingFileError, UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser(
@@ -47,7 +49,7 @@ def _generate(args: argparse.Namespace) -> int:
     images = []
     for path in args.image:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--image {path}: no such file")
+            raise MissingFileError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
     model = Flamingo.from_pretrained(args.model, device=args.device)
     processor = FlamingoProcessor.from_model(model)
@@ -91,13 +93,13 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.direction == "from-openflamingo":
         if not args.preset:
-            raise ValueError("from-openflamingo needs --preset (see flamingo.model.presets)")
+            raise UsageError("from-openflamingo needs --preset (see flamingo.model.presets)")
         model = load_openflamingo(args.preset, checkpoint=args.checkpoint, lm=args.lm)
         model.save_pretrained(args.out)
         print(f"wrote {args.out}")
         return 0
     if not args.model:
-        raise ValueError("to-openflamingo needs --model DIR")
+        raise UsageError("to-openflamingo needs --model DIR")
     model = Flamingo.from_pretrained(args.model)
     torch.save(export_openflamingo_state(model), args.out)
     print(f"wrote {args.out}")

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flamingo.errors import FlamingoError
+
 FORMAT_VERSION = 1
 MEDIA_POLICIES = ("previous", "all_previous")
 VISION_KINDS = ("open_clip", "hf")
 
 
-class ConfigError(ValueError):
+class ConfigError(FlamingoError, ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from flamingo.errors import MissingFileError
 from flamingo.model.config import VisionConfig
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -206,7 +207,7 @@ def _load_visual_weights(visual: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"vision weights {path} not found: check vision.pretrained in the model config"
         )
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from flamingo.errors import UsageError
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``quickstart`` subcommand to the ``flamingo`` command line."""
     parser = subparsers.add_parser(
         "quickstart",
         help="run the whole system end to end on a drawn world (CPU, no downloads, ~10 minutes)",
@@ -30,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
 
     if args.seeds < 1:
-        raise ValueError("--seeds must be at least 1")
+        raise UsageError("--seeds must be at least 1")
     seeds = tuple(range(args.seeds))
     if args.small:
         config = QuickstartConfig.small(out=args.out or "runs/quickstart-small", seeds=seeds)
@@ -49,7 +52,7 @@ def _read_overrides(path: str) -> dict:
     with open(path, encoding="utf-8") as stream:
         overrides = yaml.safe_load(stream) or {}  # YAML is a superset of JSON
     if not isinstance(overrides, dict):
-        raise ValueError(
+        raise UsageError(
             f"{path}: expected a mapping of QuickstartConfig fields, got {type(overrides).__name__}"
         )
     return overrides

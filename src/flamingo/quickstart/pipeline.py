@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flamingo.errors import UsageError
+
 TASKS_DIR = Path(__file__).parent / "tasks"
 
 
@@ -118,13 +120,13 @@ class QuickstartConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown quickstart setting(s) {unknown}; known: {sorted(known)}")
+            raise UsageError(f"unknown quickstart setting(s) {unknown}; known: {sorted(known)}")
         values = dict(overrides)
         if "pictures" in values:
             values["pictures"] = {**self.pictures, **{k: tuple(v) for k, v in values["pictures"].items()}}
             bad = sorted(set(values["pictures"]) - set(self.pictures))
             if bad:
-                raise ValueError(f"pictures: unknown page kind(s) {bad}; use {sorted(self.pictures)}")
+                raise UsageError(f"pictures: unknown page kind(s) {bad}; use {sorted(self.pictures)}")
         if "pages" in values:
             values["pages"] = {**self.pages, **values["pages"]}
         for name in ("seeds", "bursty_objects", "qa_kinds"):
@@ -182,17 +184,18 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     """Run every stage; returns the summary that the report is made of (also written to summary.json)."""
     import torch
 
-    from flamingo.quickstart import report, stages, text
+    from flamingo.quickstart import lm, report, stages, text
 
+    lm.register()  # the pipeline loads its LM folders by path, whatever their config.json names
     if config.threads < 1:
-        raise ValueError(f"threads must be at least 1, got {config.threads}")
+        raise UsageError(f"threads must be at least 1, got {config.threads}")
     if config.qa_style not in text.QA_STYLES:  # before any stage starts, not in the middle of one
-        raise ValueError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
+        raise UsageError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
     for share in ("pet_quiz", "vqa_names"):
         if not 0.0 <= getattr(config, share) <= 1.0:
-            raise ValueError(f"{share} is a share, between 0 and 1; got {getattr(config, share)}")
+            raise UsageError(f"{share} is a share, between 0 and 1; got {getattr(config, share)}")
     if config.vqa_names and config.vqa_cast < 1:
-        raise ValueError(f"vqa_cast must be at least 1 when vqa_names > 0, got {config.vqa_cast}")
+        raise UsageError(f"vqa_cast must be at least 1 when vqa_names > 0, got {config.vqa_cast}")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from flamingo.errors import MissingFileError
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
@@ -56,7 +57,7 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no state.json inside)")
+        raise MissingFileError(f"--resume {resume}: not a complete checkpoint (no state.json inside)")
     return path
 
 

@@ -20,9 +20,10 @@ from typing import Any, Literal
 import yaml
 
 from flamingo.data.loader import SourceConfig
+from flamingo.errors import FlamingoError, MissingFileError
 
 
-class ConfigError(ValueError):
+class ConfigError(FlamingoError, ValueError):
     """A training config that cannot be used; the message names the key and the fix."""
 
 
@@ -292,7 +293,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = str(path) if path else "<defaults>"
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
+            raise MissingFileError(f"{path}: no such config file (presets are in configs/train/)")
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as error:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from flamingo.errors import FlamingoError, MissingFileError, UnknownNameError
 from flamingo.eval.datasets import EvalExample, get_reader, imagenet_clip_classnames, resolve
 from flamingo.eval.metrics import METRICS
 from flamingo.eval.postprocess import END_OF_CHUNK, POSTPROCESSORS
@@ -27,7 +28,7 @@ DEMO_FIELDS = frozenset({"caption", "answer", "label", "question", "text"})
 QUERY_FIELDS = frozenset({"question", "text"})
 
 
-class TaskSpecError(ValueError):
+class TaskSpecError(FlamingoError, ValueError):
     """A task file is invalid; the message names the file, the field and the fix."""
 
 
@@ -249,12 +250,12 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     path = Path(text).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise FileNotFoundError(f"task file not found: {path}")
+            raise MissingFileError(f"task file not found: {path}")
         source, content = str(path), path.read_text("utf-8")
     else:
         resource = resources.files(__name__).joinpath(f"{text}.yaml")
         if not resource.is_file():
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown task {text!r}; shipped tasks: {list_tasks()}; or pass a path to a YAML file."
             )
         source, content = f"flamingo/eval/tasks/{text}.yaml", resource.read_text("utf-8")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from flamingo.errors import UnknownNameError
 from flamingo.model.checkpoint import CheckpointError, build_flamingo
 from flamingo.model.config import CrossAttnConfig, FlamingoConfig, LMConfig, PerceiverConfig, VisionConfig
 from flamingo.model.flamingo import Flamingo
@@ -196,7 +197,7 @@ def export_openflamingo_state(model: Flamingo) -> dict[str, torch.Tensor]:
 def openflamingo_config(preset: str, **overrides: Any) -> FlamingoConfig:
     """The architecture of a released OpenFlamingo model (facts §1 and §3)."""
     if preset not in OPENFLAMINGO_PRESETS:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown OpenFlamingo preset {preset!r}; choose one of {sorted(OPENFLAMINGO_PRESETS)}"
         )
     spec = OPENFLAMINGO_PRESETS[preset]
