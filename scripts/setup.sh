@@ -16,9 +16,19 @@ extras="open-clip,eval,build,train,serve,demo"
 if [ "${1:-}" = "dev" ]; then extras="$extras,dev"; fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
+# Runs a command with pip's "constraint ... is ignored" notes filtered out of its output, and returns the
+# command's own exit status (not grep's), so that a failed install stops the script.
+quiet() {
+  local status
+  set +e
+  "$@" 2>&1 | grep -v "is ignored"
+  status=${PIPESTATUS[0]}
+  set -e
+  return "$status"
+}
+
 install_with_uv() {
-  "${PIP[@]}" install -c constraints.txt uv 2>&1 | grep -v "is ignored" || true
-  [ -x .venv/bin/uv ] || return 1
+  quiet "${PIP[@]}" install -c constraints.txt uv || return 1
   local UV_ARGS
   eval "$(.venv/bin/python scripts/uv_args.py)"  # pip's indexes, wheel folders, constraints and certificates
   local UV=(.venv/bin/uv pip install -q --python .venv/bin/python "${UV_ARGS[@]}" -c constraints.txt)
@@ -31,10 +41,10 @@ install_with_uv() {
 
 install_with_pip() {
   # torch and torchvision first, pinned (the pair that imports together; see constraints.txt)
-  "${PIP[@]}" install -c constraints.txt torch torchvision 2>&1 | grep -v "is ignored" || true
-  "${PIP[@]}" install -c constraints.txt -e ".[${extras}]" 2>&1 | grep -v "is ignored" || true
+  quiet "${PIP[@]}" install -c constraints.txt torch torchvision
+  quiet "${PIP[@]}" install -c constraints.txt -e ".[${extras}]"
   if [ "${1:-}" = "dev" ]; then
-    "${PIP[@]}" install --no-deps open-flamingo==2.0.1 2>&1 | grep -v "is ignored" || true
+    quiet "${PIP[@]}" install --no-deps open-flamingo==2.0.1
   fi
 }
 

@@ -1,16 +1,21 @@
-"""flamingo-vlm: Flamingo-style large multimodal models on any Hugging Face LM and CLIP-like encoder."""
+"""flamingo-vlm: Flamingo-style large multimodal models on any Hugging Face LM and CLIP-like encoder.
 
-from flamingo.model import Flamingo, FlamingoConfig
+``Flamingo``, ``FlamingoConfig`` and ``FlamingoProcessor`` are imported on first use, so that importing a light
+module of the package (the command line's parsers, ``flamingo.errors``) does not load torch.
+"""
+
+from typing import TYPE_CHECKING
+
+from flamingo._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from flamingo.model import Flamingo, FlamingoConfig
+    from flamingo.processing import FlamingoProcessor
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):  # the processor pulls in tokenizers/PIL helpers; import it on first use
-    if name == "FlamingoProcessor":
-        from flamingo.processing import FlamingoProcessor
-
-        return FlamingoProcessor
-    raise AttributeError(name)
-
+__getattr__, __dir__ = lazy_attributes(
+    __name__, {"model": ["Flamingo", "FlamingoConfig"], "processing": ["FlamingoProcessor"]}
+)
 
 __all__ = ["Flamingo", "FlamingoConfig", "FlamingoProcessor", "__version__"]

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from flamingo.errors import FlamingoError
+
 T = TypeVar("T")
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -46,7 +48,7 @@ _FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _SHOWN_CHARS = 60
 
 
-class ConfigError(ValueError):
+class ConfigError(FlamingoError, ValueError):
     """A config value that cannot be used.
 
     The message is one line naming the file (or the override), the dotted field path, the value given and

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from flamingo.eval import postprocess as _eval_post
 from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
 from flamingo.model.flamingo import Flamingo
 from flamingo.processing import FlamingoProcessor
+from flamingo.processing import postprocess_caption as _postprocess_caption
+from flamingo.processing import postprocess_vqa as _postprocess_vqa
 from flamingo.serve.images import (
     IMAGE_SUFFIXES,
     ImagePolicy,
@@ -64,12 +65,12 @@ class Completion:
 
 def postprocess_caption(text: str) -> str:
     """A generated caption cut at "Output", double quotes removed (the benchmark's own post-processing)."""
-    return _eval_post.postprocess_caption(text)
+    return _postprocess_caption(text)
 
 
 def postprocess_vqa(text: str) -> str:
     """A generated short answer cut at "Question"/"Answer"/"Short", then at the first ", " (the benchmark's)."""
-    return _eval_post.postprocess_vqa(text).strip()
+    return _postprocess_vqa(text).strip()
 
 
 def caption_prompt(demo_captions: Sequence[str]) -> str:

@@ -1,7 +1,12 @@
-"""The processor: interleaved text and images -> the tensors ``Flamingo`` takes, and generated ids -> text."""
+"""The processor: interleaved text and images -> the tensors ``Flamingo`` takes, and generated ids -> text.
+
+Also the benchmark's clean-up of generated text (``postprocess_caption``, ``postprocess_vqa``), shared by the
+inference pipeline and the evaluation, which both sit above this module.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,3 +116,33 @@ class FlamingoProcessor:
         for special in specials:
             cut = [t.replace(special, "") for t in cut]
         return [t.strip() for t in cut]
+
+
+# Generated text -> answers, as OpenFlamingo's evaluation cleans it: a caption is cut at "Output" and its double
+# quotes removed; a VQA answer is cut at "Question", "Answer" or "Short", then at the first ", ". All first cut
+# at the stop token, in case the generator leaves it in.
+END_OF_CHUNK = "<|endofchunk|>"
+_VQA_CUT = re.compile("Question|Answer|Short")
+_VQA_CUT_UNCASED = re.compile("question|answer|short", re.IGNORECASE)
+
+
+def before_stop(text: str) -> str:
+    """``text`` up to the first ``<|endofchunk|>``."""
+    return text.split(END_OF_CHUNK, 1)[0]
+
+
+def postprocess_caption(text: str) -> str:
+    """A generated caption: cut at "Output", remove double quotes, strip."""
+    return before_stop(text).split("Output", 1)[0].replace('"', "").strip()
+
+
+def postprocess_vqa(text: str) -> str:
+    """A generated short answer: cut at "Question"/"Answer"/"Short", then at the first ", "."""
+    answer = _VQA_CUT.split(before_stop(text), maxsplit=1)[0]
+    return answer.split(", ", 1)[0]
+
+
+def postprocess_vqa_uncased(text: str) -> str:
+    """:func:`postprocess_vqa` with case-insensitive cuts, for tokenizers that lower-case everything."""
+    answer = _VQA_CUT_UNCASED.split(before_stop(text), maxsplit=1)[0]
+    return answer.split(", ", 1)[0]

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import flamingo.quickstart  # noqa: F401  (registers the quickstart LM type with transformers)
 from flamingo.quickstart import world
 from flamingo.quickstart.lm import SmearLMConfig, SmearLMForCausalLM
 

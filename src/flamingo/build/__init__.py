@@ -6,19 +6,27 @@ Stages (each ``docs -> docs``, runnable in a worker process or a Ray task unchan
 ``to_shard_record`` / ``write_shard``. ``run_pipeline`` runs them all, locally or on Ray Data.
 """
 
-from flamingo.build.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, ReadConfig
-from flamingo.build.dedup import DedupIndex, PHashIndex, build_eval_index, decontaminate, dedup_documents
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.engine import BuildResult, Embedder, run_pipeline
-from flamingo.build.faces import FaceDetector, filter_faces, make_face_detector
-from flamingo.build.fetch import FetchError, fetch_documents
-from flamingo.build.filters import filter_images, hash_images
-from flamingo.build.interleave import assign, cosine_similarity, interleave_documents
-from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, SafetyHeadScorer, filter_nsfw
-from flamingo.build.read import extract_html, read_html_file, read_input, read_jsonl, read_warc
-from flamingo.build.sentences import split_sentences
-from flamingo.build.stats import BuildStats
-from flamingo.build.write import to_json_dict, to_shard_record, write_shard
+from flamingo._lazy import lazy_attributes
+
+# name -> defining submodule, imported on first use (so that `import flamingo.X.cli` stays light)
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "config": ["BuildConfig", "FetchConfig", "FilterConfig", "InterleaveConfig", "ReadConfig"],
+        "dedup": ["DedupIndex", "PHashIndex", "build_eval_index", "decontaminate", "dedup_documents"],
+        "document": ["ImageRef", "WebDocument"],
+        "engine": ["BuildResult", "Embedder", "run_pipeline"],
+        "faces": ["FaceDetector", "filter_faces", "make_face_detector"],
+        "fetch": ["FetchError", "fetch_documents"],
+        "filters": ["filter_images", "hash_images"],
+        "interleave": ["assign", "cosine_similarity", "interleave_documents"],
+        "nsfw": ["NSFWScorer", "PromptNSFWScorer", "SafetyHeadScorer", "filter_nsfw"],
+        "read": ["extract_html", "read_html_file", "read_input", "read_jsonl", "read_warc"],
+        "sentences": ["split_sentences"],
+        "stats": ["BuildStats"],
+        "write": ["to_json_dict", "to_shard_record", "write_shard"],
+    },
+)
 
 __all__ = [
     "BuildConfig",

@@ -1,9 +1,9 @@
 """Builder subcommands of ``flamingo data``: ``build``, ``show`` and ``convert``.
 
-``register_data_commands(data_subparsers)`` adds them to the ``flamingo data`` group (called by
-``flamingo.data.cli``). ``register(subparsers)`` is the hook the top-level CLI calls for every command
-module: it adds them to an existing ``data`` group that lacks them, or creates the group when no other
-module did, so the commands exist whichever way the CLI is wired.
+``register(subparsers)``, the hook the top-level CLI calls for every command module, adds them to the ``data``
+group that ``flamingo.data.cli`` made (the data package sits below the builder and does not import it), or
+creates the group when no other module did. This module imports only argparse and the builder's config at
+the top; each command imports the builder when it runs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flamingo.build.clip import DEFAULT_CLIP
+from flamingo.build.config import DEFAULT_CLIP
+from flamingo.errors import MissingFileError, UsageError
 
 _COMMANDS = ("build", "show", "convert")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``build``, ``show`` and ``convert`` under ``flamingo data`` (creating the group if it is missing)."""
+    data = subparsers.choices.get("data")
+    if data is None:
+        data = subparsers.add_parser("data", help="build, convert, inspect and validate datasets")
+        data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    (commands,) = [a for a in data._actions if isinstance(a, argparse._SubParsersAction)]
+    if not set(_COMMANDS) & set(commands.choices):
+        register_data_commands(commands)
 
 
 def register_data_commands(data_subparsers: argparse._SubParsersAction) -> None:
@@ -101,7 +113,7 @@ def load_build_config(path: str | None) -> Any:
     from flamingo.configs import read_mapping
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise MissingFileError(f"--config {path}: no such file")
     return BuildConfig.from_dict(read_mapping(path, "build config"), source=path)
 
 
@@ -113,7 +125,7 @@ def _build_config(args: argparse.Namespace) -> Any:
         folders = [f.strip() for f in args.eval_sets.split(",") if f.strip()]
         for folder in folders:
             if not Path(folder).is_dir():
-                raise FileNotFoundError(f"--eval-sets: {folder} is not a folder")
+                raise MissingFileError(f"--eval-sets: {folder} is not a folder")
         config.filter.decontaminate_folders = folders
     config.progress = not args.no_progress
     return config
@@ -140,7 +152,7 @@ def _build(args: argparse.Namespace) -> int:
         ray.init(address=args.ray_address)
         started_ray = True
     elif args.ray_address:
-        raise ValueError("--ray-address needs --engine ray")
+        raise UsageError("--ray-address needs --engine ray")
     start = time.perf_counter()
     try:
         result = run_pipeline(args.inputs, args.out, config, args.engine, args.workers, embedder=embedder)

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from flamingo.build.config import DEFAULT_CLIP
+from flamingo.errors import MissingFileError
+
 logger = logging.getLogger(__name__)
 
-# MMC4 placed images with CLIP ViT-L/14 (OpenAI weights); this is what the CLI uses unless told otherwise.
-DEFAULT_CLIP = "open_clip:ViT-L-14:openai"
 
 # A full (image + text) CLIP small enough for tests and benchmarks. The text vocabulary must cover open_clip's
 # byte-pair tokenizer (49408 ids); everything else is tiny.
@@ -86,7 +87,7 @@ def parse_clip_spec(text: str) -> ClipSpec:
     if name.endswith(".json"):
         path = Path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"--clip {text!r}: model config {path} does not exist")
+            raise MissingFileError(f"--clip {text!r}: model config {path} does not exist")
         cfg = json.loads(path.read_text(encoding="utf-8"))
         return ClipSpec("open_clip", path.stem, pretrained or None, json.dumps(cfg, sort_keys=True))
     return ClipSpec("open_clip", name, pretrained or None)
@@ -116,7 +117,7 @@ class _OpenClipTowers:
             and not _is_tag(spec.name, spec.pretrained)
             and not Path(spec.pretrained).is_file()
         ):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"open_clip weights {spec.pretrained!r}: not a pretrained tag of {spec.name} "
                 f"(see open_clip.list_pretrained_tags_by_model) and not a file"
             )

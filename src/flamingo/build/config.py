@@ -15,6 +15,9 @@ from flamingo.configs import ConfigError, between, from_mapping
 
 GIB = 1 << 30
 
+# MMC4 placed images with CLIP ViT-L/14 (OpenAI weights); this is what the CLI uses unless told otherwise.
+DEFAULT_CLIP = "open_clip:ViT-L-14:openai"
+
 
 def _check(ok: bool, section: str, name: str, message: str) -> None:
     if not ok:

@@ -37,6 +37,7 @@ from flamingo.build.imagecheck import ImageRejected, inspect_image
 from flamingo.build.read import _open_text
 from flamingo.build.stats import BuildStats, Laps
 from flamingo.build.write import _shard_image, write_shard
+from flamingo.errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -440,14 +441,14 @@ def _check_convert_inputs(inputs: Sequence[str | os.PathLike[str]], kind: str, i
         raise ValueError("convert: no input files")
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"convert: input {p} does not exist or is not a file")
+            raise MissingFileError(f"convert: input {p} does not exist or is not a file")
     jsonl = [p for p in paths if p.lower().endswith((".jsonl", ".jsonl.gz"))]
     if kind == "mmc4" and jsonl and image_dir is None:
         raise ValueError(
             f"convert: MMC4 JSONL ({jsonl[0]}) needs --images DIR, the folder of its image files"
         )
     if image_dir is not None and not Path(image_dir).is_dir():
-        raise FileNotFoundError(f"convert: image folder {image_dir} does not exist")
+        raise MissingFileError(f"convert: image folder {image_dir} does not exist")
     return paths
 
 

@@ -45,6 +45,7 @@ from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
 from flamingo.build.read import input_kind, read_input
 from flamingo.build.stats import BuildStats, Laps
 from flamingo.build.write import write_shard
+from flamingo.errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def _check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         raise ValueError("run_pipeline: no input files; pass WARC, HTML or JSONL files")
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"run_pipeline: input {p} does not exist or is not a file")
+            raise MissingFileError(f"run_pipeline: input {p} does not exist or is not a file")
         input_kind(p)
     return paths
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flamingo.data.schema import InterleavedDocument
 from flamingo.data.shards import ReadStats, read_interleaved
+from flamingo.errors import MissingFileError
 
 _MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -32,7 +33,7 @@ def load_document(shard: str | os.PathLike[str], index: int) -> InterleavedDocum
     if index < 0:
         raise ValueError(f"--doc {index}: use a 0-based document index")
     if not Path(shard).is_file():
-        raise FileNotFoundError(f"shard {shard} does not exist")
+        raise MissingFileError(f"shard {shard} does not exist")
     seen = 0
     for document in read_interleaved(shard, stats=ReadStats(), drop_bad_images=True):
         if seen == index:

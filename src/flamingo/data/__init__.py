@@ -1,47 +1,55 @@
 """Shard schemas, readers and writers, interleaved preprocessing, instruction conversations, label masking and
 synthetic data."""
 
-from flamingo.data.interleaved import (
-    InterleavedConfig,
-    InterleavedSample,
-    TokenizedSample,
-    build_interleaved_text,
-    build_pair_text,
-    hungarian_assignment,
-    preprocess_interleaved,
-    tokenize_interleaved,
-    tokenize_pair,
+from flamingo._lazy import lazy_attributes
+
+# name -> defining submodule, imported on first use (so that `import flamingo.X.cli` stays light)
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "interleaved": [
+            "InterleavedConfig",
+            "InterleavedSample",
+            "TokenizedSample",
+            "build_interleaved_text",
+            "build_pair_text",
+            "hungarian_assignment",
+            "preprocess_interleaved",
+            "tokenize_interleaved",
+            "tokenize_pair",
+        ],
+        "labels": ["make_labels", "make_response_labels"],
+        "paths": ["expand_braces", "expand_paths"],
+        "schema": [
+            "FORMAT",
+            "EncodedImage",
+            "ImageInfo",
+            "ImageTextPair",
+            "InterleavedDocument",
+            "SchemaError",
+            "SchemaIssue",
+        ],
+        "sft": [
+            "ChatTemplate",
+            "Conversation",
+            "Message",
+            "SftShardWriter",
+            "conversation_from_dict",
+            "render_conversation",
+            "tokenize_conversation",
+        ],
+        "shards": [
+            "InterleavedShardWriter",
+            "PairShardWriter",
+            "ReadStats",
+            "read_interleaved",
+            "read_mmc4_jsonl",
+            "read_pairs",
+        ],
+        "usable": ["REASONS", "SETTINGS_REASONS", "Checked", "SampleSettings", "check_sample"],
+        "validate": ["ValidationIssue", "ValidationReport", "shard_stats", "validate_shards"],
+    },
 )
-from flamingo.data.labels import make_labels, make_response_labels
-from flamingo.data.paths import expand_braces, expand_paths
-from flamingo.data.schema import (
-    FORMAT,
-    EncodedImage,
-    ImageInfo,
-    ImageTextPair,
-    InterleavedDocument,
-    SchemaError,
-    SchemaIssue,
-)
-from flamingo.data.sft import (
-    ChatTemplate,
-    Conversation,
-    Message,
-    SftShardWriter,
-    conversation_from_dict,
-    render_conversation,
-    tokenize_conversation,
-)
-from flamingo.data.shards import (
-    InterleavedShardWriter,
-    PairShardWriter,
-    ReadStats,
-    read_interleaved,
-    read_mmc4_jsonl,
-    read_pairs,
-)
-from flamingo.data.usable import REASONS, SETTINGS_REASONS, Checked, SampleSettings, check_sample
-from flamingo.data.validate import ValidationIssue, ValidationReport, shard_stats, validate_shards
 
 __all__ = [
     "FORMAT",

@@ -1,4 +1,5 @@
-"""Data subcommands: ``flamingo data validate|stats PATHS`` and, with the build extra, ``build|show|convert``."""
+"""Data subcommands: ``flamingo data validate|stats PATHS`` (the builder adds ``build|show|convert``, see
+``flamingo.build.cli``)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("paths", nargs="+", help="shard files, globs, brace patterns or folders")
     stats.add_argument("--sim-threshold", type=float, default=0.24, help="similarity threshold to report")
     stats.set_defaults(func=_stats)
-
-    try:  # build / show / convert need the `build` extra; validate and stats do not
-        from flamingo.build.cli import register_data_commands
-    except ImportError:
-        return
-    register_data_commands(commands)
 
 
 def _validate(args: argparse.Namespace) -> int:

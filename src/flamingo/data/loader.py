@@ -51,6 +51,7 @@ from flamingo.data.shards import FileReadLog, ReadStats, count_checked, iter_tar
 # The one sample check, shared with the shard readers and `flamingo data validate`; applied here to raw tar
 # members, which can be skipped without decoding (resumption) or left to another rank.
 from flamingo.data.usable import SampleSettings, check_sample
+from flamingo.errors import MissingFileError
 from flamingo.forked import ForkedIterator
 
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
@@ -209,7 +210,7 @@ class SourceDataset(torch.utils.data.IterableDataset):
         suffixes = (*SHARD_SUFFIXES, ".jsonl") if config.kind == "sft" else SHARD_SUFFIXES
         self.shards = [str(p) for p in expand_paths(config.shards, suffixes)]
         if not self.shards:
-            raise FileNotFoundError(f"source {config.name!r}: shards {config.shards} name no file")
+            raise MissingFileError(f"source {config.name!r}: shards {config.shards} name no file")
         if config.kind == "sft" and not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 f"source {config.name!r}: sft sources need a fast tokenizer (answers are found through its "

@@ -28,6 +28,8 @@ from typing import Any
 
 from PIL import Image
 
+from flamingo.errors import FlamingoError
+
 FORMAT = "flamingo-interleaved/1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -49,7 +51,7 @@ class SchemaIssue:
         return f"{where}: field '{self.field}': {self.message}. Fix: {self.fix}"
 
 
-class SchemaError(ValueError):
+class SchemaError(FlamingoError, ValueError):
     """A document that does not follow the schema; the message names the file, key, field and fix."""
 
     def __init__(self, issue: SchemaIssue, source: str = "<dict>", key: str | None = None):

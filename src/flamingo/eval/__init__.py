@@ -9,30 +9,38 @@ The model-independent half of the benchmark lives here:
 - ``flamingo.eval.results``: ``results.json``, ``predictions.jsonl``, ``rescore`` and reports.
 """
 
-from flamingo.eval.datasets import READERS, EvalExample, get_reader, register_reader
-from flamingo.eval.demos import (
-    Prompt,
-    Rices,
-    build_prompt,
-    build_query_set,
-    cached_embeddings,
-    ensemble_prompts,
-    sample_random_demos,
-    select_demos,
+from flamingo._lazy import lazy_attributes
+
+# name -> defining submodule, imported on first use (so that `import flamingo.X.cli` stays light)
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "datasets": ["READERS", "EvalExample", "get_reader", "register_reader"],
+        "demos": [
+            "Prompt",
+            "Rices",
+            "build_prompt",
+            "build_query_set",
+            "cached_embeddings",
+            "ensemble_prompts",
+            "sample_random_demos",
+            "select_demos",
+        ],
+        "metrics": [
+            "METRICS",
+            "cider",
+            "get_metric",
+            "register_metric",
+            "roc_auc",
+            "top1_accuracy",
+            "vqa_accuracy",
+        ],
+        "postprocess": ["POSTPROCESSORS", "get_postprocessor", "register_postprocessor"],
+        "results": ["PredictionRecord", "report", "rescore", "write_results"],
+        "stemming": ["okvqa_stem"],
+        "tasks": ["TaskSpec", "TaskSpecError", "list_tasks", "load_task"],
+    },
 )
-from flamingo.eval.metrics import (
-    METRICS,
-    cider,
-    get_metric,
-    register_metric,
-    roc_auc,
-    top1_accuracy,
-    vqa_accuracy,
-)
-from flamingo.eval.postprocess import POSTPROCESSORS, get_postprocessor, register_postprocessor
-from flamingo.eval.results import PredictionRecord, report, rescore, write_results
-from flamingo.eval.stemming import okvqa_stem
-from flamingo.eval.tasks import TaskSpec, TaskSpecError, list_tasks, load_task
 
 __all__ = [
     "METRICS",

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flamingo.errors import MissingFileError, UsageError
+
 FIRST_SEED = 42
 
 
@@ -70,7 +72,7 @@ def parse_int_list(text: str, what: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
-        raise ValueError(f"--{what} {text!r}: expected comma-separated integers, e.g. 0,4,8.") from err
+        raise UsageError(f"--{what} {text!r}: expected comma-separated integers, e.g. 0,4,8.") from err
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -79,7 +81,7 @@ def parse_seeds(text: str) -> list[int]:
         return parse_int_list(text, "seeds")
     count = parse_int_list(text, "seeds")[0]
     if count < 1:
-        raise ValueError(f"--seeds {text}: a count must be >= 1.")
+        raise UsageError(f"--seeds {text}: a count must be >= 1.")
     return [FIRST_SEED + i for i in range(count)]
 
 
@@ -88,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"--{n.replace('_', '-')}" for n in ("model", "tasks", "data_root", "out") if not getattr(args, n)
     ]
     if missing:
-        raise ValueError(f"flamingo eval needs {', '.join(missing)} (or use 'flamingo eval report').")
+        raise UsageError(f"flamingo eval needs {', '.join(missing)} (or use 'flamingo eval report').")
     from flamingo.eval.evaluator import evaluate
 
     results = evaluate(
@@ -136,9 +138,9 @@ def find_results(paths: list[str]) -> list[Path]:
         elif path.is_dir():
             found.extend(sorted(path.rglob("results.json")))
         else:
-            raise FileNotFoundError(f"{path}: no such results file or folder.")
+            raise MissingFileError(f"{path}: no such results file or folder.")
     if not found:
-        raise FileNotFoundError(f"no results.json under {paths}; run 'flamingo eval' first.")
+        raise MissingFileError(f"no results.json under {paths}; run 'flamingo eval' first.")
     return found
 
 

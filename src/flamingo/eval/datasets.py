@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from flamingo.errors import FlamingoError, UnknownNameError
+
 IMAGENET_WNID_COUNT = 1000
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
 
@@ -38,7 +40,7 @@ class EvalExample:
 Reader = Callable[..., list[EvalExample]]
 
 
-class DataFileError(FileNotFoundError):
+class DataFileError(FlamingoError, FileNotFoundError):
     """A data file named by a task is missing or malformed."""
 
 
@@ -306,5 +308,5 @@ def register_reader(name: str, fn: Reader) -> None:
 def get_reader(name: str) -> Reader:
     """The reader registered as ``name``, or a clear error listing the known ones."""
     if name not in READERS:
-        raise KeyError(f"unknown dataset reader {name!r}; known readers: {sorted(READERS)}.")
+        raise UnknownNameError(f"unknown dataset reader {name!r}; known readers: {sorted(READERS)}.")
     return READERS[name]

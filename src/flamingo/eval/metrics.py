@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from flamingo.errors import UnknownNameError
+
 # --------------------------------------------------------------------------------------------------
 # CIDEr (pycocoevalcap: Stanford PTBTokenizer + CIDEr-D as used by the COCO caption server)
 # --------------------------------------------------------------------------------------------------
@@ -291,5 +293,5 @@ def register_metric(name: str, fn: MetricFn) -> None:
 def get_metric(name: str) -> MetricFn:
     """The metric registered as ``name``, or a clear error listing the known ones."""
     if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {sorted(METRICS)}.")
+        raise UnknownNameError(f"unknown metric {name!r}; known metrics: {sorted(METRICS)}.")
     return METRICS[name]

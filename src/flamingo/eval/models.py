@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from flamingo.errors import MissingFileError
+
 if TYPE_CHECKING:
     from flamingo.model.flamingo import Flamingo
     from flamingo.processing import FlamingoProcessor
@@ -76,7 +78,7 @@ def load_image(image: ImageLike) -> Image.Image:
         with Image.open(image) as im:
             return im.convert("RGB")
     except FileNotFoundError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"image not found: {image} (check the data root and the task's paths)"
         ) from err
 

@@ -10,37 +10,21 @@ case-sensitive cut would never fire.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
+from flamingo.errors import UnknownNameError
 from flamingo.eval.stemming import okvqa_stem
 
-END_OF_CHUNK = "<|endofchunk|>"
-_VQA_CUT = re.compile("Question|Answer|Short")
-_VQA_CUT_UNCASED = re.compile("question|answer|short", re.IGNORECASE)
+# The cuts themselves live below the evaluation, where the inference pipeline uses them too.
+from flamingo.processing import (  # noqa: F401  (re-exported: task YAMLs and callers name them here)
+    END_OF_CHUNK,
+    before_stop,
+    postprocess_caption,
+    postprocess_vqa,
+    postprocess_vqa_uncased,
+)
 
 PostprocessFn = Callable[[str], str]
-
-
-def _before_stop(text: str) -> str:
-    return text.split(END_OF_CHUNK, 1)[0]
-
-
-def postprocess_caption(text: str) -> str:
-    """A generated caption: cut at "Output", remove double quotes, strip."""
-    return _before_stop(text).split("Output", 1)[0].replace('"', "").strip()
-
-
-def postprocess_vqa(text: str) -> str:
-    """A generated short answer: cut at "Question"/"Answer"/"Short", then at the first ", "."""
-    answer = _VQA_CUT.split(_before_stop(text), maxsplit=1)[0]
-    return answer.split(", ", 1)[0]
-
-
-def postprocess_vqa_uncased(text: str) -> str:
-    """:func:`postprocess_vqa` with case-insensitive cuts, for tokenizers that lower-case everything."""
-    answer = _VQA_CUT_UNCASED.split(_before_stop(text), maxsplit=1)[0]
-    return answer.split(", ", 1)[0]
 
 
 def postprocess_okvqa(text: str) -> str:
@@ -53,7 +37,7 @@ POSTPROCESSORS: dict[str, PostprocessFn] = {
     "vqa": postprocess_vqa,
     "vqa_uncased": postprocess_vqa_uncased,
     "okvqa": postprocess_okvqa,
-    "strip": lambda text: _before_stop(text).strip(),
+    "strip": lambda text: before_stop(text).strip(),
     "none": lambda text: text,
 }
 
@@ -66,5 +50,5 @@ def register_postprocessor(name: str, fn: PostprocessFn) -> None:
 def get_postprocessor(name: str) -> PostprocessFn:
     """The post-processor registered as ``name``, or a clear error listing the known ones."""
     if name not in POSTPROCESSORS:
-        raise KeyError(f"unknown post-processor {name!r}; known: {sorted(POSTPROCESSORS)}.")
+        raise UnknownNameError(f"unknown post-processor {name!r}; known: {sorted(POSTPROCESSORS)}.")
     return POSTPROCESSORS[name]

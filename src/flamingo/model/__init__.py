@@ -1,14 +1,22 @@
 """Pure single-device modules: vision adapters, Perceiver, gated cross-attention, the Flamingo model."""
 
-from flamingo.model.config import (
-    CrossAttnConfig,
-    FlamingoConfig,
-    LMConfig,
-    PerceiverConfig,
-    TokenConfig,
-    VisionConfig,
+from flamingo._lazy import lazy_attributes
+
+# name -> defining submodule, imported on first use (so that `import flamingo.X.cli` stays light)
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "config": [
+            "CrossAttnConfig",
+            "FlamingoConfig",
+            "LMConfig",
+            "PerceiverConfig",
+            "TokenConfig",
+            "VisionConfig",
+        ],
+        "flamingo": ["Flamingo", "FlamingoOutput"],
+    },
 )
-from flamingo.model.flamingo import Flamingo, FlamingoOutput
 
 __all__ = [
     "CrossAttnConfig",

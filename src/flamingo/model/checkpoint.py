@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from flamingo.errors import FlamingoError, MissingFileError
 from flamingo.model.config import FlamingoConfig
 from flamingo.model.files import check_safetensors_dir, load_safetensors
 from flamingo.model.flamingo import Flamingo
@@ -25,7 +26,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FlamingoError, ValueError):
     """A checkpoint does not fit the model it is loaded into; the message says why and what to do."""
 
 
@@ -135,7 +136,7 @@ def resolve_checkpoint_dir(path_or_id: str | Path, revision: str | None = None) 
     if path.is_dir():
         return path
     if path.exists() or str(path_or_id).startswith((".", "/")):
-        raise FileNotFoundError(f"{path_or_id}: not a checkpoint directory (expected {CONFIG_NAME} inside)")
+        raise MissingFileError(f"{path_or_id}: not a checkpoint directory (expected {CONFIG_NAME} inside)")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(path_or_id), revision=revision))
@@ -156,9 +157,7 @@ def from_pretrained(
     """
     directory = resolve_checkpoint_dir(path_or_id, revision)
     if not (directory / CONFIG_NAME).is_file():
-        raise FileNotFoundError(
-            f"{directory}: no {CONFIG_NAME}; is this a flamingo-vlm checkpoint directory?"
-        )
+        raise MissingFileError(f"{directory}: no {CONFIG_NAME}; is this a flamingo-vlm checkpoint directory?")
     config = FlamingoConfig.load(directory / CONFIG_NAME)
     lm_dir = str(directory / "lm") if config.backbones_included else None
     tokenizer_dir = str(directory / "tokenizer") if (directory / "tokenizer").is_dir() else None

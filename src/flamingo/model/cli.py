@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flamingo.errors import MissingFileError, UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser(
@@ -82,7 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
     images = []
     for path in args.image:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--image {path}: no such file")
+            raise MissingFileError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
     model = Flamingo.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     processor = FlamingoProcessor.from_model(model)
@@ -126,7 +128,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.direction == "from-openflamingo":
         if not args.preset:
-            raise ValueError("from-openflamingo needs --preset (see flamingo.model.presets)")
+            raise UsageError("from-openflamingo needs --preset (see flamingo.model.presets)")
         model = load_openflamingo(
             args.preset, checkpoint=args.checkpoint, lm=args.lm, trust_remote_code=args.trust_remote_code
         )
@@ -134,7 +136,7 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
     if not args.model:
-        raise ValueError("to-openflamingo needs --model DIR")
+        raise UsageError("to-openflamingo needs --model DIR")
     model = Flamingo.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     torch.save(export_openflamingo_state(model, key_names=args.key_names), args.out)
     print(f"wrote {args.out}")
@@ -149,7 +151,7 @@ def _push(args: argparse.Namespace) -> int:
 
     directory = Path(args.directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no config.json; push a directory written by save_pretrained")
+        raise MissingFileError(f"{directory}: no config.json; push a directory written by save_pretrained")
     training = None
     if args.training_config:
         training = yaml.safe_load(Path(args.training_config).read_text(encoding="utf-8"))

@@ -39,17 +39,25 @@ from flamingo.model.cross_attention import (
     plan_routing,
 )
 from flamingo.model.feature_cache import VisionFeatureCache
-from flamingo.model.lm import _get_path, cross_attn_layer_indices, decoder_layers_path, is_tied, lm_width
+from flamingo.model.lm import (
+    _get_path,
+    cross_attn_layer_indices,
+    decoder_layers_path,
+    has_custom_plain_head,
+    is_tied,
+    lm_width,
+)
 from flamingo.model.loss import IGNORE_INDEX, linear_cross_entropy
 from flamingo.model.perceiver import PerceiverResampler
 from flamingo.model.vision import VisionAdapter
 
 # LM families whose causal-LM forward is exactly ``logits = lm_head(final hidden states)`` (no soft-capping, no
-# logit scale): their training loss can come from the hidden states without building the logits.
+# logit scale): their training loss can come from the hidden states without building the logits. Custom LM classes
+# say so when they register (``flamingo.model.lm.register_custom_lm(..., plain_head=True)``).
 PLAIN_HEAD_TYPES = frozenset(
     {
         "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "phi", "phi3", "olmo", "gpt2", "gptj",
-        "falcon", "bloom", "gpt_neox", "opt", "mpt", "flamingo_quickstart_lm",
+        "falcon", "bloom", "gpt_neox", "opt", "mpt",
     }
 )  # fmt: skip
 
@@ -277,9 +285,12 @@ class Flamingo(nn.Module):
 
     def fused_loss_supported(self) -> bool:
         """Whether :meth:`forward` can compute a loss without logits (a plain linear head, see
-        ``PLAIN_HEAD_TYPES``)."""
+        ``PLAIN_HEAD_TYPES`` or a custom LM registered with ``plain_head=True``)."""
         head = self.lm.get_output_embeddings()
-        return isinstance(head, nn.Linear) and getattr(self.lm.config, "model_type", None) in PLAIN_HEAD_TYPES
+        model_type = getattr(self.lm.config, "model_type", None)
+        return isinstance(head, nn.Linear) and (
+            model_type in PLAIN_HEAD_TYPES or has_custom_plain_head(model_type)
+        )
 
     # ------------------------------------------------------------------ media
     def encode_media(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,10 +7,12 @@ reaches it only through module hooks (see ``flamingo.model.flamingo``).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from flamingo.errors import FlamingoError
 from flamingo.model.config import TokenConfig
 
 # Dotted path of the decoder layer list, by ``config.model_type``.
@@ -36,13 +38,55 @@ DECODER_LAYERS: dict[str, str] = {
 }
 
 
-# LM classes of this project that are not part of transformers: model_type -> module whose import registers the
-# class with AutoConfig / AutoModelForCausalLM. Looked up by name, so model/ imports nothing above it.
-CUSTOM_LMS: dict[str, str] = {"flamingo_quickstart_lm": "flamingo.quickstart"}
+# The key of an LM's config.json that names the module registering its class (see ``register_custom_lm``).
+LM_MODULE_KEY = "flamingo_lm_module"
+
+
+@dataclass(frozen=True)
+class CustomLM:
+    """A causal LM class that ``transformers`` does not ship, made known by the module that defines it."""
+
+    model_type: str
+    """``config.model_type`` of the class."""
+    module: str
+    """The module whose import registers the class (what a saved config names under ``LM_MODULE_KEY``)."""
+    plain_head: bool
+    """Whether its forward is exactly ``logits = lm_head(final hidden states)``, so that the training loss can
+    come from the hidden states without building the logits (see ``Flamingo.fused_loss_supported``)."""
+
+
+# Filled at run time by ``register_custom_lm``: the model core names no LM class of the packages above it.
+CUSTOM_LMS: dict[str, CustomLM] = {}
+
+
+def register_custom_lm(config_class: type, model_class: type, *, plain_head: bool = False) -> CustomLM:
+    """Make a causal LM class known to ``AutoConfig`` / ``AutoModelForCausalLM`` and to Flamingo (idempotent).
+
+    Call it when the module defining the class is imported. A saved LM directory finds its way back to that
+    module when its config stores ``LM_MODULE_KEY: "<module>"`` (set it in the config class's ``__init__``):
+    :func:`ensure_lm_class` imports the module before ``transformers`` reads the directory.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+    entry = CustomLM(config_class.model_type, config_class.__module__, plain_head)
+    CUSTOM_LMS[entry.model_type] = entry
+    return entry
+
+
+def has_custom_plain_head(model_type: str | None) -> bool:
+    """Whether ``model_type`` is a registered custom LM whose logits are a plain linear head."""
+    entry = CUSTOM_LMS.get(model_type or "")
+    return entry is not None and entry.plain_head
 
 
 def ensure_lm_class(name_or_path: str) -> None:
-    """Import the module that registers a custom LM class when a local LM directory names one."""
+    """Import the module that registers a custom LM class when a local LM directory names one.
+
+    Only modules of this package are imported from a config file: a checkpoint downloaded from anywhere must not
+    choose what code runs. Other custom classes are registered by importing their module before loading.
+    """
     import importlib
     import json
     from pathlib import Path
@@ -51,14 +95,21 @@ def ensure_lm_class(name_or_path: str) -> None:
     if not config.is_file():
         return
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        data = json.loads(config.read_text())
     except (OSError, ValueError):
         return
-    if model_type in CUSTOM_LMS:
-        importlib.import_module(CUSTOM_LMS[model_type])
+    module = data.get(LM_MODULE_KEY) if isinstance(data, dict) else None
+    if not module or data.get("model_type") in CUSTOM_LMS:
+        return
+    if not isinstance(module, str) or module.split(".")[0] != "flamingo":
+        raise FlamingoError(
+            f"{config}: {LM_MODULE_KEY}={module!r} is not a module of flamingo-vlm; import the module that "
+            f"registers model_type {data.get('model_type')!r} yourself before loading this LM"
+        )
+    importlib.import_module(module)
 
 
-class LayerLookupError(LookupError):
+class LayerLookupError(FlamingoError, LookupError):
     """The decoder layer list of an LM could not be found."""
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from flamingo.errors import MissingFileError
 from flamingo.model.config import VisionConfig
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -215,7 +216,7 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     import pickle
 
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"vision weights {path} not found: check vision.pretrained in the model config"
         )
     if path.suffix == ".safetensors":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from flamingo.errors import UsageError
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``quickstart`` subcommand to the ``flamingo`` command line."""
     parser = subparsers.add_parser(
         "quickstart",
         help="run the whole system end to end on a drawn world (CPU, no downloads, ~10 minutes)",
@@ -30,9 +33,9 @@ def _run(args: argparse.Namespace) -> int:
     from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
 
     if not 1 <= args.seeds <= 1000:
-        raise ValueError(f"--seeds must be from 1 to 1000, got {args.seeds}")
+        raise UsageError(f"--seeds must be from 1 to 1000, got {args.seeds}")
     if not 1 <= args.threads <= 1024:
-        raise ValueError(f"--threads must be from 1 to 1024, got {args.threads}")
+        raise UsageError(f"--threads must be from 1 to 1024, got {args.threads}")
     seeds = tuple(range(args.seeds))
     if args.small:
         config = QuickstartConfig.small(out=args.out or "runs/quickstart-small", seeds=seeds)

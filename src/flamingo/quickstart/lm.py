@@ -5,13 +5,14 @@ attention head's key mixes in the previous position's key through one learned sc
 "In-context learning and induction heads", section on smeared keys): ``k'_t = k_t + g_h * k_{t-1}``. The cache
 holds the raw keys, so cached decoding smears exactly like a full forward pass.
 
-The model registers itself with ``AutoConfig`` / ``AutoModelForCausalLM`` when ``flamingo.quickstart`` is
-imported, so ``Flamingo.from_pretrained`` can load a checkpoint that stores it (``save_backbones=True``).
+Importing this module registers the model with ``AutoConfig`` / ``AutoModelForCausalLM`` and with Flamingo's
+LM registry. Its saved config names this module (``flamingo.model.lm.LM_MODULE_KEY``), so
+``Flamingo.from_pretrained`` imports it, and nothing else of the quickstart, when it loads a checkpoint that
+stores this LM (``save_backbones=True``) or an LM directory written by the quickstart.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from flamingo.model.lm import LM_MODULE_KEY, register_custom_lm
 
 MODEL_TYPE = "flamingo_quickstart_lm"
 
@@ -49,6 +52,7 @@ class SmearLMConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.smear_keys = smear_keys
         self.initializer_range = initializer_range
+        kwargs[LM_MODULE_KEY] = __name__  # a saved LM names the module to import before loading it
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
@@ -209,10 +213,8 @@ class SmearLMForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 def register() -> None:
-    """Make the model type known to ``AutoConfig`` and ``AutoModelForCausalLM`` (idempotent)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Make the model type known to ``AutoConfig``, ``AutoModelForCausalLM`` and Flamingo (idempotent)."""
+    register_custom_lm(SmearLMConfig, SmearLMForCausalLM, plain_head=True)
 
-    with contextlib.suppress(ValueError):  # already registered
-        AutoConfig.register(MODEL_TYPE, SmearLMConfig)
-    with contextlib.suppress(ValueError):
-        AutoModelForCausalLM.register(SmearLMConfig, SmearLMForCausalLM)
+
+register()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping
+from flamingo.errors import UsageError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 MAX_STEPS = 10_000_000
@@ -192,17 +193,18 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     """Run every stage; returns the summary that the report is made of (also written to summary.json)."""
     import torch
 
-    from flamingo.quickstart import report, stages, text
+    from flamingo.quickstart import lm, report, stages, text
 
+    lm.register()  # the pipeline loads its LM folders by path, whatever their config.json names
     if config.threads < 1:
-        raise ValueError(f"threads must be at least 1, got {config.threads}")
+        raise UsageError(f"threads must be at least 1, got {config.threads}")
     if config.qa_style not in text.QA_STYLES:  # before any stage starts, not in the middle of one
-        raise ValueError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
+        raise UsageError(f"qa_style must be one of {text.QA_STYLES}, got {config.qa_style!r}")
     for share in ("pet_quiz", "vqa_names"):
         if not 0.0 <= getattr(config, share) <= 1.0:
-            raise ValueError(f"{share} is a share, between 0 and 1; got {getattr(config, share)}")
+            raise UsageError(f"{share} is a share, between 0 and 1; got {getattr(config, share)}")
     if config.vqa_names and config.vqa_cast < 1:
-        raise ValueError(f"vqa_cast must be at least 1 when vqa_names > 0, got {config.vqa_cast}")
+        raise UsageError(f"vqa_cast must be at least 1 when vqa_names > 0, got {config.vqa_cast}")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from flamingo.errors import MissingFileError
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
 from flamingo.model.files import fsync_dir, fsync_tree, load_safetensors, load_torch_file
 from flamingo.model.flamingo import Flamingo
@@ -58,7 +59,7 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no state.json inside)")
+        raise MissingFileError(f"--resume {resume}: not a complete checkpoint (no state.json inside)")
     return path
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from flamingo.configs import MAX_SEED, ConfigError, between, bounds_text, from_mapping, read_mapping
 from flamingo.data.loader import SourceConfig
+from flamingo.errors import MissingFileError
 
 MAX_STEPS = 100_000_000
 """Largest number of steps (optimizer steps, warm-up, checkpoint and logging intervals)."""
@@ -311,7 +312,7 @@ def _preset_or_path(path: str | Path) -> Path:
     for configs in (here.parents[1] / "recipes", here.parents[3] / "configs"):  # the wheel's, a clone's
         if (configs / "train" / name).is_file():
             return configs / "train" / name
-    raise FileNotFoundError(f"{path}: no such config file (presets are in configs/train/)")
+    raise MissingFileError(f"{path}: no such config file (presets are in configs/train/)")
 
 
 def _refuse_remote_code_key(data: Any, source: str, where: str = "") -> None:

@@ -36,6 +36,7 @@ from flamingo.data.loader import (
     SourceLoader,
     check_packing,
 )
+from flamingo.errors import FlamingoError
 from flamingo.model.feature_cache import VisionFeatureCache
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import add_lora, lora_config, lora_modules
@@ -54,7 +55,7 @@ from flamingo.train.parallel import (
 )
 
 
-class TrainingError(ValueError):
+class TrainingError(FlamingoError, ValueError):
     """Training cannot go on; the message says why and what to change."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping, hint, parse_mapping
+from flamingo.errors import MissingFileError, UnknownNameError
 from flamingo.eval.datasets import EvalExample, get_reader, imagenet_clip_classnames, resolve
 from flamingo.eval.metrics import METRICS
 from flamingo.eval.postprocess import END_OF_CHUNK, POSTPROCESSORS
@@ -215,12 +216,12 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     path = Path(text).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise FileNotFoundError(f"task file not found: {path}")
+            raise MissingFileError(f"task file not found: {path}")
         source, content = str(path), path.read_text("utf-8")
     else:
         resource = resources.files(__name__).joinpath(f"{text}.yaml")
         if not resource.is_file():
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown task {text!r}; shipped tasks: {list_tasks()}; or pass a path to a YAML file."
             )
         source, content = f"flamingo/eval/tasks/{text}.yaml", resource.read_text("utf-8")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from flamingo.errors import UnknownNameError
 from flamingo.model.checkpoint import CheckpointError, build_flamingo
 from flamingo.model.config import CrossAttnConfig, FlamingoConfig, LMConfig, PerceiverConfig, VisionConfig
 from flamingo.model.files import load_safetensors
@@ -328,7 +329,7 @@ def openflamingo_config(preset: str, **overrides: Any) -> FlamingoConfig:
     commit (``lm.revision``); an ``lm`` override drops the pin, which belongs to the preset's repository.
     """
     if preset not in OPENFLAMINGO_PRESETS:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown OpenFlamingo preset {preset!r}; choose one of {sorted(OPENFLAMINGO_PRESETS)}"
         )
     spec = OPENFLAMINGO_PRESETS[preset]
