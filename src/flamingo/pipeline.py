@@ -27,7 +27,7 @@ from flamingo.model.flamingo import Flamingo
 from flamingo.processing import FlamingoProcessor
 from flamingo.processing import postprocess_caption as _postprocess_caption
 from flamingo.processing import postprocess_vqa as _postprocess_vqa
-from flamingo.serve.images import (
+from flamingo.io.inputs import (
     IMAGE_SUFFIXES,
     ImagePolicy,
     InputError,
@@ -142,7 +142,7 @@ class FlamingoPipeline:
         ``trust_remote_code=True`` lets a model whose LM is defined by its repository's own code (the MPT-1B
         OpenFlamingo presets, for one) run it; without it such a model is refused before that code is imported.
 
-        ``policy`` holds :class:`~flamingo.serve.images.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
+        ``policy`` holds :class:`~flamingo.io.inputs.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
         """
         split = isinstance(device_map, dict) or device_map in STRATEGIES

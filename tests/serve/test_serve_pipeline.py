@@ -19,8 +19,8 @@ from flamingo.pipeline import (
     postprocess_vqa,
     vqa_prompt,
 )
-from flamingo.serve import images as image_rules
-from flamingo.serve.images import ImagePolicy, InputError
+from flamingo.io import inputs as image_rules
+from flamingo.io.inputs import ImagePolicy, InputError
 
 
 def test_prompts_follow_the_benchmark_templates():

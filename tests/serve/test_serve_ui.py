@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from flamingo.pipeline import Completion
 from flamingo.serve.app import ServeLimits, create_app
 from flamingo.serve.examples import example_specs
-from flamingo.serve.images import InputError, read_upload
+from flamingo.io.inputs import InputError, read_upload
 from flamingo.serve.server import load_server_pipeline
 from flamingo.serve.ui import DemoBackend, PromptForm, _example_rows
 from flamingo.serve.worker import BatchWorker
@@ -178,7 +178,7 @@ def test_generate_refuses_what_the_api_refuses(backend, uploaded, tmp_path, case
 
 
 def test_read_upload_reads_only_inside_the_upload_directory(tmp_path, images):
-    from flamingo.serve.images import ImagePolicy
+    from flamingo.io.inputs import ImagePolicy
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()

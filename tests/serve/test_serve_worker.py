@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flamingo.pipeline import Completion
-from flamingo.serve.images import InputError
+from flamingo.io.inputs import InputError
 from flamingo.serve.worker import BatchWorker, DecodingSettings, Job, QueueFullError
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from flamingo.errors import FlamingoError
 
-class ModelFileError(ValueError):
+
+class ModelFileError(FlamingoError, ValueError):
     """A model or checkpoint file cannot be read; the message names the file and what to do."""
 
 

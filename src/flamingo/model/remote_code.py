@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flamingo.errors import FlamingoError
+
 FLAG_HINT = "pass --trust-remote-code (trust_remote_code=True in Python) if you trust it"
 
 
-class RemoteCodeError(ValueError):
+class RemoteCodeError(FlamingoError, ValueError):
     """A model needs code from its repository and the caller did not allow it."""
 
 

@@ -38,7 +38,7 @@ from flamingo.io.fetch import Fetched, FetchError, FetchPool
 from flamingo.io.images import decoded_bytes
 from flamingo.pipeline import Completion, FlamingoPipeline
 from flamingo.serve.budget import MemoryBudget, Reservation
-from flamingo.serve.images import InputError, check_url, decode_base64_image, decode_image, fetch_error
+from flamingo.io.inputs import InputError, check_url, decode_base64_image, decode_image, fetch_error
 from flamingo.serve.worker import BatchWorker, DecodingSettings, Job
 
 log = logging.getLogger(__name__)

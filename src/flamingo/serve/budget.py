@@ -4,7 +4,7 @@ model) is counted against one limit, and a request that would go over it is refu
 A request takes a :class:`Reservation` and grows it as it takes memory: its body as the bytes arrive, an image
 by the size decoding it takes (known from the header, before any pixel is decoded), shrunk to the reduced
 image's size once decoded. The worker releases a request's reservation when its answer is done. Going over
-the budget raises :class:`~flamingo.serve.images.InputError` 503 with ``Retry-After`` (the memory frees up as
+the budget raises :class:`~flamingo.io.inputs.InputError` 503 with ``Retry-After`` (the memory frees up as
 requests finish); a request that alone needs more than the whole budget gets 413 (retrying cannot help).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from flamingo.serve.images import InputError
+from flamingo.io.inputs import InputError
 
 RETRY_AFTER_S = 1
 """Seconds a refused client is asked to wait (``Retry-After``): queued requests finish in about that time."""

@@ -5,7 +5,7 @@ decoding settings and watches the answer stream in. The prompt preview numbers t
 a thumbnail of each, and colours the text that belongs to it. Clicking an example fills in everything.
 
 Every generation takes the API's path: the same prompt and settings limits (``check_prompt``,
-``decoding_settings``), the same image rules (:func:`~flamingo.serve.images.read_upload` under the pipeline's
+``decoding_settings``), the same image rules (:func:`~flamingo.io.inputs.read_upload` under the pipeline's
 ``ImagePolicy``, images reduced after decoding), the same memory budget and the same
 :class:`~flamingo.serve.worker.BatchWorker`. Images are read only from Gradio's
 upload directory, never from a path a browser names. Gradio's analytics and version check are off, and its
@@ -43,7 +43,7 @@ from flamingo.serve.app import (
 )
 from flamingo.serve.budget import MemoryBudget, Reservation
 from flamingo.serve.examples import example_specs
-from flamingo.serve.images import ImagePolicy, InputError, read_upload
+from flamingo.io.inputs import ImagePolicy, InputError, read_upload
 from flamingo.serve.worker import BatchWorker, Job
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from flamingo.pipeline import Completion, FlamingoPipeline
-from flamingo.serve.images import InputError
+from flamingo.io.inputs import InputError
 
 log = logging.getLogger(__name__)
 

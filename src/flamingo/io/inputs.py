@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from flamingo.errors import FlamingoError
 from flamingo.io.addresses import AddressPolicy, address_refusal
 from flamingo.io.fetch import FetchError, FetchPolicy, fetch
 from flamingo.io.images import DECODE_FORMATS, ImageRejected, decode_rgb
@@ -30,7 +31,7 @@ IMAGE_FORMATS = DECODE_FORMATS
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-class InputError(ValueError):
+class InputError(FlamingoError, ValueError):
     """A request or pipeline input was refused; ``code`` names the rule, ``status`` is the HTTP status and
     ``retry_after`` (seconds) is sent as a ``Retry-After`` header when set (a busy server's 503)."""
 
