@@ -22,11 +22,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
-from flamingo.model.flamingo import Flamingo
-from flamingo.processing import FlamingoProcessor
-from flamingo.processing import postprocess_caption as _postprocess_caption
-from flamingo.processing import postprocess_vqa as _postprocess_vqa
 from flamingo.io.inputs import (
     IMAGE_SUFFIXES,
     ImagePolicy,
@@ -35,6 +30,11 @@ from flamingo.io.inputs import (
     is_url,
     read_image_file,
 )
+from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
+from flamingo.model.flamingo import Flamingo
+from flamingo.processing import FlamingoProcessor
+from flamingo.processing import postprocess_caption as _postprocess_caption
+from flamingo.processing import postprocess_vqa as _postprocess_vqa
 
 # Benchmark prompts exactly as OpenFlamingo evaluates (see docs/openflamingo-compat.md, "Evaluation protocol"):
 # no space after the colon; captioning and VQA demonstrations end with a newline, classification ones do not.

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from flamingo.io import addresses
+from flamingo.io import inputs as image_rules
+from flamingo.io.inputs import ImagePolicy, InputError
 from flamingo.pipeline import (
     FlamingoPipeline,
     _StreamCleaner,
@@ -19,8 +21,6 @@ from flamingo.pipeline import (
     postprocess_vqa,
     vqa_prompt,
 )
-from flamingo.io import inputs as image_rules
-from flamingo.io.inputs import ImagePolicy, InputError
 
 
 def test_prompts_follow_the_benchmark_templates():

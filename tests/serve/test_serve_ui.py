@@ -16,10 +16,10 @@ pytest.importorskip("gradio")
 import gradio as gr
 from fastapi.testclient import TestClient
 
+from flamingo.io.inputs import InputError, read_upload
 from flamingo.pipeline import Completion
 from flamingo.serve.app import ServeLimits, create_app
 from flamingo.serve.examples import example_specs
-from flamingo.io.inputs import InputError, read_upload
 from flamingo.serve.server import load_server_pipeline
 from flamingo.serve.ui import DemoBackend, PromptForm, _example_rows
 from flamingo.serve.worker import BatchWorker

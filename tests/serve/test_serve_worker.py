@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flamingo.pipeline import Completion
 from flamingo.io.inputs import InputError
+from flamingo.pipeline import Completion
 from flamingo.serve.worker import BatchWorker, DecodingSettings, Job, QueueFullError
 
 

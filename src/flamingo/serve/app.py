@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flamingo.io.fetch import Fetched, FetchError, FetchPool
 from flamingo.io.images import decoded_bytes
+from flamingo.io.inputs import InputError, check_url, decode_base64_image, decode_image, fetch_error
 from flamingo.pipeline import Completion, FlamingoPipeline
 from flamingo.serve.budget import MemoryBudget, Reservation
-from flamingo.io.inputs import InputError, check_url, decode_base64_image, decode_image, fetch_error
 from flamingo.serve.worker import BatchWorker, DecodingSettings, Job
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from flamingo.io.images import decoded_bytes
+from flamingo.io.inputs import ImagePolicy, InputError, read_upload
 from flamingo.pipeline import Completion, FlamingoPipeline
 from flamingo.serve.app import (
     ServeLimits,
@@ -43,7 +44,6 @@ from flamingo.serve.app import (
 )
 from flamingo.serve.budget import MemoryBudget, Reservation
 from flamingo.serve.examples import example_specs
-from flamingo.io.inputs import ImagePolicy, InputError, read_upload
 from flamingo.serve.worker import BatchWorker, Job
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from flamingo.pipeline import Completion, FlamingoPipeline
 from flamingo.io.inputs import InputError
+from flamingo.pipeline import Completion, FlamingoPipeline
 
 log = logging.getLogger(__name__)
 
