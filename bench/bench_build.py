@@ -39,14 +39,14 @@ os.environ.update(THREAD_ENV)
 
 import results_log  # noqa: E402
 
-from flamingo.build.clip import ClipEmbedder, tiny_clip_embedder  # noqa: E402
-from flamingo.build.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig  # noqa: E402
-from flamingo.build.engine import hash_records, plan_dedup, run_pipeline  # noqa: E402
-from flamingo.build.faces import filter_faces, make_face_detector  # noqa: E402
-from flamingo.build.fetch import fetch_documents  # noqa: E402
-from flamingo.build.filters import filter_images, hash_images  # noqa: E402
-from flamingo.build.interleave import interleave_documents  # noqa: E402
-from flamingo.build.read import read_input  # noqa: E402
+from flamingo.corpus.clip import ClipEmbedder, tiny_clip_embedder  # noqa: E402
+from flamingo.corpus.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig  # noqa: E402
+from flamingo.corpus.engine import hash_records, plan_dedup, run_pipeline  # noqa: E402
+from flamingo.corpus.faces import filter_faces, make_face_detector  # noqa: E402
+from flamingo.corpus.fetch import fetch_documents  # noqa: E402
+from flamingo.corpus.filters import filter_images, hash_images  # noqa: E402
+from flamingo.corpus.interleave import interleave_documents  # noqa: E402
+from flamingo.corpus.read import read_input  # noqa: E402
 
 WORDS = [
     "red",
@@ -232,8 +232,8 @@ def _start_ray(workers: int, embedder: ClipEmbedder) -> None:
 
     @ray.remote(num_cpus=1)
     def warm(spec: object) -> int:
-        from flamingo.build import engine  # noqa: F401
-        from flamingo.build.clip import load_towers
+        from flamingo.corpus import engine  # noqa: F401
+        from flamingo.corpus.clip import load_towers
 
         load_towers(spec, "cpu")
         time.sleep(1.0)  # hold the CPU so that each task lands in its own worker process

@@ -12,7 +12,7 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # The quickstart runs open-clip (its tiny CLIP), build (the corpus builder), train and eval (its benchmark and
 # report); serve and demo let `flamingo serve` open its model with the web demo. dev adds the tests' tools and docs.
-extras="open-clip,eval,build,train,serve,demo"
+extras="open-clip,eval,corpus,train,serve,demo"
 if [ "${1:-}" = "dev" ]; then extras="$extras,dev"; fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 

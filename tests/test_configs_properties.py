@@ -14,13 +14,13 @@ import pytest
 import yaml
 from config_support import ROOT, expect_one_line_error, model_dict
 
-from flamingo.build.cli import load_build_config
-from flamingo.build.config import BuildConfig
 from flamingo.configs import ConfigError, one_line
+from flamingo.corpus.cli import load_build_config
+from flamingo.corpus.config import BuildConfig
 from flamingo.eval.tasks import TaskSpec, list_tasks, load_task
 from flamingo.model.config import FlamingoConfig
 from flamingo.quickstart.cli import _read_overrides
-from flamingo.quickstart.pipeline import QuickstartConfig
+from flamingo.quickstart.run import QuickstartConfig
 from flamingo.train.config import RunConfig, load_config
 
 hypothesis = pytest.importorskip("hypothesis")

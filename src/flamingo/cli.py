@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from flamingo.errors import FlamingoError
 
 # Imported by name: the top-level CLI depends on no package at import time, and the quickstart (which nothing
-# imports) is reached only here. ``flamingo.build.cli`` adds its commands to the ``data`` group made before it.
+# imports) is reached only here. ``flamingo.corpus.cli`` adds its commands to the ``data`` group made before it.
 _COMMAND_MODULES = (
     "flamingo.model.cli",
     "flamingo.data.cli",
-    "flamingo.build.cli",
+    "flamingo.corpus.cli",
     "flamingo.train.cli",
     "flamingo.eval.cli",
     "flamingo.serve.cli",
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(
             args.command,
             f"{err}: this command needs an optional dependency; `bash scripts/setup.sh` installs them all "
-            "(or pip install 'flamingo-vlm[open-clip,eval,build,serve,train]')",
+            "(or pip install 'flamingo-vlm[open-clip,eval,corpus,serve,train,demo]')",
         )
     return 1
 

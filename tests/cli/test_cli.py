@@ -72,7 +72,7 @@ def test_help_is_fast_and_imports_no_heavy_library(command: tuple[str, ...]) -> 
 def test_importing_the_packages_loads_no_torch() -> None:
     """Their public names are imported on first use (resolved in the next test), not by ``import``."""
     code = (
-        "import sys, flamingo, flamingo.model, flamingo.data, flamingo.eval, flamingo.build\n"
+        "import sys, flamingo, flamingo.model, flamingo.data, flamingo.eval, flamingo.corpus\n"
         "assert not [m for m in HEAVY if m in sys.modules], [m for m in HEAVY if m in sys.modules]\n"
     ).replace("HEAVY", repr(HEAVY))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
@@ -80,7 +80,7 @@ def test_importing_the_packages_loads_no_torch() -> None:
 
 
 @pytest.mark.parametrize(
-    "package", ["flamingo", "flamingo.model", "flamingo.data", "flamingo.eval", "flamingo.build"]
+    "package", ["flamingo", "flamingo.model", "flamingo.data", "flamingo.eval", "flamingo.corpus"]
 )
 def test_every_public_name_of_a_lazy_package_resolves(package: str) -> None:
     module = importlib.import_module(package)

@@ -37,14 +37,14 @@ assert main(["generate", "--model", sys.argv[1], "--image", sys.argv[2], "--prom
              "--max-new-tokens", "3"]) == 0
 quickstart = sorted(m for m in sys.modules if m.startswith("flamingo.quickstart"))
 # the command line's parser module (argparse only) and the LM's module, not the quickstart's pipeline
-assert quickstart == ["flamingo.quickstart", "flamingo.quickstart.cli", "flamingo.quickstart.lm"], quickstart
+assert quickstart == ["flamingo.quickstart", "flamingo.quickstart.cli", "flamingo.quickstart.world_lm"], quickstart
 assert CUSTOM_LMS["flamingo_quickstart_lm"].plain_head
 print("fresh process: ok")
 """
 
 
 def smear_flamingo() -> Flamingo:
-    from flamingo.quickstart.lm import SmearLMConfig, SmearLMForCausalLM
+    from flamingo.quickstart.world_lm import SmearLMConfig, SmearLMForCausalLM
 
     torch.manual_seed(0)
     tokenizer = train_tiny_tokenizer()
@@ -64,7 +64,7 @@ def test_a_checkpoint_of_the_quickstart_lm_loads_in_a_fresh_process(tmp_path) ->
     assert model.fused_loss_supported()  # registered with plain_head=True when its module was imported
     model.save_pretrained(tmp_path / "ckpt", save_backbones=True)
     saved = json.loads((tmp_path / "ckpt" / "lm" / "config.json").read_text())
-    assert saved[LM_MODULE_KEY] == "flamingo.quickstart.lm"
+    assert saved[LM_MODULE_KEY] == "flamingo.quickstart.world_lm"
 
     loaded = Flamingo.from_pretrained(tmp_path / "ckpt")
     ids = torch.tensor([[1, 2, 3, 4]])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from flamingo.quickstart import world
-from flamingo.quickstart.lm import SmearLMConfig, SmearLMForCausalLM
+from flamingo.quickstart.world_lm import SmearLMConfig, SmearLMForCausalLM
 
 MARGIN = 0.2  # 4-shot minus 0-shot / text-only; observed margins are far larger (see the report)
 
@@ -112,8 +112,8 @@ def test_plain_quiz_style_never_shows_the_vqa_prompt_convention(tmp_path: Path) 
     but answer in sentences without the prompt's markers, and each question stays one sentence for the builder."""
     import re
 
-    from flamingo.build.sentences import split_sentences
-    from flamingo.quickstart import clip, lm_train, pages, text
+    from flamingo.corpus.sentences import split_sentences
+    from flamingo.quickstart import pages, text, world_clip, world_lm_train
 
     train, heldout = world.invented_names()
     plain = re.compile(r"^(What|How) [a-z ]+\? (the|there) [a-z ]+\.$")
@@ -123,18 +123,18 @@ def test_plain_quiz_style_never_shows_the_vqa_prompt_convention(tmp_path: Path) 
     assert split_sentences(" ".join(["Test your eyes.", *sentences])) == ["Test your eyes.", *sentences]
     tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
     assert all(tokenizer.unk_token_id not in tokenizer(s).input_ids for s in sentences)
-    docs = lm_train.page_texts(random.Random(0), train, 300, qa_style="plain")
+    docs = world_lm_train.page_texts(random.Random(0), train, 300, qa_style="plain")
     assert not any("answer" in doc.lower() or "Question" in doc for doc in docs)
     assert sum("? the " in doc or "? there " in doc for doc in docs) > 60  # the quiz text is still there
-    marked = lm_train.page_texts(random.Random(0), train, 300)
+    marked = world_lm_train.page_texts(random.Random(0), train, 300)
     assert any("Short answer:" in doc for doc in marked)  # the default keeps the prompt's convention
     rng = random.Random(0)
     for _ in range(50):
-        sentence, _ = clip.world_sentence(world.random_scene(rng), rng, train, qa_style="plain")
+        sentence, _ = world_clip.world_sentence(world.random_scene(rng), rng, train, qa_style="plain")
         assert "answer" not in sentence and "Question" not in sentence
     with pytest.raises(ValueError, match="quiz style"):
         pages.make_pages(tmp_path, "qa", 1, train, seed=0, qa_style="loud")
-    from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
+    from flamingo.quickstart.run import QuickstartConfig, run_quickstart
 
     with pytest.raises(ValueError, match="qa_style"):  # refused before any stage starts
         run_quickstart(QuickstartConfig(out=str(tmp_path / "run"), qa_style="loud"))
@@ -146,7 +146,7 @@ def test_pet_quizzes_ask_for_the_names_of_the_pictured_pets(tmp_path: Path) -> N
     the pet's colour and shape (the builder places pictures by them) and a page keeps one name per pet."""
     import re
 
-    from flamingo.quickstart import clip, lm_train, pages, text
+    from flamingo.quickstart import pages, text, world_clip, world_lm_train
 
     train, heldout = world.invented_names()
     question = re.compile(r"^Question: what is the name of the ([a-z]+) ([a-z]+)\? answer: ([a-z]+)\.$")
@@ -167,15 +167,17 @@ def test_pet_quizzes_ask_for_the_names_of_the_pictured_pets(tmp_path: Path) -> N
     tokenizer = text.build_tokenizer(world.vocabulary_words(pet_quiz=True), train + heldout)
     sentences = [s for page in quizzes for _, s in page.items]
     assert all(tokenizer.unk_token_id not in tokenizer(s).input_ids for s in sentences)
-    docs = lm_train.page_texts(random.Random(0), train, 300, pet_quiz=True)
+    docs = world_lm_train.page_texts(random.Random(0), train, 300, pet_quiz=True)
     prompt_format, page_format = (
         r"name of the \w+ \w+\? Short answer: \w+",
         r"name of the \w+ \w+\? answer: \w+\.",
     )
     assert any(re.search(prompt_format, d) for d in docs) and any(re.search(page_format, d) for d in docs)
-    assert not any("name of" in d for d in lm_train.page_texts(random.Random(0), train, 300))
+    assert not any("name of" in d for d in world_lm_train.page_texts(random.Random(0), train, 300))
     rng = random.Random(0)
-    said = [clip.world_sentence(world.random_scene(rng), rng, train, pet_quiz=True)[0] for _ in range(300)]
+    said = [
+        world_clip.world_sentence(world.random_scene(rng), rng, train, pet_quiz=True)[0] for _ in range(300)
+    ]
     assert any(question.match(s) for s in said)
     with pytest.raises(ValueError, match="pet_quiz"):
         pages.make_pages(tmp_path / "c", "bursty", 1, train, seed=0, pet_quiz=1.5)
@@ -190,7 +192,7 @@ def test_world_vqa_name_questions_ask_about_a_fixed_cast_of_pets(tmp_path: Path)
     from flamingo.eval.metrics import get_metric
     from flamingo.eval.tasks import load_task
     from flamingo.quickstart import pages
-    from flamingo.quickstart.pipeline import TASKS_DIR, QuickstartConfig, run_quickstart
+    from flamingo.quickstart.run import TASKS_DIR, QuickstartConfig, run_quickstart
 
     _, heldout = world.invented_names()
     cast = pages.vqa_cast(0, heldout, 2)
@@ -294,7 +296,7 @@ def test_report_html_keeps_tables_lists_and_code_together() -> None:
 
 def test_config_overrides_from_a_file_are_checked(tmp_path: Path) -> None:
     from flamingo.quickstart.cli import _read_overrides
-    from flamingo.quickstart.pipeline import QuickstartConfig
+    from flamingo.quickstart.run import QuickstartConfig
 
     path = tmp_path / "qs.yaml"
     path.write_text(
@@ -344,7 +346,7 @@ def test_decoder_layers_found_through_the_fallback() -> None:
 
 def test_copy_sequences_supervise_only_names_that_can_be_copied() -> None:
     from flamingo.quickstart import text
-    from flamingo.quickstart.lm_train import IGNORE, CopyData
+    from flamingo.quickstart.world_lm_train import IGNORE, CopyData
 
     train, heldout = world.invented_names(0, train=20, heldout=5)
     tokenizer = text.build_tokenizer(world.vocabulary_words(), train + heldout)
@@ -363,7 +365,7 @@ def test_lm_pretraining_data_is_a_function_of_the_seed() -> None:
     """The tokenizer's vocabulary comes from a hash map whose order changes from call to call; the copy data
     must not depend on it (it did, and two quickstart runs of the same seed pretrained different LMs)."""
     from flamingo.quickstart import text
-    from flamingo.quickstart.lm_train import CopyData
+    from flamingo.quickstart.world_lm_train import CopyData
 
     train, heldout = world.invented_names(0, train=40, heldout=10)
     batches = []
@@ -383,7 +385,7 @@ def test_world_vqa_scores_its_own_answers_as_right(tmp_path: Path) -> None:
     from flamingo.eval.metrics import get_metric
     from flamingo.eval.tasks import load_task
     from flamingo.quickstart import pages
-    from flamingo.quickstart.pipeline import TASKS_DIR
+    from flamingo.quickstart.run import TASKS_DIR
 
     pages.write_vqa_set(tmp_path, train=4, test=60, seed=0)
     spec = load_task(TASKS_DIR / "world_vqa.yaml")
@@ -396,7 +398,7 @@ def test_world_vqa_scores_its_own_answers_as_right(tmp_path: Path) -> None:
 
 
 def test_background_stages_send_results_in_order_and_their_errors_reach_the_parent():
-    from flamingo.quickstart.pipeline import StageLog, _BackgroundStage
+    from flamingo.quickstart.run import StageLog, _BackgroundStage
 
     if not _BackgroundStage.available():
         pytest.skip("needs fork")
@@ -442,7 +444,7 @@ def test_background_stages_send_results_in_order_and_their_errors_reach_the_pare
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
+    from flamingo.quickstart.run import QuickstartConfig, run_quickstart
 
     out = tmp_path_factory.mktemp("quickstart")
     config = QuickstartConfig.small(out=str(out), seeds=(0, 1, 2))
@@ -452,7 +454,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_small_quickstart_every_stage_produced_valid_output(small_run: tuple[Path, dict]) -> None:
     from flamingo import Flamingo
-    from flamingo.build.read import ReadConfig, read_warc
+    from flamingo.corpus.read import ReadConfig, read_warc
     from flamingo.data import validate_shards
 
     out, summary = small_run
@@ -512,7 +514,7 @@ def _world_digests(config, folder: Path) -> dict[str, str]:
     import dataclasses
     import hashlib
 
-    from flamingo.quickstart import clip, lm_train, pages
+    from flamingo.quickstart import pages, world_clip, world_lm_train
 
     train, heldout = world.invented_names(config.seed, train=config.train_names)
 
@@ -525,7 +527,9 @@ def _world_digests(config, folder: Path) -> dict[str, str]:
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
     got = {"config": digest([json.dumps(settings, sort_keys=True)])}
     got["lm"] = digest(
-        lm_train.page_texts(random.Random(config.seed), train, 3000, config.qa_style, config.lm_pet_quiz)
+        world_lm_train.page_texts(
+            random.Random(config.seed), train, 3000, config.qa_style, config.lm_pet_quiz
+        )
     )
     for kind in pages.PAGE_KINDS:
         made = pages.make_pages(
@@ -536,7 +540,9 @@ def _world_digests(config, folder: Path) -> dict[str, str]:
         got[kind] = digest(t for page in made for t in (page.intro, *(s for _, s in page.items)))
     rng = random.Random(config.seed)
     got["clip"] = digest(
-        clip.world_sentence(world.random_scene(rng), rng, train, config.qa_style, bool(config.pet_quiz))[0]
+        world_clip.world_sentence(
+            world.random_scene(rng), rng, train, config.qa_style, bool(config.pet_quiz)
+        )[0]
         for _ in range(500)
     )
     cast = pages.vqa_cast(config.seed, heldout, config.vqa_cast)
@@ -549,7 +555,7 @@ def test_the_default_world_text_is_pinned(tmp_path: Path) -> None:
     """The quickstart numbers in docs/quickstart.md are measurements of the default configuration: if its settings, its
     pages, the LM's text, the CLIP's sentences or the VQA set change, those numbers must be measured again (then
     update the digests here)."""
-    from flamingo.quickstart.pipeline import QuickstartConfig
+    from flamingo.quickstart.run import QuickstartConfig
 
     assert _world_digests(QuickstartConfig(), tmp_path) == {
         "config": "b9bc103ba87e67bb",
@@ -566,7 +572,7 @@ def test_the_name_questions_config_is_pinned(tmp_path: Path) -> None:
     """``configs/quickstart/name-questions.yaml``, whose runs docs/quickstart.md describes: its settings and
     world are pinned like the default's."""
     from flamingo.quickstart.cli import _read_overrides
-    from flamingo.quickstart.pipeline import QuickstartConfig
+    from flamingo.quickstart.run import QuickstartConfig
 
     path = Path(__file__).parents[2] / "configs" / "quickstart" / "name-questions.yaml"
     config = QuickstartConfig().updated(_read_overrides(str(path)))

@@ -1,5 +1,5 @@
 """Data subcommands: ``flamingo data validate|stats PATHS`` (the builder adds ``build|show|convert``, see
-``flamingo.build.cli``)."""
+``flamingo.corpus.cli``)."""
 
 from __future__ import annotations
 

@@ -116,11 +116,11 @@ def hungarian_assignment(similarity: np.ndarray) -> list[tuple[int, int]]:
 
     With more images than sentences some images stay unassigned. Pairs are sorted by image index.
     """
-    try:  # scipy is an optional dependency (the `build` extra), needed only for this option
+    try:  # scipy is an optional dependency (the `corpus` extra), needed only for this option
         from scipy.optimize import linear_sum_assignment
     except ImportError as error:
         raise ImportError(
-            "InterleavedConfig(assignment='hungarian') needs scipy: pip install 'flamingo-vlm[build]'"
+            "InterleavedConfig(assignment='hungarian') needs scipy: pip install 'flamingo-vlm[corpus]'"
         ) from error
     similarity = np.asarray(similarity, dtype=np.float64)
     if similarity.size == 0:

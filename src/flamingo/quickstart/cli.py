@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flamingo.quickstart.pipeline import QuickstartConfig, run_quickstart
+    from flamingo.quickstart.run import QuickstartConfig, run_quickstart
 
     if not 1 <= args.seeds <= 1000:
         raise UsageError(f"--seeds must be from 1 to 1000, got {args.seeds}")

@@ -1,7 +1,7 @@
 """The quickstart's middle stages through the framework's public APIs: build shards, train the adapters.
 
-- build: ``flamingo.build.run_pipeline`` over the world's WARC files with the tiny CLIP as the embedder
-  (``flamingo.build.clip.ClipEmbedder``), ``flamingo.build.convert`` over the alt-text pair list, then
+- build: ``flamingo.corpus.run_pipeline`` over the world's WARC files with the tiny CLIP as the embedder
+  (``flamingo.corpus.clip.ClipEmbedder``), ``flamingo.corpus.convert`` over the alt-text pair list, then
   ``flamingo.data.validate_shards`` on both;
 - train: a new Flamingo over the pretrained (frozen) LM and CLIP vision tower, saved as a checkpoint directory
   and trained by ``flamingo.train.trainer.train`` (``model.kind: pretrained``), like ``flamingo train``.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from flamingo.quickstart.clip import CLIP_CONFIG, CLIP_NAME
+from flamingo.quickstart.world_clip import CLIP_CONFIG, CLIP_NAME
 
 
 class NoNSFW:
@@ -47,8 +47,8 @@ def build_shards(
     warcs: list[Path], images_root: Path, out_dir: Path, clip_weights: Path, threshold: float
 ) -> BuildOutcome:
     """Run the dataset builder on the WARC files and validate its shards."""
-    from flamingo.build import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, run_pipeline
-    from flamingo.build.clip import ClipEmbedder
+    from flamingo.corpus import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, run_pipeline
+    from flamingo.corpus.clip import ClipEmbedder
     from flamingo.data import validate_shards
 
     embedder = ClipEmbedder.from_open_clip(
@@ -72,8 +72,8 @@ def convert_pairs(pair_list: Path, images_root: Path, out_dir: Path) -> tuple[Pa
 
     Returns the shard folder, the conversion's stats and the validation report.
     """
-    from flamingo.build import FetchConfig
-    from flamingo.build.convert import ConvertConfig, convert
+    from flamingo.corpus import FetchConfig
+    from flamingo.corpus.convert import ConvertConfig, convert
     from flamingo.data import validate_shards
 
     config = ConvertConfig(fetch=FetchConfig(threads=4), progress=False)

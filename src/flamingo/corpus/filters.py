@@ -14,8 +14,8 @@ import re
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from flamingo.build.config import FilterConfig
-from flamingo.build.dedup import (
+from flamingo.corpus.config import FilterConfig
+from flamingo.corpus.dedup import (
     DedupIndex,
     PHashIndex,
     build_eval_index,
@@ -23,10 +23,10 @@ from flamingo.build.dedup import (
     dedup_documents,
     phash_hex,
 )
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.faces import FaceDetector, filter_faces, make_face_detector
-from flamingo.build.imagecheck import open_rgb
-from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, SafetyHeadScorer, filter_nsfw
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.faces import FaceDetector, filter_faces, make_face_detector
+from flamingo.corpus.imagecheck import open_rgb
+from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, SafetyHeadScorer, filter_nsfw
 
 __all__ = [
     "AD_SIZES",

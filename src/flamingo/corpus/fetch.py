@@ -29,9 +29,9 @@ from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
 
-from flamingo.build import netguard
-from flamingo.build.config import FetchConfig
-from flamingo.build.document import ImageRef, WebDocument
+from flamingo.corpus import netguard
+from flamingo.corpus.config import FetchConfig
+from flamingo.corpus.document import ImageRef, WebDocument
 from flamingo.io.fetch import FetchError, FetchPolicy, fetch
 from flamingo.io.images import EXTENSIONS, ImageRejected, inspect_image
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flamingo.build.engine import (
+from flamingo.corpus.engine import (
     BuildResult,
     Decisions,
     Models,
@@ -28,7 +28,7 @@ from flamingo.build.engine import (
     plan_dedup,
     prepare_shard,
 )
-from flamingo.build.stats import BuildStats
+from flamingo.corpus.stats import BuildStats
 
 logger = logging.getLogger(__name__)
 

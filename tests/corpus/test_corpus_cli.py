@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 import yaml
-from build_fakes import encode, page, textured, write_warc
+from corpus_fakes import encode, page, textured, write_warc
 
-from flamingo.build.cli import register_data_commands
-from flamingo.build.clip import TINY_CLIP_CONFIG, ClipEmbedder, tiny_clip_embedder
+from flamingo.corpus.cli import register_data_commands
+from flamingo.corpus.clip import TINY_CLIP_CONFIG, ClipEmbedder, tiny_clip_embedder
 from flamingo.data.schema import ImageInfo, InterleavedDocument
 from flamingo.data.shards import InterleavedShardWriter, ReadStats, read_interleaved
 from flamingo.data.synthetic import encode_image

@@ -27,7 +27,7 @@ import torch
 
 from flamingo.model.loss import IGNORE_INDEX as IGNORE
 from flamingo.quickstart import text, world
-from flamingo.quickstart.lm import SmearLMConfig, SmearLMForCausalLM
+from flamingo.quickstart.world_lm import SmearLMConfig, SmearLMForCausalLM
 
 
 @dataclass

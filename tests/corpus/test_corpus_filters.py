@@ -8,12 +8,12 @@ import random
 
 import numpy as np
 import pytest
-from build_fakes import ColourEmbedder, encode, textured
+from corpus_fakes import ColourEmbedder, encode, textured
 from PIL import Image
 from skimage import data as skdata
 
-from flamingo.build.config import FilterConfig
-from flamingo.build.dedup import (
+from flamingo.corpus.config import FilterConfig
+from flamingo.corpus.dedup import (
     DedupIndex,
     PHashIndex,
     build_eval_index,
@@ -21,10 +21,10 @@ from flamingo.build.dedup import (
     dedup_documents,
     hamming,
 )
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.faces import SkimageLBPDetector, filter_faces, make_face_detector, opencv_haar_available
-from flamingo.build.filters import filter_images, hash_images, image_rejection
-from flamingo.build.nsfw import PromptNSFWScorer, SafetyHeadScorer, filter_nsfw
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.faces import SkimageLBPDetector, filter_faces, make_face_detector, opencv_haar_available
+from flamingo.corpus.filters import filter_images, hash_images, image_rejection
+from flamingo.corpus.nsfw import PromptNSFWScorer, SafetyHeadScorer, filter_nsfw
 
 
 def _ref(url: str = "http://e.com/photo.jpg", w: int = 400, h: int = 300, size: int = 50_000) -> ImageRef:

@@ -7,12 +7,12 @@ import itertools
 
 import numpy as np
 import pytest
-from build_fakes import ColourEmbedder, encode, textured
+from corpus_fakes import ColourEmbedder, encode, textured
 
-from flamingo.build.config import InterleaveConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.interleave import assign, interleave_documents
-from flamingo.build.write import to_shard_record
+from flamingo.corpus.config import InterleaveConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.interleave import assign, interleave_documents
+from flamingo.corpus.write import to_shard_record
 from flamingo.data.schema import check_document_dict
 
 

@@ -27,9 +27,9 @@ from urllib.parse import urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from flamingo.build.config import ReadConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.sentences import split_sentences
+from flamingo.corpus.config import ReadConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.sentences import split_sentences
 
 logger = logging.getLogger(__name__)
 

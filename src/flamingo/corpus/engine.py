@@ -34,17 +34,17 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from flamingo.build.config import BuildConfig, FilterConfig
-from flamingo.build.dedup import DedupIndex, PHashIndex, build_eval_index, decontaminate, image_key
-from flamingo.build.document import WebDocument
-from flamingo.build.faces import FaceDetector, filter_faces
-from flamingo.build.fetch import fetch_documents
-from flamingo.build.filters import filter_images, hash_images
-from flamingo.build.interleave import interleave_documents
-from flamingo.build.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
-from flamingo.build.read import input_kind, read_input
-from flamingo.build.stats import BuildStats, Laps
-from flamingo.build.write import write_shard
+from flamingo.corpus.config import BuildConfig, FilterConfig
+from flamingo.corpus.dedup import DedupIndex, PHashIndex, build_eval_index, decontaminate, image_key
+from flamingo.corpus.document import WebDocument
+from flamingo.corpus.faces import FaceDetector, filter_faces
+from flamingo.corpus.fetch import fetch_documents
+from flamingo.corpus.filters import filter_images, hash_images
+from flamingo.corpus.interleave import interleave_documents
+from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
+from flamingo.corpus.read import input_kind, read_input
+from flamingo.corpus.stats import BuildStats, Laps
+from flamingo.corpus.write import write_shard
 from flamingo.errors import MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def run_pipeline(
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     tasks = [ShardTask(i, p, str(out), config) for i, p in enumerate(paths)]
     if engine == "ray":
-        from flamingo.build.ray_engine import run_ray
+        from flamingo.corpus.ray_engine import run_ray
 
         result = run_ray(tasks, models, workers, config.progress)
     else:

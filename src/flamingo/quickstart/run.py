@@ -193,9 +193,9 @@ def run_quickstart(config: QuickstartConfig, printer: Callable[[str], None] = pr
     """Run every stage; returns the summary that the report is made of (also written to summary.json)."""
     import torch
 
-    from flamingo.quickstart import lm, report, stages, text
+    from flamingo.quickstart import report, stages, text, world_lm
 
-    lm.register()  # the pipeline loads its LM folders by path, whatever their config.json names
+    world_lm.register()  # the pipeline loads its LM folders by path, whatever their config.json names
     if config.threads < 1:
         raise UsageError(f"threads must be at least 1, got {config.threads}")
     if config.qa_style not in text.QA_STYLES:  # before any stage starts, not in the middle of one
@@ -385,7 +385,7 @@ def _world_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict
 
 
 def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[str]) -> Any:
-    from flamingo.quickstart.clip import train_clip
+    from flamingo.quickstart.world_clip import train_clip
 
     with log.stage("clip", f"training the tiny CLIP ({config.clip_steps} steps, contrastive + attributes)"):
         result = train_clip(
@@ -398,7 +398,7 @@ def _clip_stage(config: QuickstartConfig, out: Path, log: StageLog, names: list[
 
 
 def _lm_stage(config: QuickstartConfig, out: Path, log: StageLog, names: dict[str, Any]) -> Any:
-    from flamingo.quickstart.lm_train import pretrain_lm
+    from flamingo.quickstart.world_lm_train import pretrain_lm
 
     with log.stage(
         "lm", f"pretraining the smeared-key LM until held-out copy accuracy >= {config.lm_copy_threshold}"

@@ -1,6 +1,6 @@
 """A tiny CLIP in open_clip's own architecture format, trained contrastively on the world's pictures and
 sentences. Its vision tower becomes the Flamingo vision encoder; the whole model gives the dataset builder its
-image-sentence similarities (through ``flamingo.build.clip.ClipEmbedder``).
+image-sentence similarities (through ``flamingo.corpus.clip.ClipEmbedder``).
 
 Two weight files are written: ``clip.safetensors`` (the whole open_clip model, what ``ClipEmbedder`` loads) and
 ``clip_visual.safetensors`` (keys ``visual.*``, what ``VisionConfig(kind="open_clip", pretrained=...)`` loads).

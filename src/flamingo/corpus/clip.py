@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from flamingo.build.config import DEFAULT_CLIP
+from flamingo.corpus.config import DEFAULT_CLIP
 from flamingo.errors import MissingFileError
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.imagecheck import EXTENSIONS, open_rgb
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.imagecheck import EXTENSIONS, open_rgb
 
 FORMAT = "flamingo-interleaved/1"
 _SHARD_FORMATS = {"jpeg", "png", "webp"}

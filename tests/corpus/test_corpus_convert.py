@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
-from build_fakes import encode, textured
+from corpus_fakes import encode, textured
 
-from flamingo.build.cli import register_data_commands
+from flamingo.corpus.cli import register_data_commands
 from flamingo.data.shards import ReadStats, read_interleaved, read_pairs
 from flamingo.data.synthetic import synthetic_documents, write_mmc4_jsonl, write_mmc4_tar
 from flamingo.data.validate import validate_shards

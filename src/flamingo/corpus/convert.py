@@ -29,14 +29,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flamingo.build.config import FetchConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.engine import BuildResult, _map, _pool
-from flamingo.build.fetch import fetch_documents, store_image
-from flamingo.build.imagecheck import ImageRejected, inspect_image
-from flamingo.build.read import _open_text
-from flamingo.build.stats import BuildStats, Laps
-from flamingo.build.write import _shard_image, write_shard
+from flamingo.corpus.config import FetchConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.engine import BuildResult, _map, _pool
+from flamingo.corpus.fetch import fetch_documents, store_image
+from flamingo.corpus.imagecheck import ImageRejected, inspect_image
+from flamingo.corpus.read import _open_text
+from flamingo.corpus.stats import BuildStats, Laps
+from flamingo.corpus.write import _shard_image, write_shard
 from flamingo.errors import MissingFileError
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from flamingo.build.config import FilterConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.imagecheck import open_rgb
+from flamingo.corpus.config import FilterConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.imagecheck import open_rgb
 
 EmbedImages = Callable[[list[Image.Image]], np.ndarray]
 EmbedTexts = Callable[[list[str]], np.ndarray]

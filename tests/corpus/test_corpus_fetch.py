@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
-from build_fakes import encode, png_bomb, textured
+from corpus_fakes import encode, png_bomb, textured
 
-from flamingo.build import netguard
-from flamingo.build.config import FetchConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.fetch import fetch_documents, fetch_one
-from flamingo.build.imagecheck import ImageRejected, inspect_image, sniff_format
+from flamingo.corpus import netguard
+from flamingo.corpus.config import FetchConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.fetch import fetch_documents, fetch_one
+from flamingo.corpus.imagecheck import ImageRejected, inspect_image, sniff_format
 
 LOOPBACK = FetchConfig(threads=4, timeout_s=0.3, retries=1, backoff_s=0.01, allow_loopback=True)
 
@@ -182,7 +182,7 @@ def test_local_files_are_fetched_in_this_thread_in_input_order(image_server, tmp
     import json
     import threading
 
-    from flamingo.build import fetch
+    from flamingo.corpus import fetch
 
     root = tmp_path / "root"
     root.mkdir()

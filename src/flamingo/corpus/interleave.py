@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from flamingo.build.config import InterleaveConfig
-from flamingo.build.document import ImageRef, WebDocument
-from flamingo.build.nsfw import l2_normalise, score_in_batches
+from flamingo.corpus.config import InterleaveConfig
+from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.nsfw import l2_normalise, score_in_batches
 
 logger = logging.getLogger(__name__)
 

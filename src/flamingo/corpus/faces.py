@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from flamingo.build.config import FilterConfig
-from flamingo.build.document import WebDocument
-from flamingo.build.imagecheck import open_rgb
+from flamingo.corpus.config import FilterConfig
+from flamingo.corpus.document import WebDocument
+from flamingo.corpus.imagecheck import open_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from build_fakes import (
+from corpus_fakes import (
     ColourEmbedder,
     ImageServer,
     encode,
@@ -19,9 +19,9 @@ from build_fakes import (
     write_warc,
 )
 
-import flamingo.build.engine as engine_module
-from flamingo.build import BuildConfig, run_pipeline
-from flamingo.build.stats import BuildStats
+import flamingo.corpus.engine as engine_module
+from flamingo.corpus import BuildConfig, run_pipeline
+from flamingo.corpus.stats import BuildStats
 from flamingo.data.shards import ReadStats, read_interleaved
 
 STAGE_ORDER = ["read", "fetch", "filter", "dedup", "faces", "nsfw", "interleave", "write"]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flamingo.build.config import DEFAULT_CLIP
+from flamingo.corpus.config import DEFAULT_CLIP
 from flamingo.errors import MissingFileError, UsageError
 
 _COMMANDS = ("build", "show", "convert")
@@ -106,7 +106,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
 
 def load_build_config(path: str | None) -> Any:
     """A ``BuildConfig`` from a YAML or JSON file (defaults when ``path`` is None)."""
-    from flamingo.build.config import BuildConfig
+    from flamingo.corpus.config import BuildConfig
 
     if path is None:
         return BuildConfig()
@@ -140,8 +140,8 @@ def _summary(stats: dict[str, Any], out: Path, seconds: float, what: str) -> str
 
 
 def _build(args: argparse.Namespace) -> int:
-    from flamingo.build.clip import ClipEmbedder
-    from flamingo.build.engine import run_pipeline
+    from flamingo.corpus.clip import ClipEmbedder
+    from flamingo.corpus.engine import run_pipeline
 
     config = _build_config(args)
     embedder = ClipEmbedder(args.clip, device=args.device, batch_size=args.clip_batch_size)
@@ -166,7 +166,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from flamingo.build.show import show_document
+    from flamingo.corpus.show import show_document
 
     path, document = show_document(args.shard, args.doc, args.out)
     print(f"wrote {path}: document {document.id} ({len(document.image_info)} images)")
@@ -174,8 +174,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from flamingo.build.config import FetchConfig
-    from flamingo.build.convert import ConvertConfig, convert
+    from flamingo.corpus.config import FetchConfig
+    from flamingo.corpus.convert import ConvertConfig, convert
 
     config = ConvertConfig(
         fetch=FetchConfig(allow_loopback=args.allow_loopback, allow_private=args.allow_private),

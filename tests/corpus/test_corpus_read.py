@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from build_fakes import page, write_warc
+from corpus_fakes import page, write_warc
 
-from flamingo.build.config import ReadConfig
-from flamingo.build.read import extract_html, read_input, read_jsonl, read_warc
-from flamingo.build.sentences import split_sentences
+from flamingo.corpus.config import ReadConfig
+from flamingo.corpus.read import extract_html, read_input, read_jsonl, read_warc
+from flamingo.corpus.sentences import split_sentences
 
 
 @pytest.mark.parametrize(

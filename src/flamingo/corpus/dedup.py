@@ -22,8 +22,8 @@ from pathlib import Path
 import imagehash
 from PIL import Image
 
-from flamingo.build.document import WebDocument
-from flamingo.build.imagecheck import ImageRejected, inspect_image, open_rgb
+from flamingo.corpus.document import WebDocument
+from flamingo.corpus.imagecheck import ImageRejected, inspect_image, open_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flamingo.build.document import WebDocument, count
 from flamingo.configs import between, from_mapping
+from flamingo.corpus.document import WebDocument, count
 
 _COUNT = between(0, 1 << 62)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flamingo.build.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, ReadConfig
+from flamingo.corpus.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, ReadConfig
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 _WORD_VECTORS = {

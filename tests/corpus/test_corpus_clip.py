@@ -7,13 +7,13 @@ import pickle
 
 import numpy as np
 import pytest
-from build_fakes import encode, small_config, textured
+from corpus_fakes import encode, small_config, textured
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-import flamingo.build.clip as clip_module
-from flamingo.build import run_pipeline
-from flamingo.build.clip import TINY_CLIP_CONFIG, ClipEmbedder, parse_clip_spec, tiny_clip_embedder
+import flamingo.corpus.clip as clip_module
+from flamingo.corpus import run_pipeline
+from flamingo.corpus.clip import TINY_CLIP_CONFIG, ClipEmbedder, parse_clip_spec, tiny_clip_embedder
 from flamingo.data.shards import ReadStats, read_interleaved
 from flamingo.data.validate import validate_shards
 

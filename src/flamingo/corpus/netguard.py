@@ -1,12 +1,12 @@
 """Which network addresses the builder's fetches may talk to (server-side request forgery protection).
 
 The rules and the fetching itself live in :mod:`flamingo.io` (shared with the server); this module reads them
-from a :class:`~flamingo.build.config.FetchConfig`.
+from a :class:`~flamingo.corpus.config.FetchConfig`.
 """
 
 from __future__ import annotations
 
-from flamingo.build.config import FetchConfig
+from flamingo.corpus.config import FetchConfig
 from flamingo.io.addresses import AddressPolicy
 
 
