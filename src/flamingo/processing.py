@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.model.config import TokenConfig
+from flamingo.prompts import check_prompt
+
 Row = Sequence["str | Image.Image"] | tuple[str, Sequence[Image.Image]]
 
 
@@ -22,8 +25,8 @@ class FlamingoProcessor:
         self,
         tokenizer: Any,
         image_transform: Callable[[Sequence[Image.Image]], torch.Tensor],
-        image_token: str = "<image>",
-        eoc_token: str = "<|endofchunk|>",
+        image_token: str = TokenConfig.image_token,
+        eoc_token: str = TokenConfig.eoc_token,
         padding_side: str = "left",
     ) -> None:
         self.tokenizer = tokenizer
@@ -55,12 +58,7 @@ class FlamingoProcessor:
                         f"row {index}: items must be str or PIL.Image.Image, got {type(item).__name__}"
                     )
             text = "".join(parts)
-        markers = text.count(self.image_token)
-        if markers != len(images):
-            raise ValueError(
-                f"row {index} has {markers} {self.image_token} markers but {len(images)} images: give exactly one "
-                f"image per {self.image_token}, in order"
-            )
+        check_prompt(text, len(images), self.image_token, f"row {index}")
         return text, images
 
     def __call__(

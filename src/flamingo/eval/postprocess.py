@@ -14,8 +14,10 @@ import re
 from collections.abc import Callable
 
 from flamingo.eval.stemming import okvqa_stem
+from flamingo.model.config import TokenConfig
 
-END_OF_CHUNK = "<|endofchunk|>"
+END_OF_CHUNK = TokenConfig.eoc_token
+"""The default end of chunk; a model with another one has its output cut there before post-processing."""
 _VQA_CUT = re.compile("Question|Answer|Short")
 _VQA_CUT_UNCASED = re.compile("question|answer|short", re.IGNORECASE)
 

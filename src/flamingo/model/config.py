@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flamingo.prompts import PromptConfig
+
 FORMAT_VERSION = 1
 MEDIA_POLICIES = ("previous", "all_previous")
 VISION_KINDS = ("open_clip", "hf")
@@ -156,6 +158,8 @@ class FlamingoConfig:
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     cross_attn: CrossAttnConfig = field(default_factory=CrossAttnConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    """The prompt templates the model was trained with (absent from older checkpoints: OpenFlamingo's)."""
     format_version: int = FORMAT_VERSION
     """Version of the checkpoint format."""
     backbones_included: bool = False
@@ -168,7 +172,7 @@ class FlamingoConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> FlamingoConfig:
         """Build from a plain dict, naming unknown or misspelt fields in the error."""
         sections = {"lm": LMConfig, "vision": VisionConfig, "perceiver": PerceiverConfig}
-        sections |= {"cross_attn": CrossAttnConfig, "tokens": TokenConfig}
+        sections |= {"cross_attn": CrossAttnConfig, "tokens": TokenConfig, "prompts": PromptConfig}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sections:

@@ -88,6 +88,7 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
 
     from flamingo import Flamingo, FlamingoConfig
     from flamingo.model import CrossAttnConfig, LMConfig, PerceiverConfig, VisionConfig
+    from flamingo.quickstart.text import PROMPTS
 
     torch.manual_seed(seed)
     config = FlamingoConfig(
@@ -103,6 +104,7 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
         # Gates start at 0.5, not 0: at 0 the image signal reaches the copying head only quadratically in
         # the gate, a saddle from which tiny models learn "copy any name" instead (quickstart lessons).
         cross_attn=CrossAttnConfig(every_n=1, heads=2, dim_head=32, gate_init=gate_init),
+        prompts=PROMPTS,  # every checkpoint of the run records them; the pipeline and the evaluator read them
     )
     model = Flamingo.from_config(config)
     model.save_pretrained(str(out_dir))

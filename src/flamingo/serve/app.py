@@ -69,8 +69,9 @@ class ImagePart(BaseModel):
     url: str | None = None
 
 
-class GenerateRequest(BaseModel):
-    """An interleaved prompt and decoding settings; ``temperature`` 0 is greedy (or beam) search."""
+class GenerateBody(BaseModel):
+    """The JSON body of ``POST /v1/generate``: an interleaved prompt and decoding settings; ``temperature`` 0 is
+    greedy (or beam) search. (``flamingo.eval.models.GenerateRequest`` is the evaluator's request, not this.)"""
 
     model_config = ConfigDict(extra="forbid")
     prompt: list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] = Field(min_length=1)
@@ -131,7 +132,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits) -> None:
+def check_prompt_limits(
+    texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits
+) -> None:
     """The limits on a prompt's shape, checked before any image is decoded: the number of images, the length of
     the ``(label, text)`` parts, and no image marker typed into text (images arrive as images only)."""
     if num_images > limits.max_images:
@@ -149,12 +152,12 @@ def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, lim
             )
 
 
-def build_row(request: GenerateRequest, pipeline: FlamingoPipeline, limits: ServeLimits) -> tuple[str, list]:
+def build_row(request: GenerateBody, pipeline: FlamingoPipeline, limits: ServeLimits) -> tuple[str, list]:
     """The request's prompt as a ``(text with <image> markers, images)`` row, each image decoded under the
     limits. The text is never read as a path or URL (the tuple form keeps it text)."""
     marker = pipeline.processor.image_token
     texts = [(f"prompt[{i}]", p.text) for i, p in enumerate(request.prompt) if p.type == "text"]
-    check_prompt(texts, sum(p.type == "image" for p in request.prompt), marker, limits)
+    check_prompt_limits(texts, sum(p.type == "image" for p in request.prompt), marker, limits)
     parts, images = [], []
     for i, part in enumerate(request.prompt):
         if part.type == "text":
@@ -189,7 +192,7 @@ def decoding_settings(
     return DecodingSettings(int(max_new_tokens), int(num_beams), float(temperature), float(top_p))
 
 
-def check_settings(request: GenerateRequest, limits: ServeLimits) -> DecodingSettings:
+def check_settings(request: GenerateBody, limits: ServeLimits) -> DecodingSettings:
     if request.stream and request.num_beams > 1:
         log.info("beam search cannot stream token by token: the text arrives in one event")
     return decoding_settings(
@@ -305,7 +308,7 @@ def create_app(
         return examples
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses={400: {}, 413: {}, 415: {}, 503: {}})
-    def generate(request: GenerateRequest) -> Any:
+    def generate(request: GenerateBody) -> Any:
         """Generate a continuation of an interleaved prompt; ``stream: true`` answers with server-sent events."""
         settings = check_settings(request, limits)
         row = build_row(request, pipeline, limits)

@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from flamingo.distributed import DistInfo, barrier
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
-from flamingo.train.parallel import DistInfo, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
