@@ -115,3 +115,19 @@ def test_a_user_task_writes_its_template_out_or_names_the_models(tmp_path):
     assert task.with_prompts(OPENFLAMINGO).prompt == PromptTemplate(**own)
     named = load_task(_user_task(tmp_path, prompt="vqa"))
     assert named.prompt == "vqa" and named.with_prompts(OPENFLAMINGO).prompt == OPENFLAMINGO.vqa
+
+
+def test_flamingo_eval_prompts_option_reads_a_name_or_a_json_file(tmp_path):
+    """``--prompts``: the benchmark's templates by name, or a ``prompts`` section (a checkpoint's config.json)."""
+    import json
+
+    from flamingo.prompts import PromptError, load_prompt_config
+
+    assert load_prompt_config("openflamingo") == OPENFLAMINGO
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"prompts": {"classify": {"demo": "{image}{label}{eoc}", "query": "{image}"}}}))
+    loaded = load_prompt_config(config)
+    assert loaded.classify == PromptTemplate("{image}{label}{eoc}", "{image}") and loaded.vqa == OPENFLAMINGO.vqa
+    config.write_text(json.dumps({"prompts": {"clasify": {"demo": "{image}", "query": "{image}"}}}))
+    with pytest.raises(PromptError, match="unknown templates"):
+        load_prompt_config(config)
