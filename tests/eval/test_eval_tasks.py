@@ -125,9 +125,13 @@ def test_flamingo_eval_prompts_option_reads_a_name_or_a_json_file(tmp_path):
 
     assert load_prompt_config("openflamingo") == OPENFLAMINGO
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"prompts": {"classify": {"demo": "{image}{label}{eoc}", "query": "{image}"}}}))
+    config.write_text(
+        json.dumps({"prompts": {"classify": {"demo": "{image}{label}{eoc}", "query": "{image}"}}})
+    )
     loaded = load_prompt_config(config)
-    assert loaded.classify == PromptTemplate("{image}{label}{eoc}", "{image}") and loaded.vqa == OPENFLAMINGO.vqa
+    assert (
+        loaded.classify == PromptTemplate("{image}{label}{eoc}", "{image}") and loaded.vqa == OPENFLAMINGO.vqa
+    )
     config.write_text(json.dumps({"prompts": {"clasify": {"demo": "{image}", "query": "{image}"}}}))
     with pytest.raises(PromptError, match="unknown templates"):
         load_prompt_config(config)

@@ -389,11 +389,11 @@ class Flamingo(nn.Module):
         """
         if input_ids is None:
             raise ValueError("input_ids is required")
-        media, offset = self._prepare_media(images, image_mask, media, input_ids, image_offset)
         if labels is None and not return_logits:
             raise ValueError(
                 "return_logits=False asks for the loss alone: give labels, or leave return_logits on"
             )
+        media, offset = self._prepare_media(images, image_mask, media, input_ids, image_offset)
         fused = labels is not None and not return_logits and self.fused_loss_supported()
         with self._media_state(media, offset, cache_kv=False, capture_hidden=fused) as state:
             out = self.lm(
