@@ -194,7 +194,7 @@ def train_step_fn(impl: str, ref, ours, tokenizer, device: str, bf16: bool):
             if impl == "reference":
                 loss = model(pixels, ids, attention_mask=mask, labels=ids)[0]
             else:
-                loss = model(pixels, ids, mask, labels=ids).loss
+                loss = model(pixels, ids, mask, labels=ids, return_logits=False).loss
         loss.backward()
         if impl == "reference":  # its training loop trains only the new rows by masking the whole matrix
             embedding.weight.grad = embedding.weight.grad * keep
@@ -294,46 +294,18 @@ def matmul_peak_gflops(device: str, size: int = 2048, repeats: int = 5, dtype: s
     return 2 * size**3 / best / 1e9
 
 
-def flop_counter():
-    """``FlopCounterMode`` that also counts the CPU's fused attention kernels.
-
-    ``torch.utils.flop_counter`` has formulas for the CUDA attention kernels but not for
-    ``_scaled_dot_product_flash_attention_for_cpu`` (forward and backward), which every
-    ``F.scaled_dot_product_attention`` call runs on a CPU: without these the attention of the Hugging Face LM, of our
-    Perceiver and of our cross-attention counts as zero, while the reference's einsum attention (``bmm``) counts.
-    The same formulas as the CUDA kernels' (the backward includes the recomputed scores, as there).
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)
-
-    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-    return FlopCounterMode(
-        display=False,
-        custom_mapping={
-            aten._scaled_dot_product_flash_attention_for_cpu: forward,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-        },
-    )
-
-
 def count_flops(fn) -> float:
-    """FLOPs of one call of ``fn``, counted by :func:`flop_counter`."""
-    with flop_counter() as counter:
-        fn()
-    return float(counter.get_total_flops())
+    """FLOPs of one call of ``fn``: the library's counter (``flamingo.train.flops``, which also counts the CPU's
+    fused attention kernels), the one the trainer's MFU uses."""
+    from flamingo.train.flops import count_flops as library_count
+
+    return library_count(fn)
 
 
 def measure_train_arithmetic(steps: dict, args) -> list[dict]:
     """Floating-point operations of one training step of each implementation (``steps``: impl -> the timed step).
 
-    :func:`flop_counter` counts the matrix products and attention kernels. Divided by the step's time
+    :func:`count_flops` counts the matrix products and attention kernels. Divided by the step's time
     this gives each implementation's arithmetic speed, which the report sets against the machine's matmul
     peak measured in the same run: what speed-up equal arithmetic would give, and what speed a target needs.
     """

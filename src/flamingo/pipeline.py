@@ -7,8 +7,9 @@
 An item of a prompt is a ``str`` (text), a ``PIL.Image.Image``, a ``pathlib.Path`` or a ``str`` naming an
 existing image file (when ``allow_paths``, the default), or an ``http(s)://`` URL with no whitespace (only when
 URL fetching is allowed; private addresses are refused unless explicitly allowed). A list of such rows is a
-batch. The task helpers use the benchmark prompts of OpenFlamingo (see docs/openflamingo-compat.md,
-"Evaluation protocol").
+batch. The task helpers render the prompt templates of :mod:`flamingo.prompts`: by default those the checkpoint
+recorded (``config.prompts``; OpenFlamingo's benchmark prompts for a checkpoint that recorded none), or the
+``prompts`` given to the pipeline, or a ``template`` given to one call.
 """
 
 from __future__ import annotations
@@ -32,18 +33,11 @@ from flamingo.io.inputs import (
 )
 from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
 from flamingo.model.flamingo import Flamingo
+from flamingo.model.scoring import score_continuations
 from flamingo.processing import FlamingoProcessor
 from flamingo.processing import postprocess_caption as _postprocess_caption
 from flamingo.processing import postprocess_vqa as _postprocess_vqa
-
-# Benchmark prompts exactly as OpenFlamingo evaluates (see docs/openflamingo-compat.md, "Evaluation protocol"):
-# no space after the colon; captioning and VQA demonstrations end with a newline, classification ones do not.
-CAPTION_DEMO = "<image>Output:{caption}<|endofchunk|>\n"
-CAPTION_QUERY = "<image>Output:"
-VQA_DEMO = "<image>Question:{question} Short answer:{answer}<|endofchunk|>\n"
-VQA_QUERY = "<image>Question:{question} Short answer:"
-CLASSIFY_DEMO = "<image>Output:{label}<|endofchunk|>"
-CLASSIFY_QUERY = "<image>Output:"
+from flamingo.prompts import PromptConfig, PromptTemplate
 
 # Greedy decoding unless asked otherwise; the helpers use the benchmark settings (3 beams).
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 20, "num_beams": 1, "do_sample": False}
@@ -73,22 +67,6 @@ def postprocess_vqa(text: str) -> str:
     return _postprocess_vqa(text).strip()
 
 
-def caption_prompt(demo_captions: Sequence[str]) -> str:
-    """The captioning prompt text for demonstrations with these captions, ending at the query's ``Output:``."""
-    return "".join(CAPTION_DEMO.format(caption=c) for c in demo_captions) + CAPTION_QUERY
-
-
-def vqa_prompt(demo_pairs: Sequence[tuple[str, str]], question: str) -> str:
-    """The VQA prompt text for (question, answer) demonstrations and the query question."""
-    demos = "".join(VQA_DEMO.format(question=q, answer=a) for q, a in demo_pairs)
-    return demos + VQA_QUERY.format(question=question)
-
-
-def classify_prompt(demo_labels: Sequence[str]) -> str:
-    """The classification prompt text for demonstrations with these labels, ending at ``Output:``."""
-    return "".join(CLASSIFY_DEMO.format(label=label) for label in demo_labels) + CLASSIFY_QUERY
-
-
 def _sanitize_generation(generation: dict[str, Any]) -> dict[str, Any]:
     """Defaults filled in; sampling-only settings dropped for greedy/beam decoding (HF warns about them)."""
     merged = {**DEFAULT_GENERATION, **generation}
@@ -110,11 +88,14 @@ class FlamingoPipeline:
         processor: FlamingoProcessor | None = None,
         policy: ImagePolicy | None = None,
         max_prompt_tokens: int | None = None,
+        prompts: PromptConfig | None = None,
     ) -> None:
         self.model = model
         self.processor = processor or FlamingoProcessor.from_model(model)
         self.policy = policy or ImagePolicy()
         self.max_prompt_tokens = max_prompt_tokens
+        self.prompts = prompts if prompts is not None else model.config.prompts
+        """The task helpers' templates: the checkpoint's own unless others were given."""
         self.device_map: dict[str, int | str] | None = None
         """Where each module went when loaded with a split ``device_map`` (None: one device)."""
 
@@ -129,6 +110,7 @@ class FlamingoPipeline:
         max_memory: dict[int | str, int | str] | None = None,
         offload_folder: str | Path | None = None,
         trust_remote_code: bool = False,
+        prompts: PromptConfig | None = None,
         **policy: Any,
     ) -> FlamingoPipeline:
         """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
@@ -144,6 +126,7 @@ class FlamingoPipeline:
 
         ``policy`` holds :class:`~flamingo.io.inputs.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
+        ``prompts`` replaces the templates the checkpoint recorded.
         """
         split = isinstance(device_map, dict) or device_map in STRATEGIES
         if device_map is not None and not split:
@@ -166,7 +149,7 @@ class FlamingoPipeline:
             )
         placed = dispatch(loaded, device_map, max_memory, offload_folder) if split else None
         max_prompt_tokens = policy.pop("max_prompt_tokens", None)
-        pipe = cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens)
+        pipe = cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens, prompts=prompts)
         pipe.device_map = placed
         return pipe
 
@@ -291,17 +274,49 @@ class FlamingoPipeline:
         return TextStream(self, interleaved, generation)
 
     # ------------------------------------------------------------------ tasks
-    def caption(self, image: Item, demos: Sequence[tuple[Item, str]] = (), **generation: Any) -> str:
+    def render(self, template: PromptTemplate, demos: Sequence[dict[str, str]], query: dict[str, str]) -> str:
+        """The prompt text of ``template`` for these demonstration and query fields, with the model's tokens."""
+        return template.render(demos, query, self.processor.image_token, self.processor.eoc_token)
+
+    def caption_prompt(self, demo_captions: Sequence[str], template: PromptTemplate | None = None) -> str:
+        """The captioning prompt text for demonstrations with these captions, ending where the caption goes."""
+        template = template or self.prompts.caption
+        return self.render(template, [{"caption": c} for c in demo_captions], {})
+
+    def vqa_prompt(
+        self, demo_pairs: Sequence[tuple[str, str]], question: str, template: PromptTemplate | None = None
+    ) -> str:
+        """The VQA prompt text for (question, answer) demonstrations and the query question."""
+        demos = [{"question": q, "answer": a} for q, a in demo_pairs]
+        return self.render(template or self.prompts.vqa, demos, {"question": question})
+
+    def classify_prompt(self, demo_labels: Sequence[str], template: PromptTemplate | None = None) -> str:
+        """The classification prompt text for demonstrations with these labels, ending where a label goes."""
+        return self.render(template or self.prompts.classify, [{"label": label} for label in demo_labels], {})
+
+    def caption(
+        self,
+        image: Item,
+        demos: Sequence[tuple[Item, str]] = (),
+        template: PromptTemplate | None = None,
+        **generation: Any,
+    ) -> str:
         """A caption of ``image`` after (image, caption) demonstrations, post-processed like the benchmark."""
-        row = (caption_prompt([c for _, c in demos]), [im for im, _ in demos] + [image])
+        row = (self.caption_prompt([c for _, c in demos], template), [im for im, _ in demos] + [image])
         settings = {"num_beams": 3, "max_new_tokens": 20, **generation}
         return postprocess_caption(self.generate([row], **settings)[0].text)
 
     def vqa(
-        self, image: Item, question: str, demos: Sequence[tuple[Item, str, str]] = (), **generation: Any
+        self,
+        image: Item,
+        question: str,
+        demos: Sequence[tuple[Item, str, str]] = (),
+        template: PromptTemplate | None = None,
+        **generation: Any,
     ) -> str:
         """A short answer to ``question`` after (image, question, answer) demonstrations."""
-        row = (vqa_prompt([(q, a) for _, q, a in demos], question), [d[0] for d in demos] + [image])
+        prompt = self.vqa_prompt([(q, a) for _, q, a in demos], question, template)
+        row = (prompt, [d[0] for d in demos] + [image])
         settings = {"num_beams": 3, "max_new_tokens": 5, **generation}
         return postprocess_vqa(self.generate([row], **settings)[0].text)
 
@@ -318,11 +333,14 @@ class FlamingoPipeline:
         class_names: Sequence[str],
         demos: Sequence[tuple[Item, str]] = (),
         batch_size: int = 64,
+        template: PromptTemplate | None = None,
     ) -> dict[str, float]:
-        """Mean log-probability of each class name's tokens after ``classify_prompt`` (rank classification)."""
+        """Mean log-probability of each class name's tokens after :meth:`classify_prompt` (rank
+        classification)."""
         if not class_names:
             raise ValueError("class_names is empty: give at least one class name")
-        row = (classify_prompt([label for _, label in demos]), [im for im, _ in demos] + [image])
+        prompt = self.classify_prompt([label for _, label in demos], template)
+        row = (prompt, [im for im, _ in demos] + [image])
         scores = self.score_continuations(row, list(class_names), batch_size)
         return dict(zip(class_names, scores))
 
@@ -332,40 +350,20 @@ class FlamingoPipeline:
     ) -> list[float]:
         """Mean log-probability of each continuation's tokens (tokenized alone) following the prompt ``row``.
 
-        The images are encoded once; each chunk of continuations is one forward pass whose rows share them.
+        The images are encoded once and the prompt runs once; ``batch_size`` continuations share each further
+        forward pass (:func:`flamingo.model.scoring.score_continuations`).
         """
         batch = self.prepare([row])
         media = None
         if batch["images"] is not None:
             media = self.model.encode_media(batch["images"], batch["image_mask"])  # (1, t, l, d)
         tokenizer = self.processor.tokenizer
-        scores: list[float] = []
-        for start in range(0, len(continuations), batch_size):
-            chunk = continuations[start : start + batch_size]
-            ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in chunk]
-            empty = [c for c, i in zip(chunk, ids) if not i]
-            if empty:
-                raise ValueError(f"continuation {empty[0]!r} has no tokens")
-            scores += self._score_chunk(batch, media, ids)
-        return scores
-
-    def _score_chunk(
-        self, batch: dict[str, torch.Tensor | None], media: torch.Tensor | None, ids: list[list[int]]
-    ) -> list[float]:
-        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (1, s)
-        s, width, rows = prompt_ids.shape[1], max(len(i) for i in ids), len(ids)
-        pad = self.model.config.tokens.pad_id
-        input_ids = torch.full((rows, s + width), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(input_ids)
-        input_ids[:, :s], mask[:, :s] = prompt_ids, prompt_mask  # right padding after the continuation
-        for r, cont in enumerate(ids):
-            input_ids[r, s : s + len(cont)] = torch.tensor(cont, device=self.device)
-            mask[r, s : s + len(cont)] = 1
-        logits = self.model(input_ids=input_ids, attention_mask=mask, media=media).logits  # (e, s+w, v)
-        logp = logits[:, s - 1 : -1].float().log_softmax(-1)  # position i predicts token i+1
-        token_logp = logp.gather(-1, input_ids[:, s:, None])[..., 0]  # (e, w)
-        valid = mask[:, s:].float()
-        return ((token_logp * valid).sum(1) / valid.sum(1)).tolist()
+        ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        empty = [c for c, i in zip(continuations, ids) if not i]
+        if empty:
+            raise ValueError(f"continuation {empty[0]!r} has no tokens")
+        scores = score_continuations(self.model, batch["input_ids"], ids, media, batch_size, reduce="mean")
+        return scores.tolist()
 
 
 class TextStream:

@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.model.config import TokenConfig
+from flamingo.prompts import check_prompt
+
 Row = Sequence["str | Image.Image"] | tuple[str, Sequence[Image.Image]]
 
 
@@ -27,8 +30,8 @@ class FlamingoProcessor:
         self,
         tokenizer: Any,
         image_transform: Callable[[Sequence[Image.Image]], torch.Tensor],
-        image_token: str = "<image>",
-        eoc_token: str = "<|endofchunk|>",
+        image_token: str = TokenConfig.image_token,
+        eoc_token: str = TokenConfig.eoc_token,
         padding_side: str = "left",
     ) -> None:
         self.tokenizer = tokenizer
@@ -60,12 +63,7 @@ class FlamingoProcessor:
                         f"row {index}: items must be str or PIL.Image.Image, got {type(item).__name__}"
                     )
             text = "".join(parts)
-        markers = text.count(self.image_token)
-        if markers != len(images):
-            raise ValueError(
-                f"row {index} has {markers} {self.image_token} markers but {len(images)} images: give exactly one "
-                f"image per {self.image_token}, in order"
-            )
+        check_prompt(text, len(images), self.image_token, f"row {index}")
         return text, images
 
     def __call__(
@@ -121,7 +119,7 @@ class FlamingoProcessor:
 # Generated text -> answers, as OpenFlamingo's evaluation cleans it: a caption is cut at "Output" and its double
 # quotes removed; a VQA answer is cut at "Question", "Answer" or "Short", then at the first ", ". All first cut
 # at the stop token, in case the generator leaves it in.
-END_OF_CHUNK = "<|endofchunk|>"
+END_OF_CHUNK = TokenConfig.eoc_token
 _VQA_CUT = re.compile("Question|Answer|Short")
 _VQA_CUT_UNCASED = re.compile("question|answer|short", re.IGNORECASE)
 

@@ -21,6 +21,13 @@ from flamingo.eval.demos import (
     select_demos,
 )
 from flamingo.eval.tasks import load_task
+from flamingo.prompts import OPENFLAMINGO, PromptConfig, PromptTemplate
+
+
+def _task(name: str):
+    """A shipped task with its named template taken from OpenFlamingo's prompts (what the evaluator does
+    with a model's own)."""
+    return load_task(name).with_prompts(OPENFLAMINGO)
 
 
 def _vqa_examples(n: int, prefix: str = "train") -> list[EvalExample]:
@@ -65,7 +72,7 @@ def test_too_few_demos_is_a_clear_error():
 
 
 def test_zero_shot_prompts_have_text_demos_but_no_images():
-    task = load_task("vqav2")
+    task = _task("vqav2")
     query = _vqa_examples(1, "test")[0]
     demos, text_only = select_demos(task, _vqa_examples(20), query, shots=0, seed=0)
     assert len(demos) == 2 and text_only
@@ -76,7 +83,7 @@ def test_zero_shot_prompts_have_text_demos_but_no_images():
 
 
 def test_prompt_interleaves_demos_then_the_query_with_images_in_order():
-    task = load_task("vqav2")
+    task = _task("vqav2")
     demos, query = _vqa_examples(2), _vqa_examples(1, "test")[0]
     prompt = build_prompt(task, demos, query)
     assert prompt.text == (
@@ -89,7 +96,7 @@ def test_prompt_interleaves_demos_then_the_query_with_images_in_order():
 
 
 def test_text_only_context_ablation_removes_demo_images_and_tokens():
-    task = load_task("coco")
+    task = _task("coco")
     demos = [EvalExample(f"c{i}", f"/c{i}.jpg", None, [f" caption {i} "]) for i in range(4)]
     query = EvalExample("q", "/q.jpg", None, ["x"])
     prompt = build_prompt(task, demos, query, text_only_demos=True)
@@ -98,7 +105,7 @@ def test_text_only_context_ablation_removes_demo_images_and_tokens():
 
 
 def test_hateful_memes_prompt_uses_the_meme_text_and_label():
-    task = load_task("hateful_memes")
+    task = _task("hateful_memes")
     demo = EvalExample("1", "/1.png", None, ["yes"], "yes", {"text": "some text"})
     query = EvalExample("2", "/2.png", None, ["no"], "no", {"text": "other"})
     assert build_prompt(task, [demo], query).text == (
@@ -140,10 +147,21 @@ def test_rices_embedding_cache_is_keyed_by_files_and_encoder(tmp_path):
 
 
 def test_prompt_ensembling_gives_distinct_orders_of_the_same_demos():
-    task, demos, query = load_task("vqav2"), _vqa_examples(4), _vqa_examples(1, "test")[0]
+    task, demos, query = _task("vqav2"), _vqa_examples(4), _vqa_examples(1, "test")[0]
     prompts = ensemble_prompts(task, demos, query, seed=0, n=6)
     assert len({p.text for p in prompts}) == 6
     assert all(sorted(p.demo_ids) == sorted(d.id for d in demos) for p in prompts)
     assert prompts[0].demo_ids == [d.id for d in demos]
     assert len(demo_orders(demos[:2], 6, 0, "q")) == math.factorial(2)
     assert torch.equal(ensemble_scores([torch.zeros(3), torch.ones(3) * 2]), torch.ones(3))
+
+
+def test_prompts_use_the_model_tokens_and_its_own_templates():
+    """A named template comes from the model's prompts; the tokens are the model's, not a fixed spelling."""
+    own = PromptConfig(vqa=PromptTemplate("{image}Q: {question} A: {answer}{eoc}", "{image}Q: {question} A:"))
+    task = load_task("vqav2").with_prompts(own)
+    demos, query = _vqa_examples(1), _vqa_examples(1, "test")[0]
+    prompt = build_prompt(task, demos, query, image_token="<img>", eoc_token="<end>")
+    assert prompt.text == "<img>Q: question 0? A: answer 0<end><img>Q: question 0? A:"
+    with pytest.raises(ValueError, match="with_prompts"):
+        build_prompt(load_task("vqav2"), demos, query)  # a name, not yet resolved

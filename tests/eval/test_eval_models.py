@@ -12,8 +12,8 @@ from flamingo.eval.models import (
     FlamingoEvalModel,
     GenerateRequest,
     RankRequest,
-    expand_cache,
 )
+from flamingo.model.lm import expand_cache
 from flamingo.model.tiny import build_tiny_flamingo
 
 PROMPT = "<image>Output: a red circle.<|endofchunk|><image>Output: two blue<|endofchunk|><image>Output:"

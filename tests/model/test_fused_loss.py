@@ -107,6 +107,22 @@ def test_forward_without_labels_still_returns_logits():
     assert out.loss is None and out.logits.shape[:2] == ids.shape
 
 
+def test_labels_give_the_loss_and_the_logits_unless_the_loss_alone_is_asked_for():
+    """As in Hugging Face models, ``labels`` add the loss to the logits; ``return_logits=False`` (the trainer's
+    call) gives the same loss without them."""
+    model = build_tiny_flamingo("llama", gate_init=0.7)
+    ids = model.tokenizer(PROMPTS[:1], return_tensors="pt").input_ids
+    images = make_images(1, 2)
+    with torch.no_grad():
+        both = model(images, ids, labels=ids)
+        alone = model(images, ids, labels=ids, return_logits=False)
+        plain = model(images, ids).logits
+    assert both.logits.shape[:2] == ids.shape and torch.equal(both.logits, plain)
+    assert alone.logits is None and abs(both.loss.item() - alone.loss.item()) <= 1e-5 * both.loss.item()
+    with pytest.raises(ValueError, match="give labels"):
+        model(images, ids, return_logits=False)
+
+
 def test_huge_losses_stay_exact_when_the_target_probability_underflows(loss_path):
     hidden = torch.zeros(1, 3, 4, requires_grad=True)
     weight = torch.zeros(10, 4)

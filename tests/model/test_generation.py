@@ -190,7 +190,7 @@ def test_suppressed_tokens_are_never_generated():
 @pytest.mark.parametrize("rows", [1, 2, 3, 16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_skinny_linear_equals_linear(rows, bias):
-    from flamingo.model.flamingo import skinny_linear
+    from flamingo.model.kernels import skinny_linear
 
     g = torch.Generator().manual_seed(rows)
     head = torch.nn.Linear(32, 1000, bias=bias)

@@ -158,7 +158,7 @@ def test_request_level_limits(client, images):
 
 def test_openapi_describes_generate(client):
     schema = client.get("/openapi.json").json()
-    assert "/v1/generate" in schema["paths"] and "GenerateRequest" in schema["components"]["schemas"]
+    assert "/v1/generate" in schema["paths"] and "GenerateBody" in schema["components"]["schemas"]
 
 
 def test_concurrent_requests_are_batched_and_routed_back(live_server, pipe, images):

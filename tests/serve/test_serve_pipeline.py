@@ -12,28 +12,21 @@ import torch
 from flamingo.io import addresses
 from flamingo.io import inputs as image_rules
 from flamingo.io.inputs import ImagePolicy, InputError
-from flamingo.pipeline import (
-    FlamingoPipeline,
-    _StreamCleaner,
-    caption_prompt,
-    classify_prompt,
-    postprocess_caption,
-    postprocess_vqa,
-    vqa_prompt,
-)
+from flamingo.pipeline import FlamingoPipeline, _StreamCleaner, postprocess_caption, postprocess_vqa
 
 
-def test_prompts_follow_the_benchmark_templates():
-    assert caption_prompt(["a cat", "a dog"]) == (
+def test_prompts_follow_the_benchmark_templates(pipe):
+    """A checkpoint that recorded no templates gets OpenFlamingo's benchmark prompts."""
+    assert pipe.caption_prompt(["a cat", "a dog"]) == (
         "<image>Output:a cat<|endofchunk|>\n<image>Output:a dog<|endofchunk|>\n<image>Output:"
     )
-    assert vqa_prompt([("What is it?", "cat")], "Why?") == (
+    assert pipe.vqa_prompt([("What is it?", "cat")], "Why?") == (
         "<image>Question:What is it? Short answer:cat<|endofchunk|>\n<image>Question:Why? Short answer:"
     )
-    assert classify_prompt(["tench", "goldfish"]) == (
+    assert pipe.classify_prompt(["tench", "goldfish"]) == (
         "<image>Output:tench<|endofchunk|><image>Output:goldfish<|endofchunk|><image>Output:"
     )
-    assert caption_prompt([]) == "<image>Output:"
+    assert pipe.caption_prompt([]) == "<image>Output:"
 
 
 def test_helpers_send_the_templated_prompt_and_post_process(pipe, images, monkeypatch):
@@ -45,12 +38,12 @@ def test_helpers_send_the_templated_prompt_and_post_process(pipe, images, monkey
 
     monkeypatch.setattr(pipe, "generate", fake_generate)
     assert pipe.caption(images[1], demos=[(images[0], "a circle")]) == "a red dog"
-    assert seen[-1][0] == (caption_prompt(["a circle"]), [images[0], images[1]])
+    assert seen[-1][0] == (pipe.caption_prompt(["a circle"]), [images[0], images[1]])
     assert seen[-1][1] == {"num_beams": 3, "max_new_tokens": 20}
     assert (
         pipe.vqa(images[1], "Colour?", demos=[(images[0], "Shape?", "circle")]) == 'a "red" dog Output:junk'
     )
-    assert seen[-1][0] == (vqa_prompt([("Shape?", "circle")], "Colour?"), [images[0], images[1]])
+    assert seen[-1][0] == (pipe.vqa_prompt([("Shape?", "circle")], "Colour?"), [images[0], images[1]])
     assert seen[-1][1]["max_new_tokens"] == 5
 
 
@@ -98,7 +91,7 @@ def test_classify_picks_the_highest_mean_log_prob(pipe, images):
     names = ["red", "a blue square", "green triangle on a mat", "the cat"]
     demos = [(images[0], "red"), (images[1], "a blue square")]
     scores = pipe.class_scores(images[2], names, demos=demos, batch_size=3)  # two chunks
-    row = (classify_prompt([label for _, label in demos]), [images[0], images[1], images[2]])
+    row = (pipe.classify_prompt([label for _, label in demos]), [images[0], images[1], images[2]])
     manual = {n: _manual_mean_logprob(pipe, row, n) for n in names}
     assert list(scores) == names
     assert scores == pytest.approx(manual, abs=1e-4)
@@ -230,3 +223,92 @@ def test_url_fetching_rules(image_server, images, monkeypatch):
 )
 def test_address_rules(address, public):
     assert image_rules.address_allowed(address) is public
+
+
+# ---------------------------------------------------------------------------------------------- templates
+
+
+def _checkpoint_copy(model_dir, tmp_path, prompts=None, drop_prompts=False):
+    """A copy of the tiny checkpoint whose config.json records ``prompts`` (or has no prompts section)."""
+    import dataclasses
+    import json
+    import shutil
+
+    path = tmp_path / "ckpt"
+    shutil.copytree(model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    if drop_prompts:
+        config.pop("prompts", None)
+    if prompts is not None:
+        config["prompts"] = dataclasses.asdict(prompts)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_the_pipeline_uses_the_templates_its_checkpoint_recorded(model_dir, tmp_path, images, monkeypatch):
+    """A quickstart-like checkpoint records ``{image}{label}{eoc}`` (no "Output:") for classification; the
+    pipeline's classify scores the class names after exactly that prompt, not OpenFlamingo's."""
+    import flamingo.pipeline as pipeline_module
+    from flamingo.prompts import OPENFLAMINGO
+    from flamingo.quickstart.text import PROMPTS
+
+    loaded = FlamingoPipeline.from_pretrained(_checkpoint_copy(model_dir, tmp_path, PROMPTS))
+    assert loaded.prompts == PROMPTS and loaded.model.config.prompts == PROMPTS
+    assert loaded.classify_prompt(["red"]) == "<image>red<|endofchunk|><image>"
+    assert loaded.caption_prompt(["a cat"]) == "<image>Output:a cat<|endofchunk|><image>Output:"
+    prompts_seen = []
+    original = pipeline_module.score_continuations
+
+    def spy(model, input_ids, *args, **kwargs):
+        prompts_seen.append(loaded.processor.tokenizer.decode(input_ids[0]))
+        return original(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "score_continuations", spy)
+    names = ["red", "blue"]
+    scores = loaded.class_scores(images[1], names, demos=[(images[0], "red")])
+    assert prompts_seen == ["<image>red<|endofchunk|><image>"]
+    assert loaded.classify(images[1], names, demos=[(images[0], "red")]) == max(scores, key=scores.get)
+    # Explicit arguments override the checkpoint's templates: for the pipeline, or for one call.
+    benchmark = FlamingoPipeline(loaded.model, prompts=OPENFLAMINGO)
+    assert benchmark.classify_prompt(["red"]) == "<image>Output:red<|endofchunk|><image>Output:"
+    loaded.class_scores(images[1], names, demos=[(images[0], "red")], template=OPENFLAMINGO.classify)
+    assert prompts_seen[-1] == "<image>Output:red<|endofchunk|><image>Output:"
+
+
+def test_a_checkpoint_without_templates_loads_with_the_benchmark_ones(model_dir, tmp_path):
+    import json
+
+    from flamingo.prompts import OPENFLAMINGO
+
+    path = _checkpoint_copy(model_dir, tmp_path, drop_prompts=True)
+    assert "prompts" not in json.loads((path / "config.json").read_text())
+    assert FlamingoPipeline.from_pretrained(path).prompts == OPENFLAMINGO
+
+
+def test_the_evaluator_takes_the_checkpoint_templates_for_named_task_prompts(model_dir, tmp_path):
+    from flamingo.quickstart.pipeline import TASKS_DIR
+
+    from flamingo.eval.models import FlamingoEvalModel
+    from flamingo.eval.tasks import load_task
+    from flamingo.prompts import OPENFLAMINGO
+    from flamingo.quickstart.text import PROMPTS
+
+    model = FlamingoPipeline.from_pretrained(_checkpoint_copy(model_dir, tmp_path, PROMPTS)).model
+    evaluator = FlamingoEvalModel(model)
+    assert evaluator.prompts == PROMPTS
+    captions = load_task(TASKS_DIR / "world_captions.yaml")
+    assert captions.with_prompts(evaluator.prompts).prompt == PROMPTS.caption
+    assert captions.with_prompts(OPENFLAMINGO).prompt == OPENFLAMINGO.caption  # flamingo eval --prompts
+
+
+def test_bad_templates_in_a_checkpoint_are_named(model_dir, tmp_path):
+    import json
+
+    from flamingo.model.config import FlamingoConfig
+
+    path = _checkpoint_copy(model_dir, tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["prompts"]["classify"]["query"] = "Output:"  # no {image}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"prompts\.classify\.query: must contain \{image\} exactly once"):
+        FlamingoConfig.load(path / "config.json")

@@ -222,6 +222,23 @@ def test_examples_fill_in_valid_prompts(backend, pipe):
         assert len(images) == len(spec["shots"]) + 1 and form.mode == spec["settings"]["mode"]
 
 
+def test_the_demo_follows_the_checkpoint_templates(backend, uploaded):
+    """A quickstart-like model's templates put no newline between chunks and start the query at "Output:"; the
+    demo's prompt follows the pipeline's templates (the checkpoint's own by default)."""
+    from flamingo.pipeline import FlamingoPipeline
+    from flamingo.quickstart.text import PROMPTS
+    from flamingo.serve.ui import starting_query_text
+
+    quick = DemoBackend(
+        FlamingoPipeline(backend.pipeline.model, prompts=PROMPTS), backend.worker, LIMITS, backend.upload_dir
+    )
+    form = PromptForm.from_values(_values([(uploaded[0], "zorp")], (uploaded[1], "")), quick.slots)
+    assert quick.row(form)[0] == "<image>zorp<|endofchunk|><image>"
+    assert backend.row(form)[0] == "<image>zorp<|endofchunk|>\n<image>"  # OpenFlamingo's: a newline
+    assert starting_query_text(PROMPTS.caption) == starting_query_text(backend.pipeline.prompts.caption)
+    assert starting_query_text(backend.pipeline.prompts.caption) == "Output:"
+
+
 def test_the_app_serves_the_demo_and_the_api_without_network(model_dir, monkeypatch):
     import gradio.analytics
 

@@ -125,12 +125,3 @@ def test_a_cached_step_matches_an_uncached_one(tmp_path, shards):
         assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.grad_norm == pytest.approx(
             b.grad_norm, rel=1e-5
         )
-
-
-def test_model_flops_count_the_encoder_only_for_the_images_it_ran_on():
-    from flamingo.train.metrics import FlopsModel
-
-    flops = FlopsModel(trained_text=10, frozen_lm=100, vision=1000, perceiver=50, patches_per_image=4)
-    all_encoded = flops.flops(200, 8)
-    assert flops.flops(200, 8, 8) == all_encoded
-    assert all_encoded - flops.flops(200, 8, 2) == 6 * 4 * 2 * 1000

@@ -92,3 +92,24 @@ def test_a_non_finite_step_is_skipped_and_too_many_in_a_row_stop(tmp_path, shard
     trainer.train_step([SourceBatches("i", 1.0, [bad])])
     with pytest.raises(TrainingError, match="2 optimizer steps in a row"):
         trainer.train_step([SourceBatches("i", 1.0, [bad])])
+
+
+def test_the_first_step_is_counted_once_and_counting_changes_no_number(tmp_path, shards):
+    """MFU's FLOPs come from the first real step under the library's counter; the counter only watches."""
+    from flamingo.train.flops import count_flops, default_peak_flops
+
+    counted, plain = _trainer(tmp_path / "a"), _trainer(tmp_path / "b")
+    batches = _batches(counted, shards, n=2)
+    first = counted._counted_step([SourceBatches("i", 1.0, [batches[0]])])
+    flops, positions = counted.step_flops
+    holder = []
+    expected = count_flops(lambda: holder.append(plain.train_step([SourceBatches("i", 1.0, [batches[0]])])))
+    assert flops == expected > 0 and positions == first.positions
+    second = counted._counted_step([SourceBatches("i", 1.0, [batches[1]])])
+    assert counted.step_flops == (flops, positions)  # counted once
+    again = plain.train_step([SourceBatches("i", 1.0, [batches[1]])])
+    assert (first.loss, first.grad_norm) == (holder[0].loss, holder[0].grad_norm)
+    assert (second.loss, second.grad_norm) == (again.loss, again.grad_norm)
+    record = counted._record(second, 0.5, type("M", (), {"counts": lambda self: {}})())
+    peak = counted.config.logging.peak_flops or default_peak_flops(counted.info.device)
+    assert record["mfu"] == pytest.approx(flops * second.positions / positions / 0.5 / peak)

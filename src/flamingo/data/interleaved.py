@@ -27,9 +27,11 @@ from PIL import Image
 
 from flamingo.configs import ConfigError, between, from_mapping
 from flamingo.data.schema import InterleavedDocument
+from flamingo.model.config import TokenConfig
 
-IMAGE_TOKEN = "<image>"
-EOC_TOKEN = "<|endofchunk|>"
+# The defaults of the model's TokenConfig; every function takes the model's own tokens as arguments.
+IMAGE_TOKEN = TokenConfig.image_token
+EOC_TOKEN = TokenConfig.eoc_token
 PAIR_MAX_TOKENS = 32
 
 

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--text-only-context", action="store_true", help="ablation: remove demonstration images")
     ev.add_argument("--prompt-ensembles", type=int, default=1, help="classification: average N demo orders")
+    ev.add_argument(
+        "--prompts",
+        default=None,
+        help="templates for the tasks' named prompts: 'openflamingo' (the benchmark's) or a JSON file with a "
+        "'prompts' section (a config.json); default: those the checkpoint recorded",
+    )
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -92,6 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"flamingo eval needs {', '.join(missing)} (or use 'flamingo eval report').")
     from flamingo.eval.evaluator import evaluate
+    from flamingo.prompts import load_prompt_config
 
     results = evaluate(
         args.model,
@@ -111,6 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
+        prompts=None if args.prompts is None else load_prompt_config(args.prompts),
     )
     if results:  # every rank returns them; print once
         _print_scores(results, args.out)

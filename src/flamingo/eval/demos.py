@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from flamingo.eval.datasets import EvalExample
+from flamingo.model.config import TokenConfig
+from flamingo.prompts import PromptTemplate, check_prompt
 
 if TYPE_CHECKING:
     from flamingo.eval.tasks import TaskSpec
 
-IMAGE_TOKEN = "<image>"
-
 
 @dataclass
 class Prompt:
-    """An interleaved prompt: text with one ``<image>`` per entry of ``image_paths``, in order."""
+    """An interleaved prompt: text with one image marker per entry of ``image_paths``, in order."""
 
     text: str
     image_paths: list[str]
@@ -188,26 +188,28 @@ def template_fields(example: EvalExample) -> dict[str, str]:
 
 
 def build_prompt(
-    task: TaskSpec, demos: Sequence[EvalExample], query: EvalExample, text_only_demos: bool = False
+    task: TaskSpec,
+    demos: Sequence[EvalExample],
+    query: EvalExample,
+    text_only_demos: bool = False,
+    image_token: str = TokenConfig.image_token,
+    eoc_token: str = TokenConfig.eoc_token,
 ) -> Prompt:
-    """The prompt for ``query`` after ``demos``, with its images in order.
+    """The prompt for ``query`` after ``demos``, with its images in order, in the model's tokens.
 
     ``text_only_demos`` (0-shot, or the text-only-context ablation) removes the demonstrations'
-    images and their ``<image>`` tokens; the query keeps its image.
+    images and their image markers; the query keeps its image. ``task.prompt`` must be a template (a task's
+    named template is resolved against the model's first, see ``TaskSpec.with_prompts``).
     """
-    parts = []
-    for demo in demos:
-        text = task.prompt.demo.format(**template_fields(demo))
-        parts.append(text.replace(IMAGE_TOKEN, "") if text_only_demos else text)
-    parts.append(task.prompt.query.format(**template_fields(query)))
+    if not isinstance(task.prompt, PromptTemplate):
+        raise ValueError(
+            f"task {task.name}: prompt {task.prompt!r} is a name; resolve it with task.with_prompts(model.prompts)"
+        )
+    fields = [template_fields(d) for d in demos]
+    text = task.prompt.render(fields, template_fields(query), image_token, eoc_token, text_only_demos)
     images = [] if text_only_demos else [d.image_path for d in demos]
     images.append(query.image_path)
-    text = "".join(parts)
-    if text.count(IMAGE_TOKEN) != len(images):
-        raise ValueError(
-            f"prompt for example {query.id} has {text.count(IMAGE_TOKEN)} {IMAGE_TOKEN} tokens but "
-            f"{len(images)} images; does a question or caption contain the text {IMAGE_TOKEN}?"
-        )
+    check_prompt(text, len(images), image_token, f"the prompt of example {query.id}")
     return Prompt(text, images, [d.id for d in demos])
 
 
@@ -239,10 +241,13 @@ def ensemble_prompts(
     seed: int,
     n: int = 6,
     text_only_demos: bool = False,
+    image_token: str = TokenConfig.image_token,
+    eoc_token: str = TokenConfig.eoc_token,
 ) -> list[Prompt]:
     """Prompt ensembling: one prompt per demonstration order (OpenFlamingo uses up to 6)."""
     return [
-        build_prompt(task, order, query, text_only_demos) for order in demo_orders(demos, n, seed, query.id)
+        build_prompt(task, order, query, text_only_demos, image_token, eoc_token)
+        for order in demo_orders(demos, n, seed, query.id)
     ]
 
 

@@ -11,38 +11,27 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from flamingo.distributed import DistInfo
+
 T = TypeVar("T")
-
-
-@dataclass
-class DistInfo:
-    """Where this process stands: its rank, the world size, and whether we created the process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def init_distributed(device: str | torch.device = "cpu") -> DistInfo:
     """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA), if any."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), owns_group=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), owns_group=True)
+    owns_group = False
+    if not (dist.is_available() and dist.is_initialized()):
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return DistInfo()
+        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
+        owns_group = True
+    rank = dist.get_rank()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return DistInfo(rank, dist.get_world_size(), local_rank, owns_group=owns_group)
 
 
 def close_distributed(info: DistInfo) -> None:
@@ -85,8 +74,3 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(info: DistInfo) -> None:
-    if info.world_size > 1:
-        dist.barrier()

@@ -13,7 +13,6 @@ rank 0 writes ``<out>/<task>/predictions.jsonl`` and ``results.json`` with every
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from flamingo.distributed import DistInfo, barrier
 from flamingo.eval.datasets import EvalExample
 from flamingo.eval.demos import (
     Prompt,
@@ -36,8 +36,6 @@ from flamingo.eval.demos import (
     select_demos,
 )
 from flamingo.eval.distributed import (
-    DistInfo,
-    barrier,
     broadcast_object,
     close_distributed,
     dedupe,
@@ -49,6 +47,7 @@ from flamingo.eval.models import EvalModel, FlamingoEvalModel, GenerateRequest, 
 from flamingo.eval.postprocess import get_postprocessor
 from flamingo.eval.results import PredictionRecord, write_results
 from flamingo.eval.tasks import TaskSpec, load_task
+from flamingo.prompts import PromptConfig
 
 DEMO_MODES = ("random", "rices")
 TEST_SUBSET_SEED = 0  # the --num-samples subset is the same for every seed: seeds vary demonstrations only
@@ -156,34 +155,52 @@ def _demos(run: _TaskRun, example_index: int, shots: int, seed: int, query_set: 
 
 
 def _prompts(
-    run: _TaskRun, index: int, shots: int, seed: int, query_set: list[EvalExample], options: dict[str, Any]
+    run: _TaskRun,
+    index: int,
+    shots: int,
+    seed: int,
+    query_set: list[EvalExample],
+    options: dict[str, Any],
+    tokens: tuple[str, str],
 ) -> list[Prompt]:
+    """The prompts of one example; ``tokens``: the model's image marker and end of chunk."""
     demos, text_only = _demos(run, index, shots, seed, query_set)
     text_only = text_only or options["text_only_context"]
     example = run.test[index]
     if run.spec.task_type == "classification" and options["prompt_ensembles"] > 1 and len(demos) > 1:
-        return ensemble_prompts(run.spec, demos, example, seed, options["prompt_ensembles"], text_only)
-    return [build_prompt(run.spec, demos, example, text_only)]
+        return ensemble_prompts(
+            run.spec, demos, example, seed, options["prompt_ensembles"], text_only, *tokens
+        )
+    return [build_prompt(run.spec, demos, example, text_only, *tokens)]
 
 
-def _build_requests(runs: Sequence[_TaskRun], options: dict[str, Any]) -> _Requests:
+def _build_requests(runs: Sequence[_TaskRun], options: dict[str, Any], model: EvalModel) -> _Requests:
     requests = _Requests()
+    tokens = _model_tokens(model)
     for t, run in enumerate(runs):
         spec = run.spec
         for seed in spec.seeds:
             query_set = build_query_set(run.train, spec.query_set_size, seed)
             for shots in spec.shots:
                 for index in run.local:
-                    for prompt in _prompts(run, index, shots, seed, query_set, options):
+                    for prompt in _prompts(run, index, shots, seed, query_set, options, tokens):
                         slot = _Slot(t, shots, seed, index, prompt.demo_ids)
-                        _add_request(requests, run, prompt, slot)
+                        _add_request(requests, run, prompt, slot, tokens[1])
     return requests
 
 
-def _add_request(requests: _Requests, run: _TaskRun, prompt: Prompt, slot: _Slot) -> None:
+def _model_tokens(model: EvalModel) -> tuple[str, str]:
+    """The model's image marker and end of chunk (``EvalModel``'s defaults for a model that names none)."""
+    return (
+        getattr(model, "image_token", EvalModel.image_token),
+        getattr(model, "eoc_token", EvalModel.eoc_token),
+    )
+
+
+def _add_request(requests: _Requests, run: _TaskRun, prompt: Prompt, slot: _Slot, eoc_token: str) -> None:
     if run.spec.task_type == "generation":
         d = run.spec.decoding
-        stop = tuple(s for s in d.stop if s != "<|endofchunk|>")  # <|endofchunk|> is the model's eos
+        stop = tuple(s for s in d.stop if s != eoc_token)  # the model stops at its end of chunk anyway
         requests.generate.append(
             GenerateRequest(
                 prompt.text,
@@ -314,7 +331,7 @@ def _resolve_model(
 ) -> EvalModel:
     if isinstance(model, str):
         if device == "cuda" and info.world_size > 1:  # one GPU per torchrun process
-            device = f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}"
+            device = f"cuda:{info.local_rank}"
         return FlamingoEvalModel.from_pretrained(
             model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
         )
@@ -323,9 +340,12 @@ def _resolve_model(
     return model
 
 
-def _task_spec(name: str, shots, seeds, query_set_size: int, zero_shot_text_demos: int) -> TaskSpec:
-    """The task file's spec with this run's shots, seeds and demonstration pool (so results record them)."""
-    spec = load_task(name)
+def _task_spec(
+    name: str, shots, seeds, query_set_size: int, zero_shot_text_demos: int, prompts: PromptConfig
+) -> TaskSpec:
+    """The task file's spec with this run's shots, seeds, demonstration pool and the template its prompt names
+    taken from ``prompts`` (so results record them)."""
+    spec = load_task(name).with_prompts(prompts)
     return dataclasses.replace(
         spec,
         shots=tuple(int(s) for s in shots),
@@ -355,6 +375,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     trust_remote_code: bool = False,
+    prompts: PromptConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (an ``EvalModel`` or a checkpoint directory) on ``tasks`` (names or YAML paths).
 
@@ -362,7 +383,9 @@ def evaluate(
     ``num_samples`` evaluates a fixed seeded subset of each test split; ``demo_mode="rices"`` picks the most
     similar training images (embedded by ``rices_embedder``, default ``model.embed_images``, cached on disk);
     ``text_only_context`` removes the demonstrations' images (an ablation); ``prompt_ensembles`` > 1
-    averages classification scores over that many demonstration orders. Writes ``<out_dir>/<task>/`` and
+    averages classification scores over that many demonstration orders. A task file's named template (``prompt:
+    caption``) comes from ``prompts`` when given, else from the model's own (``model.prompts``: the templates
+    a checkpoint recorded). Writes ``<out_dir>/<task>/`` and
     returns ``{task: results}`` (the content of each ``results.json``) on every rank. ``trust_remote_code=True``
     lets a checkpoint whose LM needs its repository's own code run it.
     """
@@ -374,7 +397,8 @@ def evaluate(
     info = init_distributed(device)
     try:
         eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code)
-        specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos) for t in tasks]
+        templates = prompts if prompts is not None else getattr(eval_model, "prompts", EvalModel.prompts)
+        specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos, templates) for t in tasks]
         options = {
             "num_samples": num_samples,
             "test_subset_seed": TEST_SUBSET_SEED,
@@ -437,7 +461,7 @@ def _run(
 ) -> tuple[dict[int, list[PredictionRecord]], dict[str, float]]:
     """Build every request, run them, and gather this run's records (deduplicated) on every rank."""
     show = progress and info.is_main
-    requests = _build_requests(runs, options)
+    requests = _build_requests(runs, options, model)
     chunk = max(1, options["batch_size"]) * 16
     start = time.perf_counter()
     outputs = _run_generation(model, requests.generate, chunk, show)

@@ -13,9 +13,8 @@ Like lm-evaluation-harness, a model answers a few kinds of request and knows not
 * each image's resampled latents ``(l, d)`` are computed once and kept in an LRU keyed by file path, so the
   same demonstration image is never re-encoded for the next prompt that shows it;
 * rank classification runs the prompt once with the KV cache on, then scores a chunk of class names per
-  forward pass from copies of that cache: chunk rows share the prompt's single media row
-  (``Flamingo.forward`` rows ``r*e .. r*e+e-1`` share media row ``r``), and the log-probabilities are gathered
-  for all tokens at once.
+  forward pass from copies of that cache (:func:`flamingo.model.scoring.score_continuations`, which the
+  pipeline's ``class_scores`` uses too).
 
 Images are given as file paths (cached) or PIL images (encoded for that call only).
 """
@@ -23,29 +22,30 @@ Images are given as file paths (cached) or PIL images (encoded for that call onl
 from __future__ import annotations
 
 import abc
-import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from flamingo.errors import MissingFileError
+from flamingo.model.config import TokenConfig
+from flamingo.model.scoring import score_continuations
+from flamingo.prompts import OPENFLAMINGO, PromptConfig, check_prompt
 
 if TYPE_CHECKING:
     from flamingo.model.flamingo import Flamingo
     from flamingo.processing import FlamingoProcessor
 
 ImageLike = str | Image.Image
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass
 class GenerateRequest:
-    """One prompt to continue: ``prompt`` holds one ``<image>`` per entry of ``images``, in order."""
+    """One prompt to continue: ``prompt`` holds one image marker (the model's ``image_token``) per entry of
+    ``images``, in order."""
 
     prompt: str
     images: list[ImageLike]
@@ -54,7 +54,7 @@ class GenerateRequest:
     min_new_tokens: int = 0
     length_penalty: float = 0.0
     stop: tuple[str, ...] = ()
-    """Extra stop strings besides ``<|endofchunk|>``; the output is cut at the first one."""
+    """Extra stop strings besides the model's end of chunk; the output is cut at the first one."""
 
     def decoding_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share a batch."""
@@ -83,15 +83,6 @@ def load_image(image: ImageLike) -> Image.Image:
         ) from err
 
 
-def check_prompt(prompt: str, images: Sequence[ImageLike]) -> None:
-    """One ``<image>`` per image, or a clear error."""
-    if prompt.count(IMAGE_TOKEN) != len(images):
-        raise ValueError(
-            f"prompt has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} markers but {len(images)} images: "
-            f"give one image per marker, in order. Prompt starts: {prompt[:80]!r}"
-        )
-
-
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to the first stop string."""
     for s in stop:
@@ -104,6 +95,12 @@ class EvalModel(abc.ABC):
 
     name: str = "model"
     """Identifies the model in results files and the RICES embedding cache key."""
+    image_token: str = TokenConfig.image_token
+    """The image marker its prompts hold (one per image)."""
+    eoc_token: str = TokenConfig.eoc_token
+    """The text that ends a chunk; generation stops there."""
+    prompts: PromptConfig = OPENFLAMINGO
+    """The templates a task file's named prompt comes from (a Flamingo checkpoint's own)."""
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
@@ -168,32 +165,6 @@ class FeatureCache:
         self._items.clear()
 
 
-def expand_cache(cache: Any, rows: int) -> Any:
-    """A cache holding ``rows`` copies of the single-row ``cache`` along the batch; ``cache`` is untouched.
-
-    transformers ``Cache`` objects grow in place (``DynamicLayer.update`` concatenates and reassigns), so each
-    chunk of continuations gets a shallow copy whose layers are then repeated with the public
-    ``batch_repeat_interleave``; legacy tuple caches are repeated tensor by tensor.
-    """
-    from transformers.cache_utils import Cache
-
-    if isinstance(cache, Cache):
-        new = copy.copy(cache)
-        new.layers = [copy.copy(layer) for layer in cache.layers]
-        new.batch_repeat_interleave(rows)
-        return new
-    return tuple(tuple(t.repeat_interleave(rows, dim=0) for t in layer) for layer in cache)
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ids (c, T) right-padded with ``pad_id`` and their lengths (c,)."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return ids, lengths
-
-
 # --------------------------------------------------------------------------------------------------
 # Our model
 # --------------------------------------------------------------------------------------------------
@@ -218,6 +189,8 @@ class FlamingoEvalModel(EvalModel):
         self.model = model.eval()
         self.processor = processor or FlamingoProcessor.from_model(model, padding_side="left")
         self.tokenizer = self.processor.tokenizer
+        self.image_token, self.eoc_token = self.processor.image_token, self.processor.eoc_token
+        self.prompts = model.config.prompts
         self.batch_size = batch_size
         self.class_chunk_size = class_chunk_size
         self.encode_batch_size = encode_batch_size
@@ -311,7 +284,7 @@ class FlamingoEvalModel(EvalModel):
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         for r in requests:
-            check_prompt(r.prompt, r.images)
+            check_prompt(r.prompt, len(r.images), self.image_token)
         lengths = self._token_lengths([r.prompt for r in requests])
         # Longest first within each decoding setting: batches hold similar lengths (less padding) and an
         # out-of-memory error, if any, shows up on the first batch.
@@ -372,52 +345,11 @@ class FlamingoEvalModel(EvalModel):
     ) -> torch.Tensor:
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
-        check_prompt(context, images)
+        check_prompt(context, len(images), self.image_token)
         tokens = self._continuation_tokens(continuations)
         ids = self.tokenizer(context, return_tensors="pt")["input_ids"].to(self.device)  # (1, L)
         media, _ = self.batch_media([images])
-        out = self.model(input_ids=ids, media=media, use_cache=True)
-        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,) predicts every first token
-        offset = torch.tensor([len(images)], device=self.device)
-        totals = torch.empty(len(tokens))
-        counts = torch.tensor([len(t) for t in tokens], dtype=torch.float)
-        # Similar lengths together: less padding per chunk.
-        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
-        for start in range(0, len(order), self.class_chunk_size):
-            chunk = order[start : start + self.class_chunk_size]
-            scores = self._score_chunk([tokens[i] for i in chunk], first, out.past_key_values, media, offset)
-            totals[chunk] = scores.cpu()
-        return totals / counts if reduce == "mean" else totals
-
-    def _score_chunk(
-        self,
-        tokens: Sequence[Sequence[int]],
-        first: torch.Tensor,
-        cache: Any,
-        media: torch.Tensor | None,
-        offset: torch.Tensor,
-    ) -> torch.Tensor:
-        """Summed log-probabilities (c,) of c continuations after the cached prompt."""
-        ids, lengths = pad_right(tokens, self.model.config.tokens.pad_id)
-        ids, lengths = ids.to(self.device), lengths.to(self.device)
-        total = first[ids[:, 0]]  # (c,)
-        if ids.shape[1] == 1:  # single-token continuations: the prompt's last logits say everything
-            return total
-        rows, prompt_len = ids.shape[0], _cache_length(cache)
-        inputs = ids[:, :-1]  # the last token is predicted, never fed
-        attention = torch.ones(rows, prompt_len + inputs.shape[1], dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=inputs,
-            attention_mask=attention,
-            media=media,
-            image_offset=None if media is None else offset,
-            past_key_values=expand_cache(cache, rows),
-            use_cache=True,
-        )
-        logp = F.log_softmax(out.logits.float(), dim=-1)  # (c, T-1, V)
-        picked = logp.gather(-1, ids[:, 1:, None])[..., 0]  # (c, T-1): log p(token j+1 | ... token j)
-        valid = torch.arange(1, ids.shape[1], device=ids.device)[None] < lengths[:, None]
-        return total + (picked * valid).sum(dim=1)
+        return score_continuations(self.model, ids, tokens, media, self.class_chunk_size, reduce)
 
     # ------------------------------------------------------------------ embeddings
     @torch.no_grad()
@@ -429,9 +361,3 @@ class FlamingoEvalModel(EvalModel):
             pixels = self.processor.image_transform(batch).to(self.device)
             chunks.append(self.model.vision(pixels).mean(dim=1).float().cpu())  # (n, d_vis)
         return torch.cat(chunks) if chunks else torch.empty(0, self.model.vision.width)
-
-
-def _cache_length(cache: Any) -> int:
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    return int(cache[0][0].shape[-2])

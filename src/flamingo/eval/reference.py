@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from flamingo.eval.models import EvalModel, GenerateRequest, ImageLike, RankRequest, check_prompt, load_image
+from flamingo.eval.models import EvalModel, GenerateRequest, ImageLike, RankRequest, load_image
+from flamingo.prompts import check_prompt
 
 
 class OpenFlamingoEvalModel(EvalModel):
@@ -79,7 +80,7 @@ class OpenFlamingoEvalModel(EvalModel):
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
             for r in batch:
-                check_prompt(r.prompt, r.images)
+                check_prompt(r.prompt, len(r.images), self.image_token)
             images = self._prepare_images([r.images for r in batch])
             ids, mask = self._prepare_text([r.prompt for r in batch], pad_mask=True)
             first = batch[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flamingo.configs import ConfigError, between, from_mapping, read_mapping, show
+from flamingo.prompts import PromptConfig
 
 FORMAT_VERSION = 1
 MEDIA_POLICIES = ("previous", "all_previous")
@@ -163,6 +164,8 @@ class FlamingoConfig:
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     cross_attn: CrossAttnConfig = field(default_factory=CrossAttnConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    """The prompt templates the model was trained with (absent from older checkpoints: OpenFlamingo's)."""
     format_version: int = field(default=FORMAT_VERSION, metadata=between(1, 1_000_000))
     """Version of the checkpoint format."""
     backbones_included: bool = False

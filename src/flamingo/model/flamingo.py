@@ -10,7 +10,8 @@ up and always tear down (a ``ContextVar``, so threads never share it and an exce
 3. a forward hook on the input embedding swaps in the trainable rows of the added tokens;
 4. a forward hook on the output head computes the added tokens' logits from those rows (or from separate
    trainable output rows when the head is not tied). Its pre-hook can take the head's input instead: for the
-   fused training loss, and for CPU decode steps, whose few rows :func:`skinny_linear` multiplies faster.
+   fused training loss, and for CPU decode steps, whose few rows take another kernel
+   (:mod:`flamingo.model.kernels`, where every such hardware-motivated choice lives).
 
 Axis letters: b batch, t image slot, f frame, n patch tokens, l latents, s text length, d width.
 """
@@ -39,8 +40,10 @@ from flamingo.model.cross_attention import (
     plan_routing,
 )
 from flamingo.model.feature_cache import VisionFeatureCache
+from flamingo.model.kernels import added_rows, skinny_head_applies, skinny_linear
 from flamingo.model.lm import (
     _get_path,
+    cache_length,
     cross_attn_layer_indices,
     decoder_layers_path,
     has_custom_plain_head,
@@ -177,7 +180,7 @@ class Flamingo(nn.Module):
                 "Flamingo needs input_ids: inputs_embeds alone do not say where <image> tokens are"
             )
         expand = ids.shape[0] // state.offset.shape[0]  # beams / returned sequences / continuations per row
-        continuing = _cache_length(kwargs.get("past_key_values")) > 0
+        continuing = cache_length(kwargs.get("past_key_values")) > 0
         segmented = self.segmented_attention
         # A decode step: one query per row sees one image, and planning segments would read sizes back from
         # the device at every new token. Under generate() each prompt's image is fixed (below); in other calls
@@ -229,10 +232,7 @@ class Flamingo(nn.Module):
         rel = args[0] - self._new.start
         added = self.new_token_embeddings.shape[0]
         is_new = (rel >= 0) & (rel < added)
-        # A one-hot matmul, not an index: equal values, and its backward is a matmul where an index's backward
-        # would accumulate every position into k rows (a sort on a GPU, ~6 ms per step at OF-3B size).
-        one_hot = F.one_hot(rel.clamp(0, added - 1), added).to(output.dtype)  # (b, s, k)
-        rows = one_hot @ self.new_token_embeddings.to(output.dtype)  # (b, s, d)
+        rows = added_rows(rel, self.new_token_embeddings, output.dtype)  # (b, s, d)
         scale = getattr(
             module, "embed_scale", None
         )  # scaled embeddings (Gemma, ...) multiply inside the module
@@ -375,7 +375,7 @@ class Flamingo(nn.Module):
         image_offset: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
-        return_logits: bool | None = None,
+        return_logits: bool = True,
         loss_reduction: str = "mean",
         **lm_kwargs: Any,
     ) -> FlamingoOutput:
@@ -386,13 +386,18 @@ class Flamingo(nn.Module):
         next-token cross-entropy over labels != -100 (``loss_reduction``: ``mean``, 0 when there are none and
         never NaN, or ``sum``).
 
-        With ``labels``, the logits are not built unless ``return_logits=True`` (``logits`` is then None): the
-        loss comes straight from the final hidden states in chunks (``flamingo.model.loss``), which saves the
-        largest activation of a training step and most of its memory traffic. LM families whose output
-        post-processes the head (``fused_loss_supported()`` False) always take the plain path.
+        Like a Hugging Face model's, the output holds the logits, with the loss too when ``labels`` are given.
+        ``return_logits=False`` (the trainer's call) asks for the loss alone: ``logits`` is then None and, where
+        the LM family allows it (``fused_loss_supported()``), the logits are never built: the loss comes straight
+        from the final hidden states in chunks (``flamingo.model.loss``), which saves the largest activation of a
+        training step and most of its memory traffic.
         """
         if input_ids is None:
             raise ValueError("input_ids is required")
+        if labels is None and not return_logits:
+            raise ValueError(
+                "return_logits=False asks for the loss alone: give labels, or leave return_logits on"
+            )
         media, offset = self._prepare_media(images, image_mask, media, input_ids, image_offset)
         fused = labels is not None and not return_logits and self.fused_loss_supported()
         with self._media_state(media, offset, cache_kv=False, capture_hidden=fused) as state:
@@ -416,7 +421,8 @@ class Flamingo(nn.Module):
             )
             return FlamingoOutput(loss=loss, logits=None, past_key_values=out.past_key_values, media=media)
         loss = None if labels is None else next_token_loss(out.logits, labels, loss_reduction)
-        return FlamingoOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values, media=media)
+        logits = out.logits if return_logits else None
+        return FlamingoOutput(loss=loss, logits=logits, past_key_values=out.past_key_values, media=media)
 
     @torch.no_grad()
     def generate(
@@ -554,15 +560,6 @@ class _LayerHook:
         return args, kwargs
 
 
-def _cache_length(past: Any) -> int:
-    """Tokens already held by an LM cache (a ``Cache`` object or legacy tuples); 0 for none."""
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    return int(past[0][0].shape[-2]) if len(past) else 0
-
-
 def _with_frames(images: torch.Tensor) -> torch.Tensor:
     if images.ndim == 5:
         return images.unsqueeze(2)  # (b, t, c, h, w) -> (b, t, 1, c, h, w)
@@ -591,41 +588,6 @@ class SuppressTokens(LogitsProcessor):
             kept = [i for i in self.token_ids if 0 <= i < key[1]]
             self._index[key] = torch.tensor(kept, dtype=torch.long, device=scores.device)
         return scores.index_fill(-1, self._index[key], float("-inf"))
-
-
-SKINNY_HEAD_ROWS = 16
-"""Decode steps on a CPU with at most this many head rows (beams x batch) take :func:`skinny_linear`."""
-
-
-def skinny_head_applies(module: nn.Module, hidden: torch.Tensor) -> bool:
-    """Whether ``module(hidden)`` is a no-graph fp32 CPU linear over at most ``SKINNY_HEAD_ROWS`` rows whose
-    weight lives on the CPU (an offloaded head's weight is only there while its own forward runs)."""
-    return (
-        type(module) is nn.Linear
-        and not torch.is_grad_enabled()
-        and hidden.device.type == "cpu"
-        and module.weight.device == hidden.device  # not offloaded (accelerate keeps such weights on "meta")
-        and hidden.dtype == module.weight.dtype == torch.float32
-        and 0 < hidden[..., 0].numel() <= SKINNY_HEAD_ROWS
-    )
-
-
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for a few rows against a wide weight, as ``weight @ x.T``.
-
-    x (..., d) with few rows, weight (v, d) -> (..., v). On a CPU, BLAS runs ``x @ weight.T`` with a handful of
-    rows 3-8x below the memory bandwidth of reading ``weight`` (measured with MKL on this project's 2-core
-    machine: 4.1 ms for a 32k x 256 head and one row, 12.3 ms for three rows), while ``weight @ x.T`` with at
-    least two columns streams it (0.8-1.5 ms). A single row is padded to two: BLAS would take the slow
-    matrix-vector path for it. Values equal ``F.linear``'s up to the order of the fp32 sums.
-    """
-    flat = x.reshape(-1, x.shape[-1])  # (n, d)
-    n = flat.shape[0]
-    cols = flat.T if n > 1 else torch.cat([flat, flat]).T  # (d, max(n, 2))
-    out = (weight @ cols)[:, :n].T.contiguous()  # (n, v)
-    if bias is not None:
-        out = out + bias
-    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

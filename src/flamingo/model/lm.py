@@ -6,6 +6,7 @@ reaches it only through module hooks (see ``flamingo.model.flamingo``).
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -229,3 +230,29 @@ def check_token_ids(found: TokenConfig, expected: TokenConfig, where: str) -> No
 def is_tied(lm: nn.Module) -> bool:
     out = lm.get_output_embeddings()
     return out is not None and out.weight is lm.get_input_embeddings().weight
+
+
+def cache_length(past: Any) -> int:
+    """Tokens already held by an LM's KV cache (a ``transformers`` ``Cache`` or legacy tuples); 0 for none."""
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return int(past[0][0].shape[-2]) if len(past) else 0
+
+
+def expand_cache(cache: Any, rows: int) -> Any:
+    """A cache holding ``rows`` copies of the single-row ``cache`` along the batch; ``cache`` is untouched.
+
+    transformers ``Cache`` objects grow in place (``DynamicLayer.update`` concatenates and reassigns), so the
+    copy is shallow per layer, then repeated with the public ``batch_repeat_interleave``; legacy tuple caches
+    are repeated tensor by tensor.
+    """
+    from transformers.cache_utils import Cache
+
+    if isinstance(cache, Cache):
+        new = copy.copy(cache)
+        new.layers = [copy.copy(layer) for layer in cache.layers]
+        new.batch_repeat_interleave(rows)
+        return new
+    return tuple(tuple(t.repeat_interleave(rows, dim=0) for t in layer) for layer in cache)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from flamingo.quickstart import world
+from flamingo.quickstart.text import PROMPTS
 
 CONDITIONS = ("shots", "blanked", "text_only", "heldout_combos")
 
@@ -59,19 +60,22 @@ def make_episode(rng: random.Random, shots: int, names: list[str], heldout_combo
     )
 
 
-def episode_row(episode: Episode, mode: str = "images") -> list[Any]:
-    """The interleaved row (text and PIL images) for the processor; ``mode``: images, blanked, text_only."""
-    row: list[Any] = []
-    for image, name in zip(episode.demo_images, episode.demo_names):
-        if mode == "images":
-            row.append(image)
-        elif mode == "blanked":
-            row.append(world.blank_image())
-        elif mode != "text_only":
-            raise ValueError(f"unknown episode mode {mode!r}")
-        row.append(f"{name}<|endofchunk|>")
-    row.append(episode.query_image)
-    return row
+def episode_row(
+    episode: Episode, image_token: str, eoc_token: str, mode: str = "images"
+) -> tuple[str, list[Image.Image]]:
+    """The ``(prompt, images)`` row for the processor, in the quickstart's classification template (the query
+    is the template's query: its image, the name to come); ``mode``: images, blanked, text_only."""
+    if mode == "images":
+        shown = list(episode.demo_images)
+    elif mode == "blanked":
+        shown = [world.blank_image() for _ in episode.demo_images]
+    elif mode == "text_only":
+        shown = []
+    else:
+        raise ValueError(f"unknown episode mode {mode!r}")
+    demos = [{"label": name} for name in episode.demo_names]
+    text = PROMPTS.classify.render(demos, {}, image_token, eoc_token, text_only_demos=mode == "text_only")
+    return text, [*shown, episode.query_image]
 
 
 @torch.no_grad()
@@ -84,7 +88,8 @@ def score_episodes(
     predictions: list[str] = []
     for start in range(0, len(episodes), batch_size):
         chunk = episodes[start : start + batch_size]
-        batch = processor([episode_row(e, mode) for e in chunk], padding_side="left")
+        rows = [episode_row(e, processor.image_token, processor.eoc_token, mode) for e in chunk]
+        batch = processor(rows, padding_side="left")
         logits = model(
             batch["images"], batch["input_ids"], batch["attention_mask"], image_mask=batch["image_mask"]
         ).logits[:, -1]  # (b, vocab): the token after the query's <image>

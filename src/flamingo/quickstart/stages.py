@@ -88,6 +88,7 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
 
     from flamingo import Flamingo, FlamingoConfig
     from flamingo.model import CrossAttnConfig, LMConfig, PerceiverConfig, VisionConfig
+    from flamingo.quickstart.text import PROMPTS
 
     torch.manual_seed(seed)
     config = FlamingoConfig(
@@ -104,6 +105,7 @@ def initial_model(lm_dir: Path, clip_visual: Path, out_dir: Path, gate_init: flo
         # the gate, a saddle from which tiny models learn "copy any name" instead (see docs/quickstart.md,
         # "Why the recipe looks like this").
         cross_attn=CrossAttnConfig(every_n=1, heads=2, dim_head=32, gate_init=gate_init),
+        prompts=PROMPTS,  # every checkpoint of the run records them; the pipeline and the evaluator read them
     )
     model = Flamingo.from_config(config)
     model.save_pretrained(str(out_dir))

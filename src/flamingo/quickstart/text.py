@@ -16,9 +16,11 @@ import random
 import re
 from typing import Any
 
+from flamingo.model.config import TokenConfig
+from flamingo.prompts import PromptConfig, PromptTemplate
 from flamingo.quickstart.world import COUNT_WORDS, PLURALS, Scene
 
-EOC = "<|endofchunk|>"
+EOC = TokenConfig.eoc_token
 EOS = "<|endoftext|>"
 PAD = "<PAD>"
 UNK = "<unk>"
@@ -48,6 +50,17 @@ OUTROS = ("Thanks for visiting.", "See you soon.", "More next week.")
 PROMPT_TEXT = (
     "Output: Question: Short answer: Answer: what colour shape how many is are the object objects there"
 )
+PROMPTS = PromptConfig(
+    caption=PromptTemplate("{image}Output:{caption}{eoc}", "{image}Output:"),
+    vqa=PromptTemplate(
+        "{image}Question:{question} Short answer:{answer}{eoc}", "{image}Question:{question} Short answer:"
+    ),
+    classify=PromptTemplate("{image}{label}{eoc}", "{image}"),
+    interleaved=PromptTemplate("{image}{text}{eoc}", "{image}{text}"),
+)
+"""The prompt templates the quickstart's model learns and is evaluated with, recorded in its checkpoints: the
+world's pages put no newline between chunks, and a novel-label episode shows ``{image}{name}{eoc}`` per
+demonstration and then the query's ``{image}`` (see ``flamingo.quickstart.episodes``)."""
 QUESTION_KINDS = ("colour", "shape", "count")
 QA_STYLES = ("marked", "plain")
 NAME_QUESTION_WORDS = ("name",)

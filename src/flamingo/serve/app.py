@@ -100,8 +100,9 @@ class ImagePart(BaseModel):
     url: str | None = None
 
 
-class GenerateRequest(BaseModel):
-    """An interleaved prompt and decoding settings; ``temperature`` 0 is greedy (or beam) search."""
+class GenerateBody(BaseModel):
+    """The JSON body of ``POST /v1/generate``: an interleaved prompt and decoding settings; ``temperature`` 0 is
+    greedy (or beam) search. (``flamingo.eval.models.GenerateRequest`` is the evaluator's request, not this.)"""
 
     model_config = ConfigDict(extra="forbid")
     prompt: list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] = Field(min_length=1)
@@ -231,7 +232,9 @@ def error_response(err: InputError) -> JSONResponse:
     return JSONResponse(error_body(err.code, err.message), err.status, headers=headers)
 
 
-def check_prompt(texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits) -> None:
+def check_prompt_limits(
+    texts: list[tuple[str, str]], num_images: int, marker: str, limits: ServeLimits
+) -> None:
     """The limits on a prompt's shape, checked before any image is decoded: the number of images, the length of
     the ``(label, text)`` parts, and no image marker typed into text (images arrive as images only)."""
     if num_images > limits.max_images:
@@ -296,7 +299,7 @@ class RequestImages:
         reservation.shrink(taken - decoded_bytes(image.width, image.height, "RGB"))
         return image
 
-    async def row(self, request: GenerateRequest, reservation: Reservation) -> tuple[str, list[Image.Image]]:
+    async def row(self, request: GenerateBody, reservation: Reservation) -> tuple[str, list[Image.Image]]:
         """The request's prompt as a ``(text with <image> markers, images)`` row. Every limit that needs no image
         is checked first; URL fetches then all start at once (each under its own deadline) and the images are
         decoded in prompt order. The text is never read as a path or URL (the tuple form keeps it text)."""
@@ -305,7 +308,7 @@ class RequestImages:
         for i, part in enumerate(request.prompt):
             if part.type == "image":
                 labels[i] = f"prompt[{i}] (image {len(labels) + 1})"
-        check_prompt(texts, len(labels), self.marker, self.limits)
+        check_prompt_limits(texts, len(labels), self.marker, self.limits)
         for i, label in labels.items():
             part = request.prompt[i]
             if (part.base64 is None) == (part.url is None):
@@ -368,7 +371,7 @@ def decoding_settings(
     return DecodingSettings(int(max_new_tokens), int(num_beams), float(temperature), float(top_p))
 
 
-def check_settings(request: GenerateRequest, limits: ServeLimits) -> DecodingSettings:
+def check_settings(request: GenerateBody, limits: ServeLimits) -> DecodingSettings:
     if request.stream and request.num_beams > 1:
         log.info("beam search cannot stream token by token: the text arrives in one event")
     return decoding_settings(
@@ -533,7 +536,7 @@ def create_app(
         response_model=GenerateResponse,
         responses={400: {}, 403: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
     )
-    async def generate(request: GenerateRequest, http: Request) -> Any:
+    async def generate(request: GenerateBody, http: Request) -> Any:
         """Generate a continuation of an interleaved prompt; ``stream: true`` answers with server-sent events."""
         settings = check_settings(request, limits)
         reservation = http.scope.get(RESERVATION_KEY) or budget.reservation()

@@ -4,7 +4,9 @@ A person builds a few-shot prompt from demonstrations (an image and its text eac
 decoding settings and watches the answer stream in. The prompt preview numbers the images in prompt order, with
 a thumbnail of each, and colours the text that belongs to it. Clicking an example fills in everything.
 
-Every generation takes the API's path: the same prompt and settings limits (``check_prompt``,
+The prompt follows the model's ``interleaved`` template (``pipeline.prompts``: the checkpoint's own), and the query
+box starts with the text of its captioning query. Every generation takes the API's path: the same prompt and
+settings limits (``check_prompt_limits``,
 ``decoding_settings``), the same image rules (:func:`~flamingo.io.inputs.read_upload` under the pipeline's
 ``ImagePolicy``, images reduced after decoding), the same memory budget and the same
 :class:`~flamingo.serve.worker.BatchWorker`. Images are read only from Gradio's
@@ -34,9 +36,10 @@ from PIL import Image
 from flamingo.io.images import decoded_bytes
 from flamingo.io.inputs import ImagePolicy, InputError, read_upload
 from flamingo.pipeline import Completion, FlamingoPipeline
+from flamingo.prompts import PromptTemplate
 from flamingo.serve.app import (
     ServeLimits,
-    check_prompt,
+    check_prompt_limits,
     decoding_settings,
     exception_payload,
     follow,
@@ -102,12 +105,21 @@ class PromptForm:
 
 
 def few_shot_row(
-    demos: list[tuple[Image.Image, str]], query: tuple[Image.Image, str], image_token: str, eoc_token: str
+    demos: list[tuple[Image.Image, str]],
+    query: tuple[Image.Image, str],
+    template: PromptTemplate,
+    image_token: str,
+    eoc_token: str,
 ) -> tuple[str, list[Image.Image]]:
-    """The pipeline row of a few-shot prompt: each demonstration's text ends its chunk (``<|endofchunk|>`` and a
-    newline, as in the benchmark prompts); the query's text is where the answer continues."""
-    text = "".join(f"{image_token}{t}{eoc_token}\n" for _, t in demos) + f"{image_token}{query[1]}"
+    """The pipeline row of a few-shot prompt in ``template`` (an ``interleaved`` one, whose ``{text}`` is each
+    part's text): each demonstration's text ends its chunk; the query's text is where the answer continues."""
+    text = template.render([{"text": t} for _, t in demos], {"text": query[1]}, image_token, eoc_token)
     return text, [image for image, _ in demos] + [query[0]]
+
+
+def starting_query_text(template: PromptTemplate) -> str:
+    """The query box's starting text: a captioning query template without its image (``Output:``)."""
+    return template.render([], {"question": "", "text": ""}, "", "")
 
 
 class DemoBackend:
@@ -131,7 +143,7 @@ class DemoBackend:
         """The form's parts after the prompt limits, the same as the API's (no image is read yet)."""
         parts = form.parts()
         texts = [(f"{label} text", text) for label, _, text in parts]
-        check_prompt(texts, len(parts), self.pipeline.processor.image_token, self.limits)
+        check_prompt_limits(texts, len(parts), self.pipeline.processor.image_token, self.limits)
         return parts
 
     def load(self, path: str, label: str, reservation: Reservation | None = None) -> Image.Image:
@@ -161,8 +173,8 @@ class DemoBackend:
         if problem := form.missing():
             raise InputError(problem, "incomplete_prompt")
         loaded = [(self.load(path, label, reservation), text) for label, path, text in self.check(form)]
-        processor = self.pipeline.processor
-        return few_shot_row(loaded[:-1], loaded[-1], processor.image_token, processor.eoc_token)
+        processor, template = self.pipeline.processor, self.pipeline.prompts.interleaved
+        return few_shot_row(loaded[:-1], loaded[-1], template, processor.image_token, processor.eoc_token)
 
     def generate(self, *values: Any) -> Iterator[tuple[str, str]]:
         """Yields (answer so far, status) while the worker streams the answer; an error ends in the status line
@@ -223,7 +235,8 @@ class DemoBackend:
                 except InputError as err:
                     problems.append(f"{label}: {err.message}")
             chip = f'<span class="fl-chip {colour}">{thumb}image {index + 1}</span>'
-            end = '<span class="fl-eoc">&lt;|endofchunk|&gt;</span>' if label != "query" else ""
+            eoc = html.escape(self.pipeline.processor.eoc_token)
+            end = f'<span class="fl-eoc">{eoc}</span>' if label != "query" else ""
             cursor = '<span class="fl-cursor" title="the answer continues here">▍</span>' if not end else ""
             segment = f'<span class="fl-seg {colour}">{html.escape(text)}</span>'
             pieces.append(f'<div class="fl-line" title="{label}">{chip}{segment}{end}{cursor}</div>')
@@ -292,7 +305,7 @@ class _Page:
         return [self.shots, *self.demo_inputs, self.query_image, self.query_text, *self.settings]
 
 
-def _prompt_builder(slots: int) -> _Page:
+def _prompt_builder(slots: int, query_start: str) -> _Page:
     """Left column: how many demonstrations, an (image, text) box per slot, the query, the prompt preview."""
     import gradio as gr
 
@@ -315,7 +328,7 @@ def _prompt_builder(slots: int) -> _Page:
         demo_inputs += [image, text]
     with gr.Group(), gr.Row():
         query_image = gr.Image(label=f"Query image (image {used + 1})", elem_id="query-image", **image_box)
-        query_text = gr.Textbox(label="Query text", value="Output:", lines=3, elem_id="query-text")
+        query_text = gr.Textbox(label="Query text", value=query_start, lines=3, elem_id="query-text")
     gr.Markdown("**Prompt preview**: the model reads it top to bottom; each image comes before its text.")
     preview = gr.HTML(elem_id="preview")
     return _Page(shots, groups, demo_inputs, query_image, query_text, preview, settings=[])
@@ -347,7 +360,7 @@ def build_demo(backend: DemoBackend, model_name: str = "") -> Any:
         gr.Markdown(_intro(model_name), elem_id="intro")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                page = _prompt_builder(backend.slots)
+                page = _prompt_builder(backend.slots, starting_query_text(backend.pipeline.prompts.caption))
             with gr.Column(scale=2):
                 page.settings = _settings_panel(backend.limits)
                 with gr.Row():

@@ -27,12 +27,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from flamingo.distributed import DistInfo, barrier
 from flamingo.errors import MissingFileError
 from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_state
 from flamingo.model.files import fsync_dir, fsync_tree, load_safetensors, load_torch_file
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
-from flamingo.train.parallel import DistInfo, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 

@@ -18,34 +18,16 @@ After 1 or 2 replace decoder layers, ``model.attach()`` moves the Flamingo hooks
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from flamingo.distributed import DistInfo
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import _get_path
 from flamingo.train.config import ParallelConfig
-
-
-@dataclass
-class DistInfo:
-    """This process's place: rank, world size and device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 def init_distributed(config: ParallelConfig, device: str = "auto") -> DistInfo:
@@ -79,11 +61,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
 
 
 def decoder_layers(model: Flamingo) -> nn.ModuleList:

@@ -36,19 +36,19 @@ from flamingo.data.loader import (
     SourceLoader,
     check_packing,
 )
+from flamingo.distributed import DistInfo, barrier
 from flamingo.errors import FlamingoError
 from flamingo.model.feature_cache import VisionFeatureCache
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import add_lora, lora_config, lora_modules
 from flamingo.train import checkpointing as ckpt
 from flamingo.train.config import LoraConfig, ModelConfig, RunConfig
+from flamingo.train.flops import default_peak_flops, flop_counter
 from flamingo.train.freeze import freeze_backbones
-from flamingo.train.metrics import FlopsModel, MetricsLogger, default_peak_flops
+from flamingo.train.metrics import MetricsLogger
 from flamingo.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from flamingo.train.parallel import (
-    DistInfo,
     all_reduce_sum,
-    barrier,
     init_distributed,
     parallelize,
     strategy_for,
@@ -241,7 +241,8 @@ class Trainer:
             )
             self.step, self.skipped_steps = shared["step"], shared["skipped_steps"]
             self.skipped_in_row, self.data_state = shared["skipped_in_row"], per_rank["data"]
-        self.flops = FlopsModel.of(model)
+        self.step_flops: tuple[float, int] | None = None
+        """(FLOPs this rank counted in its first step, that step's token slots): what MFU is measured from."""
         self.vision_cache = self._vision_cache()
 
     def _vision_cache(self) -> VisionFeatureCache | None:
@@ -299,14 +300,15 @@ class Trainer:
         """Summed next-token cross-entropy of a micro-batch over its supervised tokens (fp32)."""
         batch = batch.to(self.info.device)
         with self._autocast():
-            # The model computes the loss from its final hidden states, without the (b, s, vocab) logits
-            # (flamingo.model.loss), where the LM family allows it.
+            # The loss alone: the model computes it from its final hidden states, without the (b, s, vocab)
+            # logits (flamingo.model.loss), where the LM family allows it.
             out = self.train_model(
                 batch.images,
                 batch.input_ids,
                 batch.attention_mask,
                 batch.labels,
                 image_mask=batch.image_mask,
+                return_logits=False,
                 loss_reduction="sum",
             )
         return out.loss.float()
@@ -449,7 +451,7 @@ class Trainer:
         try:
             while self.step < config.train.steps:
                 started = time.perf_counter()
-                stats = self.train_step(mixture.next_step(self.step, config.train.grad_accum))
+                stats = self._counted_step(mixture.next_step(self.step, config.train.grad_accum))
                 record = self._record(stats, time.perf_counter() - started, mixture)
                 result.losses[stats.step] = stats.loss
                 if stats.step % config.logging.every == 0 or stats.step == config.train.steps:
@@ -468,10 +470,25 @@ class Trainer:
         result.step, result.skipped_steps, result.data_skips = self.step, self.skipped_steps, mixture.counts()
         return result
 
+    def _counted_step(self, sources: list[SourceBatches]) -> StepStats:
+        """:meth:`train_step`; the first one under the FLOP counter (:mod:`flamingo.train.flops`), which only
+        watches: the step's numbers are the same with it."""
+        if self.step_flops is not None:
+            return self.train_step(sources)
+        with flop_counter() as counter:
+            stats = self.train_step(sources)
+        self.step_flops = (float(counter.get_total_flops()), max(stats.positions, 1))
+        return stats
+
     def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
-        """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts."""
+        """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts.
+
+        MFU: the first step's counted FLOPs, scaled to this step's token slots (a step's arithmetic grows with
+        them), over the step's time and this rank's peak (every rank does its share of the same step).
+        """
         seconds = max(seconds, 1e-9)
-        flops = self.flops.flops(stats.tokens, stats.images, stats.encoded_images)
+        counted, counted_positions = self.step_flops or (0.0, 1)
+        flops = counted * stats.positions / counted_positions  # this rank's
         peak = self.config.logging.peak_flops or default_peak_flops(self.info.device)
         record: dict[str, Any] = {"step": stats.step, "loss": stats.loss, "lr": stats.lr}
         record |= {f"loss/{name}": value for name, value in stats.source_losses.items()}
@@ -481,7 +498,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "samples_per_s": stats.samples / seconds,
             "tokens_per_s": stats.tokens / seconds,
-            "mfu": flops / seconds / (peak * self.info.world_size),
+            "mfu": flops / seconds / peak,
             "step_seconds": seconds,
         }
         tokens = max(stats.tokens, 1)

@@ -7,9 +7,9 @@ fields are documented on ``TaskSpec``; ``coco.yaml`` is a commented example.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
-import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,12 +19,16 @@ from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping, hint,
 from flamingo.errors import MissingFileError, UnknownNameError
 from flamingo.eval.datasets import EvalExample, get_reader, imagenet_clip_classnames, resolve
 from flamingo.eval.metrics import METRICS
-from flamingo.eval.postprocess import END_OF_CHUNK, POSTPROCESSORS
+from flamingo.eval.postprocess import POSTPROCESSORS
+from flamingo.prompts import (
+    BENCHMARK_TEMPLATES,
+    PromptConfig,
+    PromptTemplate,
+    resolve_template,
+)
 
 TASK_TYPES = ("generation", "classification")
-IMAGE_TOKEN = "<image>"
-DEMO_FIELDS = frozenset({"caption", "answer", "label", "question", "text"})
-QUERY_FIELDS = frozenset({"question", "text"})
+TEMPLATE_NAMES = (*(f.name for f in dataclasses.fields(PromptConfig)), *sorted(BENCHMARK_TEMPLATES))
 
 
 class TaskSpecError(ConfigError):
@@ -33,16 +37,6 @@ class TaskSpecError(ConfigError):
 
 def _fail(source: str, name: str, problem: str, fix: str) -> TaskSpecError:
     return TaskSpecError(f"{source}: field '{name}': {problem}. Fix: {fix}")
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """Prompt templates; placeholders {caption} {answer} {label} {question} {text}."""
-
-    demo: str
-    """One demonstration, e.g. ``"<image>Output:{caption}<|endofchunk|>\\n"``."""
-    query: str
-    """The test example, ending where the model continues, e.g. ``"<image>Output:"``."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +49,8 @@ class DecodingSpec:
     """Most tokens generated after the prompt."""
     length_penalty: float = field(default=0.0, metadata=between(-100, 100))
     """Beam search length penalty (OpenFlamingo uses 0)."""
-    stop: tuple[str, ...] = (END_OF_CHUNK,)
-    """Strings that end generation."""
+    stop: tuple[str, ...] = ()
+    """Strings that end generation besides the model's end of chunk (where it always stops)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +67,9 @@ class TaskSpec:
     """Reader options for the demonstration split; paths are relative to the data root."""
     test: dict[str, Any]
     """Reader options for the evaluated split."""
-    prompt: PromptSpec
-    """Demonstration and query templates."""
+    prompt: PromptTemplate | str
+    """The name of a template (``caption``, ``vqa``, ``classify``: the evaluated model's own, see
+    ``flamingo.prompts``; or ``hateful_memes``), or a demonstration and a query template written out."""
     metric: str
     """Metric name (see ``flamingo.eval.metrics.METRICS``)."""
     postprocess: str = "none"
@@ -105,6 +100,12 @@ class TaskSpec:
     def __post_init__(self) -> None:
         _validate(self)
 
+    def with_prompts(self, prompts: PromptConfig) -> TaskSpec:
+        """This task with its named template taken from ``prompts`` (a model's); a written-out one stays."""
+        if isinstance(self.prompt, PromptTemplate):
+            return self
+        return dataclasses.replace(self, prompt=resolve_template(self.prompt, prompts))
+
     def load_split(self, split: str, data_root: str) -> list[EvalExample]:
         """Read the ``train`` or ``test`` split from the files under ``data_root``."""
         if split not in ("train", "test"):
@@ -125,18 +126,6 @@ class TaskSpec:
         return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-def _check_template(source: str, name: str, template: str, allowed: frozenset[str]) -> None:
-    try:
-        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise _fail(source, name, f"bad template ({err})", "write literal braces as {{ and }}") from err
-    unknown = used - allowed
-    if unknown:
-        raise _fail(source, name, f"unknown placeholders {sorted(unknown)}", f"use only {sorted(allowed)}")
-    if template.count(IMAGE_TOKEN) != 1:
-        raise _fail(source, name, f"must contain {IMAGE_TOKEN} exactly once", f"put one {IMAGE_TOKEN} first")
-
-
 def _validate(spec: TaskSpec) -> None:
     src = spec.source
     if spec.task_type not in TASK_TYPES:
@@ -144,8 +133,12 @@ def _validate(spec: TaskSpec) -> None:
     _check_registered(src, "metric", spec.metric, METRICS)
     _check_registered(src, "postprocess", spec.postprocess, POSTPROCESSORS)
     _check_reader(spec)
-    _check_template(src, "prompt.demo", spec.prompt.demo, DEMO_FIELDS)
-    _check_template(src, "prompt.query", spec.prompt.query, QUERY_FIELDS)
+    if isinstance(spec.prompt, str) and spec.prompt not in TEMPLATE_NAMES:
+        close = difflib.get_close_matches(spec.prompt, TEMPLATE_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise _fail(src, "prompt", f"no template {spec.prompt!r}", f"{hint}known: {list(TEMPLATE_NAMES)}")
+    if not isinstance(spec.prompt, (str, PromptTemplate)):
+        raise _fail(src, "prompt", "must be a template name or a mapping", "e.g. prompt: caption")
     if spec.task_type == "generation" and spec.decoding is None:
         raise _fail(
             src, "decoding", "a generation task needs decoding settings", "add num_beams, max_new_tokens"
