@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_eval_end_to_end import IMAGENET_SUBSET, write_imagenet_subset, write_synset_mapping
 
 from flamingo.eval.datasets import (
     DataFileError,
+    class_names_of,
     get_reader,
     imagenet_clip_classnames,
     read_hateful_memes,
     read_hf_dataset,
+    read_imagenet_flat,
     read_imagenet_folder,
     read_karpathy,
     read_textvqa,
@@ -134,20 +137,112 @@ def test_hateful_memes(tmp_path, image_writer):
     _assert_images_open(examples)
 
 
-def test_imagenet_folder_with_a_class_map(tmp_path, image_writer):
+def test_imagenet_class_folders_with_a_partial_class_map_take_its_first_names(tmp_path, image_writer):
     for wnid in ("n01440764", "n01443537"):
         image_writer(tmp_path / "val" / wnid / f"ILSVRC2012_val_{wnid}.JPEG", fmt="JPEG")
     (tmp_path / "map.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
     examples = read_imagenet_folder(str(tmp_path), "val", class_map="map.txt")
-    assert [e.label for e in examples] == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+    assert [e.label for e in examples] == ["tench", "goldfish"]
     assert examples[1].extra["class_index"] == 1
+    assert class_names_of(examples) == ["tench", "goldfish"]
     _assert_images_open(examples)
 
 
 def test_imagenet_subset_without_a_class_map_is_a_clear_error(tmp_path, image_writer):
     image_writer(tmp_path / "val" / "n01440764" / "a.JPEG", fmt="JPEG")
-    with pytest.raises(DataFileError, match="class map"):
+    with pytest.raises(DataFileError, match=r"class_map.*LOC_synset_mapping\.txt"):
         read_imagenet_folder(str(tmp_path), "val")
+
+
+def _ids_labels_indices(examples):
+    return [(e.id, e.label, e.extra["class_index"]) for e in examples]
+
+
+def test_imagenet_flat_validation_layout(tmp_path):
+    write_imagenet_subset(tmp_path, "flat")
+    options = {"labels": "imagenet/LOC_val_solution.csv", "class_map": "imagenet/LOC_synset_mapping.txt"}
+    examples = read_imagenet_folder(str(tmp_path), "imagenet/val", **options)  # layout: auto
+    assert _ids_labels_indices(examples) == [
+        ("ILSVRC2012_val_00000001.JPEG", "tench", 0),
+        ("ILSVRC2012_val_00000002.JPEG", "tench", 0),
+        ("ILSVRC2012_val_00000003.JPEG", "goldfish", 1),
+        ("ILSVRC2012_val_00000004.JPEG", "goldfish", 1),
+        ("ILSVRC2012_val_00000005.JPEG", "tabby cat", 281),  # CLIP's name, not the map's "tabby, tabby cat"
+        ("ILSVRC2012_val_00000006.JPEG", "tabby cat", 281),
+    ]
+    assert [e.extra["wnid"] for e in examples[::2]] == [w for w, *_ in IMAGENET_SUBSET]
+    assert class_names_of(examples) == ["tench", "goldfish", "tabby cat"]
+    assert read_imagenet_folder(str(tmp_path), "imagenet/val", layout="flat", **options) == examples
+    # The same images in class folders read to the same ids, labels and order.
+    other = write_imagenet_subset(tmp_path / "folders", "class_folders")
+    folders = read_imagenet_folder(str(other), "imagenet/val", **options)
+    assert _ids_labels_indices(folders) == _ids_labels_indices(examples)
+    _assert_images_open(examples + folders)
+
+
+def test_imagenet_flat_layout_names_a_subset_from_a_partial_map(tmp_path):
+    write_imagenet_subset(tmp_path, "flat")
+    write_synset_mapping(tmp_path / "imagenet/LOC_synset_mapping.txt", full=False)  # the 3 lines only
+    examples = read_imagenet_flat(
+        str(tmp_path), "imagenet/val", "imagenet/LOC_val_solution.csv", "imagenet/LOC_synset_mapping.txt"
+    )
+    assert class_names_of(examples) == ["tench", "goldfish", "tabby"]
+    assert {e.label for e in examples} == {"tench", "goldfish", "tabby"}
+
+
+def test_imagenet_flat_layout_with_the_full_csv_needs_no_mapping(tmp_path, image_writer):
+    """The full LOC_val_solution.csv lists all 1000 wnids: their sorted order gives the class index."""
+    wnids = sorted(
+        f"n{(2000000 if i < 281 else 3000000) + i:08d}" for i in range(1000) if i not in (0, 1, 281)
+    )
+    wnids = sorted(wnids + [w for w, *_ in IMAGENET_SUBSET])
+    rows = [f"ILSVRC2012_val_{i + 1:08d},{w} 1 2 3 4" for i, w in enumerate(wnids)]
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    image_writer(tmp_path / "val" / "ILSVRC2012_val_00000282.JPEG", fmt="JPEG")
+    (example,) = read_imagenet_folder(
+        str(tmp_path), "val", labels="LOC_val_solution.csv", class_map="nope.txt"
+    )
+    assert (example.label, example.extra["wnid"], example.extra["class_index"]) == (
+        "tabby cat",
+        "n02123045",
+        281,
+    )
+
+
+def test_imagenet_image_without_a_csv_row_is_an_error(tmp_path, image_writer):
+    write_imagenet_subset(tmp_path, "flat")
+    image_writer(tmp_path / "imagenet/val/ILSVRC2012_val_00000777.JPEG", fmt="JPEG")
+    with pytest.raises(DataFileError, match=r"LOC_val_solution\.csv: no row.*ILSVRC2012_val_00000777"):
+        read_imagenet_folder(str(tmp_path), "imagenet/val", labels="imagenet/LOC_val_solution.csv")
+
+
+@pytest.mark.parametrize("case", ["empty", "no_labels", "not_images", "bad_layout"])
+def test_an_unreadable_imagenet_layout_names_the_readable_ones(tmp_path, image_writer, case):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    options = {}
+    if case == "no_labels":  # a flat folder without its LOC_val_solution.csv
+        image_writer(folder / "ILSVRC2012_val_00000001.JPEG", fmt="JPEG")
+    elif case == "not_images":
+        (folder / "readme.txt").write_text("hi")
+    elif case == "bad_layout":
+        options = {"layout": "tar"}
+    with pytest.raises(DataFileError) as err:
+        read_imagenet_folder(str(tmp_path), "val", **options)
+    message = str(err.value)
+    assert "\n" not in message and str(folder) in message
+    if case == "bad_layout":
+        assert "auto, class_folders or flat" in message
+    else:
+        assert "class folders (<folder>/<wnid>/*.JPEG)" in message and "flat validation folder" in message
+        assert "LOC_val_solution.csv" in message
+
+
+def test_imagenet_csv_with_other_columns_is_an_error(tmp_path, image_writer):
+    image_writer(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", fmt="JPEG")
+    (tmp_path / "labels.csv").write_text("image,label\nILSVRC2012_val_00000001,n01440764\n")
+    with pytest.raises(DataFileError, match="ImageId,PredictionString"):
+        read_imagenet_folder(str(tmp_path), "val", labels="labels.csv")
 
 
 def test_shipped_imagenet_names_are_clips():

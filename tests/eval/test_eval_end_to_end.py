@@ -142,6 +142,49 @@ def _imagenet(root: Path) -> None:
             _image(root / f"imagenet/{split}/{wnids[index]}/{split}_{index}.JPEG", index)
 
 
+# A real ImageNet subset: (wnid, index among the sorted 1000 wnids, LOC_synset_mapping.txt names, CLIP name).
+IMAGENET_SUBSET = (
+    ("n01440764", 0, "tench, Tinca tinca", "tench"),
+    ("n01443537", 1, "goldfish, Carassius auratus", "goldfish"),
+    ("n02123045", 281, "tabby, tabby cat", "tabby cat"),
+)
+
+
+def write_synset_mapping(path: Path, full: bool = True) -> Path:
+    """``LOC_synset_mapping.txt``: the subset's real lines, plus (``full``) 997 made-up wnids that sort into
+    the other class indices, so the file has the official 1000 lines in class-index order."""
+    lines = {index: f"{wnid} {names}" for wnid, index, names, _ in IMAGENET_SUBSET}
+    if full:
+        for index in range(1000):  # n0200xxxx sort between goldfish and tabby, n03xxxxxx after tabby
+            lines.setdefault(
+                index, f"n{(2000000 if index < 281 else 3000000) + index:08d} made-up class {index}"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines[i] + "\n" for i in sorted(lines)))
+    return path
+
+
+def write_imagenet_subset(root: Path, layout: str, per_class: int = 2) -> Path:
+    """The subset under ``root/imagenet``: train in class folders; val in ``layout`` ("flat": the official
+    flat folder with ``LOC_val_solution.csv``; "class_folders": the same images sorted into wnid folders),
+    plus ``LOC_synset_mapping.txt``. The CSV also lists images that are not in the folder (a subset)."""
+    base = root / "imagenet"
+    write_synset_mapping(base / "LOC_synset_mapping.txt")
+    rows = ["ImageId,PredictionString"]
+    number = 0
+    for c, (wnid, _, _, _) in enumerate(IMAGENET_SUBSET):
+        for k in range(per_class):
+            _image(base / f"train/{wnid}/{wnid}_{k}.JPEG", 10 * c + k)
+            number += 1
+            name = f"ILSVRC2012_val_{number:08d}"
+            box = f"{wnid} 10 20 30 40"
+            rows.append(f"{name},{box} {box}")
+            _image(base / ("val" if layout == "flat" else f"val/{wnid}") / f"{name}.JPEG", 10 * c + k + 5)
+    rows.append("ILSVRC2012_val_00049999,n09999999 1 2 3 4")  # an image the subset does not hold
+    (base / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def write_benchmark_data(root: Path) -> Path:
     """Every shipped task's files, in the official formats, under ``root``."""
     _karpathy(root, "coco", "coco")
@@ -217,7 +260,7 @@ def test_every_task_through_the_cli(bench, tmp_path):
             if spec.metric == "roc_auc":
                 assert 0.0 <= record.processed_output <= 1.0 and set(record.raw_output) == {"no", "yes"}
             elif spec.task_type == "classification":
-                assert record.processed_output in spec.class_name_list()
+                assert record.processed_output in spec.class_name_list(bench["data"])
         # Re-scoring predictions.jsonl alone gives the recorded scores.
         assert rescore(out / task / "predictions.jsonl", task)["scores"] == results["scores"]
 
@@ -320,3 +363,48 @@ def test_rices_picks_the_nearest_training_images(recording, bench, tmp_path):
         rices_cache_dir=tmp_path / "rices_cache",
     )
     assert again.embedded == 3 and model.embedded == len(train) + 3
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_imagenet_subset_in_both_layouts_ranks_its_own_classes(recording, tmp_path, shots):
+    from flamingo.eval.evaluator import evaluate
+
+    predictions = {}
+    for layout in ("flat", "class_folders"):
+        data = write_imagenet_subset(tmp_path / layout / "data", layout)
+        options = {"shots": (shots,), "seeds": (42,), "query_set_size": 4, "progress": False}
+        results = evaluate(recording(), ["imagenet"], str(data), out_dir=tmp_path / layout / "out", **options)
+        assert results["imagenet"]["scores"][str(shots)]["num_examples"] == {"42": 6}
+        records = read_predictions(tmp_path / layout / "out" / "imagenet" / "predictions.jsonl")
+        assert len(records) == 6
+        for record in records:
+            # The candidates ranked are the subset's own CLIP names, and every label is one of them.
+            assert list(record.raw_output) == ["tench", "goldfish", "tabby cat"]
+            assert record.references[0] in record.raw_output
+            assert record.processed_output in record.raw_output
+        labels = {r.example_id: r.references for r in records}
+        assert labels["ILSVRC2012_val_00000001.JPEG"] == ["tench"]
+        assert labels["ILSVRC2012_val_00000006.JPEG"] == ["tabby cat"]
+        predictions[layout] = {r.example_id: (r.demo_ids, r.processed_output, r.raw_output) for r in records}
+    # The same images in either layout: same ids, demonstrations and predictions.
+    assert predictions["flat"].keys() == predictions["class_folders"].keys()
+    for example_id, (demos, predicted, raw) in predictions["flat"].items():
+        other_demos, other_predicted, other_raw = predictions["class_folders"][example_id]
+        assert demos == other_demos and predicted == other_predicted
+        assert raw == pytest.approx(other_raw, abs=1e-5)
+
+
+def test_a_label_outside_the_candidates_is_an_error(recording, bench, tmp_path):
+    from importlib import resources
+
+    import yaml
+
+    from flamingo.eval.evaluator import evaluate
+
+    task = tmp_path / "memes.yaml"
+    data = yaml.safe_load(resources.files("flamingo.eval.tasks").joinpath("hateful_memes.yaml").read_text())
+    task.write_text(yaml.safe_dump(data | {"class_names": ["maybe", "yes"], "metric": "top1_accuracy"}))
+    with pytest.raises(ValueError, match=r"labels \['no'\] are not among its 2 class names"):
+        evaluate(
+            recording(), [str(task)], bench["data"], out_dir=tmp_path / "out", shots=(0,), progress=False
+        )

@@ -99,9 +99,12 @@ def test_unknown_task_name_lists_the_shipped_ones():
 
 
 def test_class_names_from_the_shipped_list_or_a_file(tmp_path):
-    assert load_task("imagenet").class_name_list()[0] == "tench"
-    (tmp_path / "names.txt").write_text("cat\ndog\n")
     data = yaml.safe_load(resources_text("imagenet.yaml"))
+    assert data["class_names"] == "from_data"  # a subset ranks its own classes
+    clip = tmp_path / "clip.yaml"
+    clip.write_text(yaml.safe_dump(data | {"class_names": "imagenet_clip"}))
+    assert load_task(clip).class_name_list()[0] == "tench"
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
     data["class_names"] = "names.txt"
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(data))

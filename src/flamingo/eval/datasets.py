@@ -7,6 +7,7 @@ by name in ``READERS``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -203,39 +204,189 @@ def read_class_map(path: Path) -> dict[str, str]:
     return mapping
 
 
-def _imagenet_names(folder: Path, wnids: list[str], class_map: Path | None) -> dict[str, str]:
-    if class_map is not None:
-        if not class_map.is_file():
-            raise DataFileError(f"ImageNet class map not found: {class_map}.")
-        mapping = read_class_map(class_map)
-        unknown = [w for w in wnids if w not in mapping]
+def class_names_of(examples: Sequence[EvalExample]) -> list[str]:
+    """The class names of a labelled split, one per class, in class-index order: the candidates that
+    classification ranks when a task says ``class_names: from_data``.
+
+    Classes are ordered by ``extra["class_index"]`` when every labelled example has one (two classes
+    may share a name, as two pairs of CLIP's ImageNet names do), else by first appearance.
+    """
+    labelled = [e for e in examples if e.label is not None]
+    if labelled and all(isinstance(e.extra.get("class_index"), int) for e in labelled):
+        by_index = {e.extra["class_index"]: e.label for e in labelled}
+        return [str(by_index[i]) for i in sorted(by_index)]
+    return list(dict.fromkeys(str(e.label) for e in labelled))
+
+
+IMAGENET_LAYOUTS = (
+    "class folders (<folder>/<wnid>/*.JPEG)",
+    "the official flat validation folder (<folder>/ILSVRC2012_val_*.JPEG with `labels:` LOC_val_solution.csv)",
+)
+
+
+def _layout_error(folder: Path, problem: str) -> DataFileError:
+    return DataFileError(
+        f"ImageNet folder {folder}: {problem}; readable layouts: {IMAGENET_LAYOUTS[0]} or {IMAGENET_LAYOUTS[1]}."
+    )
+
+
+def _imagenet_names(
+    where: Path, wnids: Sequence[str], layout_wnids: Sequence[str], class_map: Path | None
+) -> dict[str, tuple[int, str]]:
+    """wnid -> (class index, name) for the ``wnids`` of a split.
+
+    The class index is the wnid's position among the sorted 1000 ImageNet wnids, known when the class
+    map (``LOC_synset_mapping.txt``) or the layout itself (all 1000 class folders, or a full
+    ``LOC_val_solution.csv``) lists 1000 wnids; the name is then the shipped CLIP name of that index.
+    A class map that lists fewer classes gives its first name (``tench`` of ``tench, Tinca tinca``) and
+    the index among the split's sorted wnids.
+    """
+    mapping = read_class_map(class_map) if class_map is not None and class_map.is_file() else {}
+    universe = next(
+        (sorted(set(w)) for w in (mapping, layout_wnids) if len(set(w)) == IMAGENET_WNID_COUNT), None
+    )
+    if universe is not None:
+        index = {wnid: i for i, wnid in enumerate(universe)}
+        unknown = [w for w in wnids if w not in index]
         if unknown:
-            raise DataFileError(f"{class_map}: no class name for folders {unknown[:5]}.")
-        return mapping
-    if len(wnids) != IMAGENET_WNID_COUNT:
+            source = class_map if len(mapping) == IMAGENET_WNID_COUNT else where
+            raise DataFileError(
+                f"{where}: wnids {unknown[:5]} are not among the 1000 ImageNet wnids of {source}."
+            )
+        clip = imagenet_clip_classnames()
+        return {w: (index[w], clip[index[w]]) for w in wnids}
+    unnamed = [w for w in wnids if w not in mapping]
+    if unnamed:
+        if class_map is None:
+            problem = "no class map names them"
+        elif not class_map.is_file():
+            problem = f"the class map {class_map} is not found"
+        else:
+            problem = f"the class map {class_map} does not name {unnamed[:5]}"
         raise DataFileError(
-            f"{folder} has {len(wnids)} class folders; the shipped CLIP class names pair with the sorted "
-            f"{IMAGENET_WNID_COUNT} ImageNet wnids only. Give a class map file (`class_map:` in the task, "
-            "lines of 'wnid name', e.g. LOC_synset_mapping.txt) to read a subset."
+            f"{where}: {len(set(wnids))} classes, not all 1000, and {problem}: set `class_map:` to "
+            "LOC_synset_mapping.txt (lines 'wnid name, ...') to name a subset."
         )
-    return dict(zip(wnids, imagenet_clip_classnames()))
+    order = {wnid: i for i, wnid in enumerate(sorted(set(wnids)))}
+    return {w: (order[w], mapping[w].split(",")[0].strip()) for w in wnids}
 
 
-def read_imagenet_folder(root: str, folder: str, class_map: str | None = None) -> list[EvalExample]:
-    """An ImageNet folder ``folder/<wnid>/*.JPEG``; the label is the class name (see ``_imagenet_names``)."""
+def _check_labels(examples: list[EvalExample], where: Path) -> list[EvalExample]:
+    """Every label must be among the split's candidates, or it could never be scored right."""
+    candidates = set(class_names_of(examples))
+    stray = sorted({str(e.label) for e in examples if e.label not in candidates})
+    if stray:
+        raise DataFileError(f"{where}: labels {stray[:5]} are not among the split's class names.")
+    return examples
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _example(image: Path, wnid: str, names: dict[str, tuple[int, str]], example_id: str) -> EvalExample:
+    index, label = names[wnid]
+    return EvalExample(example_id, str(image), None, [label], label, {"wnid": wnid, "class_index": index})
+
+
+def read_imagenet_class_folders(root: str, folder: str, class_map: str | None = None) -> list[EvalExample]:
+    """Class folders ``folder/<wnid>/*.JPEG`` (the train split, or val after sorting it into folders).
+
+    Examples are in (wnid, file name) order; the id is the image file name (``wnid/name`` when names
+    repeat across classes); the label is the class name (see ``_imagenet_names``).
+    """
     base = resolve(root, folder)
     if not base.is_dir():
         raise DataFileError(f"ImageNet folder not found: {base} (from {folder!r} under {root}).")
     wnids = sorted(p.name for p in base.iterdir() if p.is_dir())
-    names = _imagenet_names(base, wnids, resolve(root, class_map) if class_map else None)
-    examples = []
-    for index, wnid in enumerate(wnids):
-        for image in sorted((base / wnid).iterdir()):
-            if image.suffix.lower() in IMAGE_EXTENSIONS:
-                extra = {"wnid": wnid, "class_index": index}
-                label = names[wnid]
-                examples.append(EvalExample(f"{wnid}/{image.name}", str(image), None, [label], label, extra))
-    return examples
+    if not wnids:
+        raise _layout_error(base, "no class folders")
+    names = _imagenet_names(base, wnids, wnids, resolve(root, class_map) if class_map else None)
+    images = [(wnid, image) for wnid in wnids for image in _images_in(base / wnid)]
+    unique = len({image.name for _, image in images}) == len(images)
+    return _check_labels(
+        [_example(image, w, names, image.name if unique else f"{w}/{image.name}") for w, image in images],
+        base,
+    )
+
+
+def read_val_solution(path: Path) -> dict[str, str]:
+    """``LOC_val_solution.csv`` -> {image id: wnid}: columns ``ImageId,PredictionString``, the wnid being
+    the first token of ``PredictionString`` (``n01751748 x1 y1 x2 y2 n01751748 ...``)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+            raise DataFileError(
+                f"{path}: expected the columns ImageId,PredictionString of LOC_val_solution.csv, "
+                f"found {reader.fieldnames}."
+            )
+        labels = {}
+        for row in reader:
+            tokens = (row["PredictionString"] or "").split()
+            if not tokens:
+                raise DataFileError(f"{path}:{reader.line_num}: empty PredictionString for {row['ImageId']}.")
+            labels[row["ImageId"].strip()] = tokens[0]
+    return labels
+
+
+def read_imagenet_flat(
+    root: str, folder: str, labels: str, class_map: str | None = None
+) -> list[EvalExample]:
+    """The official flat validation folder: ``folder/ILSVRC2012_val_00000001.JPEG, ...`` labelled by
+    ``labels`` (``LOC_val_solution.csv``), named through ``class_map`` (``LOC_synset_mapping.txt``).
+
+    Every image in the folder must have a row; rows without an image are skipped, so a folder holding a
+    subset reads with the full CSV. Examples are in (wnid, file name) order, as in class folders.
+    """
+    base = resolve(root, folder)
+    if not base.is_dir():
+        raise DataFileError(f"ImageNet folder not found: {base} (from {folder!r} under {root}).")
+    csv_path = resolve(root, labels)
+    if not csv_path.is_file():
+        raise _layout_error(base, f"images directly in it but its labels file {csv_path} is not found")
+    solution = read_val_solution(csv_path)
+    images = _images_in(base)
+    if not images:
+        raise _layout_error(base, "no images directly in it for the flat layout")
+    unlabelled = [p.name for p in images if p.stem not in solution]
+    if unlabelled:
+        raise DataFileError(f"{csv_path}: no row for the images {unlabelled[:5]} of {base}.")
+    wnids = sorted({solution[p.stem] for p in images})
+    names = _imagenet_names(
+        base, wnids, list(solution.values()), resolve(root, class_map) if class_map else None
+    )
+    images.sort(key=lambda p: (solution[p.stem], p.name))
+    return _check_labels([_example(p, solution[p.stem], names, p.name) for p in images], base)
+
+
+def read_imagenet_folder(
+    root: str, folder: str, layout: str = "auto", labels: str | None = None, class_map: str | None = None
+) -> list[EvalExample]:
+    """An ImageNet split in either layout; ``layout`` is ``class_folders``, ``flat`` or ``auto``.
+
+    ``auto`` reads a folder holding images directly as the flat validation layout (which needs
+    ``labels``), and a folder holding only sub-folders as class folders. ``class_map`` is optional when
+    the layout lists all 1000 wnids; a named class map that is missing is then ignored.
+    """
+    base = resolve(root, folder)
+    if layout not in ("auto", "class_folders", "flat"):
+        raise DataFileError(f"ImageNet layout {layout!r} for {base}: use auto, class_folders or flat.")
+    if not base.is_dir():
+        raise DataFileError(f"ImageNet folder not found: {base} (from {folder!r} under {root}).")
+    if layout == "auto":
+        if _images_in(base):
+            layout = "flat"
+        elif any(p.is_dir() for p in base.iterdir()):
+            layout = "class_folders"
+        else:
+            raise _layout_error(base, "neither images nor class folders in it")
+    if layout == "class_folders":
+        return read_imagenet_class_folders(root, folder, class_map)
+    if labels is None:
+        raise _layout_error(
+            base, "the flat layout needs its labels file: set `labels:` to LOC_val_solution.csv"
+        )
+    return read_imagenet_flat(root, folder, labels, class_map)
 
 
 def read_hf_dataset(

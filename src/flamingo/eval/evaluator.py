@@ -113,7 +113,8 @@ def _subset(examples: list[EvalExample], num_samples: int | None) -> list[EvalEx
 
 
 def _load_task_run(spec: TaskSpec, data_root: str, num_samples: int | None, info: DistInfo) -> _TaskRun:
-    test = _subset(spec.load_split("test", data_root), num_samples)
+    full_test = spec.load_split("test", data_root)
+    test = _subset(full_test, num_samples)
     if not test:
         raise ValueError(f"task {spec.name}: the test split under {data_root} has no examples.")
     train = spec.load_split("train", data_root)
@@ -121,7 +122,15 @@ def _load_task_run(spec: TaskSpec, data_root: str, num_samples: int | None, info
         raise ValueError(f"task {spec.name}: the train split under {data_root} has no examples to show.")
     run = _TaskRun(spec, test, train, shard_indices(len(test), info.rank, info.world_size), len(test))
     if spec.task_type == "classification":
-        run.class_names = spec.class_name_list(data_root)
+        # From the whole test split, so that --num-samples never narrows the candidates.
+        run.class_names = spec.class_name_list(data_root, full_test)
+        candidates = set(run.class_names)
+        stray = sorted({e.label for e in test if e.label is not None and e.label not in candidates})
+        if stray:
+            raise ValueError(
+                f"task {spec.name}: labels {stray[:5]} are not among its {len(candidates)} class names, so "
+                "they could never be scored right; fix `class_names` in the task (from_data takes the test labels)."
+            )
     return run
 
 

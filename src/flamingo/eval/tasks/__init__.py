@@ -17,7 +17,7 @@ from typing import Any
 
 from flamingo.configs import MAX_SEED, ConfigError, between, from_mapping, hint, parse_mapping
 from flamingo.errors import MissingFileError, UnknownNameError
-from flamingo.eval.datasets import EvalExample, get_reader, imagenet_clip_classnames, resolve
+from flamingo.eval.datasets import EvalExample, class_names_of, get_reader, imagenet_clip_classnames, resolve
 from flamingo.eval.metrics import METRICS
 from flamingo.eval.postprocess import POSTPROCESSORS
 from flamingo.prompts import (
@@ -77,7 +77,9 @@ class TaskSpec:
     decoding: DecodingSpec | None = None
     """Generation settings; required for generation tasks."""
     class_names: str | tuple[str, ...] | None = field(default=None, metadata=hint('e.g. ["no", "yes"]'))
-    """Classification: a list of names, ``imagenet_clip``, or a file of names (one a line) under the data root."""
+    """Classification: a list of names; ``from_data``: the classes of the test split's labels, in class-index
+    order (ImageNet: a subset scores against its own classes); ``imagenet_clip``: all 1000 CLIP ImageNet names;
+    or a file of names (one a line) under the data root."""
     positive_class: str | None = None
     """Classification scored by ROC AUC: the class whose probability is the score."""
     shots: tuple[int, ...] = field(
@@ -112,16 +114,28 @@ class TaskSpec:
             raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
         return get_reader(self.reader)(data_root, **getattr(self, split))
 
-    def class_name_list(self, data_root: str | None = None) -> list[str]:
-        """The class names of a classification task, in class-index order."""
+    def class_name_list(
+        self, data_root: str | None = None, test: list[EvalExample] | None = None
+    ) -> list[str]:
+        """The class names of a classification task, in class-index order: the candidates it ranks.
+
+        ``test`` is the whole test split (read from ``data_root`` when omitted) for ``from_data``.
+        """
         if isinstance(self.class_names, tuple):
             return list(self.class_names)
         if self.class_names == "imagenet_clip":
             return imagenet_clip_classnames()
         if self.class_names is None:
             raise ValueError(f"task {self.name} has no class_names.")
-        if data_root is None:
-            raise ValueError(f"task {self.name}: class_names is a file; pass the data root.")
+        if data_root is None and (test is None or self.class_names != "from_data"):
+            raise ValueError(f"task {self.name}: class_names is {self.class_names!r}; pass the data root.")
+        if self.class_names == "from_data":
+            names = class_names_of(test if test is not None else self.load_split("test", data_root))
+            if not names:
+                raise ValueError(
+                    f"task {self.name}: class_names is 'from_data' but the test split has no labels."
+                )
+            return names
         path = resolve(data_root, self.class_names)
         return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
 
