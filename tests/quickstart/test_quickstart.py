@@ -586,3 +586,71 @@ def test_the_name_questions_config_is_pinned(tmp_path: Path) -> None:
         "clip": "8a919ccc03bb8d80",
         "vqa": "e52b3260080ddecc",
     }, "the config's world changed; measure what docs/quickstart.md says of it again"
+
+
+def _episodes(four: float, zero: float, blanked: float, text_only: float, seeds: int = 2) -> dict:
+    conditions = {"4-shot": four, "0-shot": zero, "4-shot blanked": blanked, "4-shot text-only": text_only}
+    return {s: {c: {"open_accuracy": v} for c, v in conditions.items()} for s in range(seeds)}
+
+
+def test_report_conclusion_follows_the_numbers() -> None:
+    from flamingo.quickstart.report import conclusion
+
+    won = conclusion(_episodes(0.9, 0.01, 0.2, 0.3))
+    assert won.startswith("The model learned in context")
+    assert "0.900 (mean of 2 seeds)" in won
+    assert "0.010 with no demonstrations, 0.200 with blanked, 0.300 with text-only" in won
+    lost = conclusion(_episodes(0.25, 0.01, 0.3, 0.1))  # blanked demonstrations do as well: no learning
+    assert lost.startswith("The model did not learn in context") and "no better than with blanked (" in lost
+    tie = conclusion(_episodes(0.3, 0.3, 0.0, 0.0, seeds=1))
+    assert "did not learn" in tie and "with no demonstrations" in tie and "mean of 1 seed)" in tie
+    assert "no 4-shot" in conclusion({0: {}}).lower()
+
+
+def test_report_opens_with_its_conclusion_and_the_shots_plot(tmp_path: Path) -> None:
+    from flamingo.quickstart.report import _markdown, markdown_html
+
+    summary = {
+        "eval": {"episodes": _episodes(0.9, 0.01, 0.2, 0.3), "generic": {}},
+        "clip": {"metrics": {}},
+        "lm": {"copy_accuracy": [], "steps": 1},
+        "build": {"validation": {"ok": True, "documents": 1, "images": 1}},
+        "timings": {},
+        "paths": {},
+    }
+    plots = {"losses": tmp_path / "losses.png", "shots": tmp_path / "shots.png"}
+    lines = _markdown(summary, plots).splitlines()
+    assert lines[2].startswith("The model learned in context") and lines[4] == "![shots](plots/shots.png)"
+    meanings = [line for line in lines if line.startswith("- **")]
+    assert [m.split("**")[1] for m in meanings] == ["open accuracy", "blanked", "text-only", "held-out"]
+    page = markdown_html("\n".join(lines), {"plots/shots.png": "data:image/png;base64,AAAA"})
+    assert (
+        page.index("learned in context") < page.index('src="data:image/png;base64,AAAA"') < page.index("<ul>")
+    )
+    assert "plots/losses.png" not in page and "<b>open accuracy</b>" in page
+
+
+def test_training_progress_lines_say_step_loss_and_time_left() -> None:
+    from flamingo.quickstart.stages import TrainProgress
+
+    lines: list[str] = []
+    progress = TrainProgress(100, lines.append, lines=4)
+    for step in range(5, 101, 5):  # the trainer logs every 5 steps
+        progress({"step": step, "loss": 10.0 / step})
+    assert [line.split(":")[0].strip() for line in lines] == [
+        f"train step {s}/100" for s in (25, 50, 75, 100)
+    ]
+    assert "loss 0.400," in lines[0] and "left" in lines[0] and lines[-1].endswith("about 0s left")
+
+
+def test_quickstart_clip_is_created_without_the_random_weights_warning(caplog) -> None:
+    import logging
+
+    from flamingo.quickstart.world_clip import CLIP_NAME, create_clip
+
+    with caplog.at_level(logging.WARNING):
+        create_clip(0)
+        logging.warning("No pretrained weights loaded for model 'other'. Model initialized randomly.")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any(CLIP_NAME in m for m in messages)  # dropped, for this model and this call only
+    assert any("'other'" in m for m in messages)

@@ -87,6 +87,8 @@ def test_page_builds_a_few_shot_prompt_and_streams_the_answer(live_server, brows
     wait = WebDriverWait(browser, 120, poll_frequency=0.2)
     browser.get(live_server)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview .fl-chip"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#preview .fl-problem")  # nothing red before any input
+    assert browser.find_elements(By.CSS_SELECTOR, "#preview .fl-hint")  # what to fill in, said plainly
     shots = browser.find_element(By.CSS_SELECTOR, "#shots input[type=number]")
     shots.send_keys(Keys.CONTROL, "a")
     shots.send_keys("1", Keys.TAB)  # one demonstration, then the query

@@ -265,3 +265,46 @@ def test_the_app_serves_the_demo_and_the_api_without_network(model_dir, monkeypa
         body = {"prompt": [{"type": "text", "text": "Output:"}], "max_new_tokens": 3}
         assert client.post("/v1/generate", json=body).status_code == 200
     assert outside == [] and calls == []
+
+
+def test_a_new_page_shows_what_to_do_next_without_a_warning(backend, uploaded):
+    fresh = backend.preview(*_values([(None, ""), (None, "")], (None, "Output:")))[0]  # the page as it opens
+    assert "fl-problem" not in fresh and "⚠" not in fresh
+    assert '<p class="fl-hint">demonstration 1 has no image' in fresh
+    wrong = backend.preview(*_values([(uploaded[0], "<image>")], (None, "")))[0]
+    assert "fl-problem" in wrong and "fl-hint" not in wrong  # a real problem is still shown as one
+
+
+def test_demonstration_slots_follow_the_server_image_limit(backend):
+    from flamingo.serve.ui import build_demo
+
+    wide = DemoBackend(backend.pipeline, backend.worker, ServeLimits(), backend.upload_dir)
+    assert wide.slots == ServeLimits().max_images - 1 == 32
+    demo = build_demo(wide, model_name="flamingo-quickstart")
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {f"demo-{k}-image" for k in (1, 32)} <= ids and "demo-33-image" not in ids
+    shots = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "shots")
+    assert shots.maximum == 32 and demo.title == "flamingo-quickstart · Flamingo few-shot demo"
+    form = PromptForm.from_values(_values([("a.png", "x")] * 32, (None, ""), slots=32), wide.slots)
+    assert len(form.demos) == 32
+
+
+def test_the_page_is_named_after_the_model_card(model_dir, tmp_path):
+    import shutil
+
+    from flamingo.model import FlamingoConfig
+    from flamingo.model.card import write_model_card
+    from flamingo.serve.server import model_display_name
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    assert model_display_name(str(folder)) == "model"  # no card: the folder's name
+    config = FlamingoConfig.load(folder / "config.json")
+    write_model_card(folder, config)
+    assert model_display_name(str(folder)) == "model"  # the generic title names nothing
+    write_model_card(folder, config, name="flamingo-quickstart")
+    assert model_display_name(str(folder)) == "flamingo-quickstart"
+    (folder / "README.md").write_text("# Shape namer\n\nA card a person wrote, without front matter.\n")
+    assert model_display_name(str(folder)) == "Shape namer"
+    assert model_display_name("org/hub-model") == "hub-model"

@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +107,8 @@ class _OpenClipTowers:
         import open_clip
         import torch
 
+        from flamingo.model.vision import quiet_random_init_warning
+
         if spec.model_cfg_json is not None:
             from flamingo.model.vision import _register_open_clip_config
 
@@ -125,7 +126,9 @@ class _OpenClipTowers:
             logger.warning(
                 "CLIP %s has random weights (seed %d): similarities are meaningless", spec.name, spec.seed
             )
-        with torch.random.fork_rng(devices=[]), _logging_off(not spec.pretrained):
+        # open_clip's own "initialized randomly" warning is dropped: ours above says it once, with the seed.
+        quiet = quiet_random_init_warning(spec.name, quiet=not spec.pretrained)
+        with torch.random.fork_rng(devices=[]), quiet:
             torch.manual_seed(spec.seed)  # the same random weights in every worker process
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.name, pretrained=spec.pretrained, device=device
@@ -144,18 +147,6 @@ class _OpenClipTowers:
 
     def encode_texts(self, texts: list[str]) -> Any:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))  # (n, d)
-
-
-@contextmanager
-def _logging_off(off: bool) -> Iterator[None]:
-    """Silence open_clip's root-logger warning about missing weights (we log our own, once)."""
-    previous = logging.root.manager.disable
-    if off:
-        logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 def _is_tag(name: str, pretrained: str) -> bool:

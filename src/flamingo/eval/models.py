@@ -313,6 +313,9 @@ class FlamingoEvalModel(EvalModel):
         )
         ids, attention = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         media, image_mask = self.batch_media([r.images for r in requests])
+        # length_penalty only weighs beam hypotheses: greedy decoding ignores it, and transformers warns when a
+        # flag that does not apply is passed.
+        beam = {"length_penalty": first.length_penalty} if first.num_beams > 1 else {}
         out = self.model.generate(
             None,
             ids,
@@ -322,8 +325,8 @@ class FlamingoEvalModel(EvalModel):
             num_beams=first.num_beams,
             max_new_tokens=first.max_new_tokens,
             min_new_tokens=first.min_new_tokens,
-            length_penalty=first.length_penalty,
             do_sample=False,
+            **beam,
         )
         texts = self.processor.decode(out, ids.shape[1])
         return [cut_at_stop(t, first.stop) for t in texts]

@@ -17,6 +17,8 @@ import yaml
 from flamingo.model.config import FlamingoConfig
 
 CARD_NAME = "README.md"
+DEFAULT_TITLE = "Flamingo checkpoint"
+"""The card's title when it knows no name for the model."""
 _MARKER = "<!-- model card written by flamingo-vlm; edit freely: it is then kept as it is -->"
 
 
@@ -78,20 +80,24 @@ def model_card(
     license: str | None = None,
     training: dict[str, Any] | None = None,
     evaluation: list[dict[str, Any]] | None = None,
+    name: str | None = None,
 ) -> str:
     """The text of ``README.md`` for a checkpoint of ``config``.
 
     ``training`` is the run configuration (e.g. the trainer's ``config.yaml``, as a dict); ``evaluation`` holds
-    ``results.json`` dicts of ``flamingo eval``.
+    ``results.json`` dicts of ``flamingo eval``; ``name`` (front matter ``model_name`` and the card's title) is
+    what ``flamingo serve`` calls the model.
     """
     meta = card_metadata(config, license)
+    if name:
+        meta["model_name"] = name
     where = repo_id or "path/to/this/folder"
     lm = config.lm
     xattn, perceiver = config.cross_attn, config.perceiver
     body = [
         _MARKER,
         "",
-        f"# {repo_id.split('/')[-1] if repo_id else 'Flamingo checkpoint'}",
+        f"# {name or (repo_id.split('/')[-1] if repo_id else DEFAULT_TITLE)}",
         "",
         "A Flamingo-style vision-language model made with [flamingo-vlm](https://pypi.org/project/flamingo-vlm/): "
         "a frozen language model and a frozen vision encoder joined by a trained Perceiver Resampler and gated "
@@ -146,6 +152,26 @@ def parse_card_metadata(text: str) -> dict[str, Any]:
         raise ValueError("model card: no YAML front matter (the text must start with a '---' line)")
     end = text.index("\n---\n", 4)
     return yaml.safe_load(text[4:end]) or {}
+
+
+def card_model_name(directory: str | Path) -> str | None:
+    """The model's name from the card in ``directory``: front matter ``model_name``, else the card's title
+    (its first ``# `` line) unless it is the generic :data:`DEFAULT_TITLE`; None without a card or a name."""
+    path = Path(directory) / CARD_NAME
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        name = parse_card_metadata(text).get("model_name")
+    except (ValueError, yaml.YAMLError, AttributeError):  # no or broken front matter: the title may still say
+        name = None
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+            return title if title and title != DEFAULT_TITLE else None
+    return None
 
 
 def write_model_card(directory: str | Path, config: FlamingoConfig, **card: Any) -> Path | None:

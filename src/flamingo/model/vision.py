@@ -149,9 +149,8 @@ class OpenClipAdapter(VisionAdapter):
             _register_open_clip_config(config.name, config.model_cfg)
         weights_file = config.pretrained if _is_weights_file(config.pretrained) else None
         tag = None if weights_file else config.pretrained
-        with _quiet_open_clip(
-            weights_file is not None
-        ):  # it warns "no pretrained weights"; we load them next
+        # open_clip warns "no pretrained weights" when it does not load them itself; we load them next.
+        with quiet_random_init_warning(config.name, quiet=weights_file is not None):
             model, _, transform = open_clip.create_model_and_transforms(config.name, pretrained=tag)
         if weights_file:
             load_open_clip_weights(model, Path(weights_file), config.name)
@@ -185,15 +184,32 @@ class OpenClipAdapter(VisionAdapter):
         return {"pretrained": "open_clip_visual.safetensors"}
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's ``No pretrained weights loaded for model '<name>'`` record of one model name."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        self.prefix = f"No pretrained weights loaded for model '{model_name}'"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 @contextmanager
-def _quiet_open_clip(quiet: bool) -> Iterator[None]:
-    previous = logging.root.manager.disable
-    if quiet:
-        logging.disable(logging.WARNING)
+def quiet_random_init_warning(model_name: str, quiet: bool = True) -> Iterator[None]:
+    """Inside: open_clip's warning that ``model_name`` was created with random weights is dropped (only that
+    message; ``quiet=False`` keeps it). For the places that create a model and then load or train its weights
+    themselves, where the warning would only alarm. open_clip logs it on the root logger, whose own filters see
+    exactly the records logged on it."""
+    if not quiet:
+        yield
+        return
+    drop = _NoRandomInitWarning(model_name)
+    logging.root.addFilter(drop)
     try:
         yield
     finally:
-        logging.disable(previous)
+        logging.root.removeFilter(drop)
 
 
 def _is_weights_file(pretrained: str | None) -> bool:

@@ -196,8 +196,49 @@ def _img(image: Any) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
+ABLATIONS = {"0-shot": "no demonstrations", "4-shot blanked": "blanked", "4-shot text-only": "text-only"}
+"""The conditions that 4-shot in-context learning must beat, and what the conclusion calls them."""
+
+MEANINGS = (
+    "**open accuracy**: the share of episodes whose next token after the query picture is exactly the right "
+    "name, chosen from the whole vocabulary (not among the episode's names);",
+    "**blanked**: the same 4-shot episodes with each demonstration's picture replaced by a grey one: the names "
+    "are there, but nothing ties them to a shape;",
+    "**text-only**: the same episodes with the demonstrations' pictures removed (only their names);",
+    "**held-out**: 4-shot episodes whose shapes are the 8 shape-colour combinations never drawn in training.",
+)
+
+
+def conclusion(episodes: dict[Any, dict[str, Any]]) -> str:
+    """One sentence: whether 4-shot novel-label open accuracy (mean over seeds) beats every ablation in
+    :data:`ABLATIONS`, with the numbers. ``episodes``: ``{seed: {condition: {"open_accuracy": float}}}``."""
+
+    def mean(condition: str) -> float | None:
+        values = [e[condition]["open_accuracy"] for e in episodes.values() if condition in e]
+        return statistics.fmean(values) if values else None
+
+    four = mean("4-shot")
+    if four is None:
+        return "No 4-shot novel-label episodes ran, so there is no conclusion about in-context learning."
+    others = {label: value for c, label in ABLATIONS.items() if (value := mean(c)) is not None}
+    against = ", ".join(f"{value:.3f} with {label}" for label, value in others.items())
+    seeds = f"mean of {len(episodes)} seed{'s' if len(episodes) != 1 else ''}"
+    if all(four > value for value in others.values()):
+        return (
+            f"The model learned in context: given 4 demonstrations it names held-out pets with open accuracy "
+            f"{four:.3f} ({seeds}), against {against}."
+        )
+    beaten_by = [label for label, value in others.items() if value >= four]
+    return (
+        f"The model did not learn in context: with 4 demonstrations its open accuracy is {four:.3f} ({seeds}), "
+        f"no better than with {' or '.join(beaten_by)} ({against})."
+    )
+
+
 def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
-    lines = ["# flamingo quickstart report", ""]
+    lines = ["# flamingo quickstart report", "", conclusion(summary["eval"]["episodes"]), ""]
+    lines += [f"![shots](plots/{plots['shots'].name})", ""]
+    lines += [f"- {meaning}" for meaning in MEANINGS] + [""]
     seeds = list(summary["eval"]["episodes"])
     lines += ["## Novel-label classification (open accuracy, argmax over the whole vocabulary)", ""]
     lines += [
@@ -277,12 +318,7 @@ def _markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
         ]
     lines += ["", "## Artifacts", ""]
     lines += [f"- {name}: `{path}`" for name, path in summary["paths"].items()]
-    lines += [
-        "",
-        f"![losses]({plots['losses'].name})".replace("(", "(plots/"),
-        f"![shots](plots/{plots['shots'].name})",
-        "",
-    ]
+    lines += ["", f"![losses](plots/{plots['losses'].name})", ""]
     return "\n".join(lines)
 
 
@@ -314,10 +350,15 @@ def write_report(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
     plots = _plots(out, summary)
     markdown = _markdown(summary, plots)
     (out / "report.md").write_text(markdown)
-    body = markdown_html(markdown)
+    urls = {
+        f"plots/{path.name}": f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"
+        for path in plots.values()
+    }
+    body = markdown_html(markdown, {"plots/" + plots["shots"].name: urls["plots/" + plots["shots"].name]})
     pictures = "".join(
-        f'<h2>{name}</h2><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f'<h2>{name}</h2><img src="{urls["plots/" + path.name]}">'
         for name, path in plots.items()
+        if name != "shots"
     )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>flamingo quickstart</title>"
@@ -329,9 +370,10 @@ def write_report(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
     return out / "report.md", out / "report.html"
 
 
-def markdown_html(markdown: str) -> str:
+def markdown_html(markdown: str, pictures: dict[str, str] | None = None) -> str:
     """HTML for the Markdown that :func:`_markdown` writes: headings, paragraphs, ``- `` lists, pipe tables (the
-    first row a header) and inline ``code``. Picture lines are dropped (the HTML embeds the plots itself)."""
+    first row a header), inline ``code`` and ``**bold**``. A picture line ``![alt](src)`` shows ``pictures[src]``
+    (a data URL) in its place; other picture lines are dropped (the HTML embeds those plots itself)."""
     parts: list[str] = []
     table: list[list[str]] = []
     items: list[str] = []
@@ -360,6 +402,10 @@ def markdown_html(markdown: str) -> str:
             items.append(line[2:])
             continue
         flush()
+        picture = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        if picture and picture[2] in (pictures or {}):
+            parts.append(f'<p><img alt="{html.escape(picture[1])}" src="{(pictures or {})[picture[2]]}"></p>')
+            continue
         if not line.strip() or line.startswith("!["):
             continue
         if line.startswith("#"):
@@ -372,5 +418,6 @@ def markdown_html(markdown: str) -> str:
 
 
 def _inline_html(text: str) -> str:
-    """Escaped text with ``code`` spans as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escaped text with ``code`` spans as <code> and ``**bold**`` as <b>."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)

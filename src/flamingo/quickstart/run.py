@@ -29,6 +29,8 @@ MAX_STEPS = 10_000_000
 """Largest number of steps of any stage."""
 MAX_COUNT = 10_000_000
 """Largest number of pages, pairs, names, episodes or samples."""
+QUICKSTART_MODEL_NAME = "flamingo-quickstart"
+"""The name the quickstart's model card gives its model (``flamingo serve`` shows it)."""
 
 
 @dataclass
@@ -427,7 +429,8 @@ def _log_build(log: StageLog, built: Any) -> None:
 def _train_stage(
     config: QuickstartConfig, out: Path, log: StageLog, lm_dir: Path, clip_visual: Path, built: Any
 ) -> tuple[Path, list[dict[str, Any]]]:
-    from flamingo import Flamingo
+    from flamingo import Flamingo, FlamingoConfig
+    from flamingo.model.card import write_model_card
     from flamingo.quickstart import stages
 
     with log.stage(
@@ -443,10 +446,14 @@ def _train_stage(
             pair_pack_tokens=config.pair_pack_tokens, max_images=_max_pictures(config),
             max_tokens=max(160, 16 * _max_pictures(config) + 16),
         )  # fmt: skip
-        trained_dir, metrics = stages.train_adapters(run)
+        trained_dir, metrics = stages.train_adapters(run, log)
         log(f"  loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}")
         model = Flamingo.from_pretrained(str(trained_dir))
         model.save_pretrained(str(out / "model"), save_backbones=True)
+        # The card names the model, so that flamingo serve's page calls it that rather than "model".
+        write_model_card(
+            out / "model", FlamingoConfig.load(out / "model" / "config.json"), name=QUICKSTART_MODEL_NAME
+        )
     return out / "model", metrics
 
 

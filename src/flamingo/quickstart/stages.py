@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,11 +199,45 @@ def train_config(
     )
 
 
-def train_adapters(config: Any) -> tuple[Path, list[dict[str, Any]]]:
-    """Train with the framework's trainer; returns the trained model directory and the logged metrics."""
+class TrainProgress:
+    """The training stage's progress line, from the trainer's logged records: about ``lines`` lines per run, each
+    with the step, the loss, the time spent and an estimate of the time left. It only reads the records (and the
+    clock), so training computes exactly what it would without it."""
+
+    def __init__(self, steps: int, log: Callable[[str], None], lines: int = 10) -> None:
+        self.steps, self.log = steps, log
+        self.every = max(1, steps // lines)
+        self.next = self.every
+        self.started = time.perf_counter()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        if step < self.next and step != self.steps:
+            return
+        self.next = (step // self.every + 1) * self.every
+        spent = time.perf_counter() - self.started
+        left = spent / step * (self.steps - step) if step else 0.0
+        self.log(
+            f"    train step {step}/{self.steps}: loss {record['loss']:.3f}, {_duration(spent)} spent, "
+            f"about {_duration(left)} left"
+        )
+
+
+def _duration(seconds: float) -> str:
+    """``42s`` or ``3m05s``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def train_adapters(
+    config: Any, log: Callable[[str], None] | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Train with the framework's trainer; returns the trained model directory and the logged metrics. With
+    ``log``, a progress line (step, loss, time spent and left) about every tenth of the run."""
     from flamingo.train.trainer import train
 
-    result = train(config)
+    progress = TrainProgress(config.train.steps, log) if log is not None else None
+    result = train(config, on_log=progress)
     if result.model_dir is None:
         raise RuntimeError("training wrote no checkpoint")
     metrics_file = Path(config.run_dir) / "metrics.jsonl"

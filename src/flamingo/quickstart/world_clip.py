@@ -104,11 +104,12 @@ def create_clip(seed: int) -> tuple[Any, Any, Any]:
     """A fresh (random) open_clip model of :data:`CLIP_CONFIG`, its preprocessing and tokenizer."""
     import open_clip
 
-    from flamingo.model.vision import _register_open_clip_config
+    from flamingo.model.vision import _register_open_clip_config, quiet_random_init_warning
 
     _register_open_clip_config(CLIP_NAME, CLIP_CONFIG)
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(CLIP_NAME, pretrained=None)
+    with quiet_random_init_warning(CLIP_NAME):  # random on purpose: the CLIP stage trains it next
+        model, _, preprocess = open_clip.create_model_and_transforms(CLIP_NAME, pretrained=None)
     return model, preprocess, open_clip.get_tokenizer(CLIP_NAME)
 
 

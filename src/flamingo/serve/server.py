@@ -75,7 +75,15 @@ def serve(
     if not _is_loopback(host):
         log.warning("listening on %s: anyone who can reach this address can use the model", host)
     pipeline = load_server_pipeline(model, **pipeline_options)
-    app = create_app(pipeline, limits, model_name=Path(model).name or str(model), demo=demo)
+    app = create_app(pipeline, limits, model_name=model_display_name(model), demo=demo)
     page = "" if app.state.demo else " (HTTP API only, no web demo)"
     print(f"flamingo serve: http://{host}:{port}/{page} (API: /v1/generate, docs: /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def model_display_name(model: str) -> str:
+    """What the page and ``/health`` call ``model``: the name its model card gives (``model_name`` or the card's
+    title), else its folder's name (or the hub id)."""
+    from flamingo.model.card import card_model_name
+
+    return (Path(model).is_dir() and card_model_name(model)) or Path(model).name or str(model)

@@ -51,8 +51,6 @@ from flamingo.serve.worker import BatchWorker, Job
 
 log = logging.getLogger(__name__)
 
-MAX_DEMOS = 4
-"""Demonstration slots on the page (fewer when ``ServeLimits.max_images`` is smaller)."""
 MODES = ("greedy", "beam", "sample")
 DEFAULTS = {"mode": "greedy", "max_new_tokens": 20, "num_beams": 3, "temperature": 0.7, "top_p": 0.9}
 _COLOURS = 6  # preview colour classes fl-c0 .. fl-c5, one per image (cycled)
@@ -135,7 +133,8 @@ class DemoBackend:
     ) -> None:
         self.pipeline, self.worker, self.limits = pipeline, worker, limits
         self.upload_dir = str(Path(upload_dir).resolve())
-        self.slots = max(0, min(MAX_DEMOS, limits.max_images - 1))
+        # As many demonstration slots as a prompt may hold beside its query; the shots slider shows the ones in use.
+        self.slots = max(0, limits.max_images - 1)
         self.budget = budget or MemoryBudget(limits.max_pending_bytes)
         self.min_side = reduced_side(pipeline)
 
@@ -240,9 +239,10 @@ class DemoBackend:
             cursor = '<span class="fl-cursor" title="the answer continues here">▍</span>' if not end else ""
             segment = f'<span class="fl-seg {colour}">{html.escape(text)}</span>'
             pieces.append(f'<div class="fl-line" title="{label}">{chip}{segment}{end}{cursor}</div>')
-        if problem := form.missing():
-            problems.append(problem)
         notes = "".join(_problem(p) for p in problems)
+        if not problems and (step := form.missing()):
+            # An unfinished prompt is not an error: a new page starts unfinished, so say what comes next plainly.
+            notes = _hint(step)
         return f'<div class="fl-preview">{"".join(pieces)}</div>{notes}'
 
     def layout(self, shots: Any) -> list[Any]:
@@ -267,6 +267,10 @@ def status_line(completion: Completion, job: Job) -> str:
 
 def _problem(message: str) -> str:
     return f'<p class="fl-problem">⚠ {html.escape(message)}</p>'
+
+
+def _hint(message: str) -> str:
+    return f'<p class="fl-hint">{html.escape(message)}</p>'
 
 
 @lru_cache(maxsize=128)
@@ -356,7 +360,8 @@ def build_demo(backend: DemoBackend, model_name: str = "") -> Any:
     """The Gradio Blocks of the page (not yet mounted)."""
     import gradio as gr
 
-    with gr.Blocks(title="Flamingo few-shot demo", analytics_enabled=False) as demo:
+    title = f"{model_name} · Flamingo few-shot demo" if model_name else "Flamingo few-shot demo"
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(_intro(model_name), elem_id="intro")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -446,6 +451,7 @@ CSS = """
 .fl-seg { padding: 1px 4px; border-radius: 4px; border-bottom: 3px solid; white-space: pre-wrap; }
 .fl-eoc { color: #8a8f99; } .fl-cursor { color: #e2577a; font-weight: 700; }
 .fl-problem { color: #b3261e; margin: 4px 0; }
+.fl-hint { color: #5f6368; margin: 4px 0; }
 .fl-chip.fl-c0 { background: #e2577a; } .fl-seg.fl-c0 { background: #fdeef2; border-color: #e2577a; }
 .fl-chip.fl-c1 { background: #2f8fd8; } .fl-seg.fl-c1 { background: #eaf4fc; border-color: #2f8fd8; }
 .fl-chip.fl-c2 { background: #4aa34a; } .fl-seg.fl-c2 { background: #edf7ec; border-color: #4aa34a; }

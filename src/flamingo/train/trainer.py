@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,8 +422,9 @@ class Trainer:
             merge_lora=config.model.lora.merge_on_save,
         )
 
-    def fit(self) -> TrainResult:
-        """Train up to ``train.steps`` optimizer steps, logging and checkpointing on the way."""
+    def fit(self, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train up to ``train.steps`` optimizer steps, logging and checkpointing on the way; ``on_log`` (main rank
+        only) receives each record written to ``metrics.jsonl``, for a caller's own progress line."""
         from tqdm.auto import tqdm
 
         config, info = self.config, self.info
@@ -456,6 +458,8 @@ class Trainer:
                 result.losses[stats.step] = stats.loss
                 if stats.step % config.logging.every == 0 or stats.step == config.train.steps:
                     logger.log(record)
+                    if on_log is not None and info.is_main:
+                        on_log(record)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
@@ -512,18 +516,23 @@ class Trainer:
         return record
 
 
-def train(config: RunConfig, trust_remote_code: bool = False) -> TrainResult:
+def train(
+    config: RunConfig,
+    trust_remote_code: bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Run a training job described by ``config`` (see flamingo.train.config); the CLI calls this.
 
     ``trust_remote_code`` lets an LM defined by its repository's own code run it; it is an argument (the CLI's
-    ``--trust-remote-code``) because a config file must not be able to grant it.
+    ``--trust-remote-code``) because a config file must not be able to grant it. ``on_log`` receives every
+    logged metrics record (see :meth:`Trainer.fit`).
     """
     import torch.distributed as dist
 
     started_group = not (dist.is_available() and dist.is_initialized())
     trainer = Trainer(config, trust_remote_code=trust_remote_code)
     try:
-        return trainer.fit()
+        return trainer.fit(on_log)
     finally:
         if started_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
