@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from corpus_fakes import page, write_warc
 
 from flamingo.corpus.config import ReadConfig
-from flamingo.corpus.read import extract_html, read_input, read_jsonl, read_warc
+from flamingo.corpus.read import (
+    PageDropped,
+    ReadCounts,
+    extract_html,
+    read_html_file,
+    read_input,
+    read_jsonl,
+    read_warc,
+)
 from flamingo.corpus.sentences import split_sentences
+from flamingo.corpus.stats import BuildStats
 
 
 @pytest.mark.parametrize(
@@ -128,3 +138,51 @@ def test_html_file_images_resolve_to_file_urls(tmp_path) -> None:
     (doc,) = read_input(html, ReadConfig())
     assert doc.images[0].url == (tmp_path / "pages" / "img" / "r.png").as_uri()
     assert doc.sentences == ["Local page.", "A red car."]
+
+
+def test_a_page_nested_200000_deep_is_dropped_quickly_and_counted(tmp_path) -> None:
+    deep = "<html><body>" + "<div>" * 200_000 + "Deep text." + "</div>" * 200_000 + "</body></html>"
+    path = tmp_path / "deep.html"
+    path.write_text(deep)
+    counts = ReadCounts()
+    start = time.perf_counter()
+    assert read_html_file(path, ReadConfig(), counts=counts) == []
+    assert time.perf_counter() - start < 5.0  # the parser alone needs minutes for this page
+    assert counts.pages == 1 and counts.documents_dropped == {"too_deep": 1}
+    with pytest.raises(PageDropped, match="max_nesting_depth=10000"):
+        extract_html(deep, "http://e.com/", ReadConfig())
+    # unclosed paragraphs and list items and void elements are not nesting: a long flat page is kept
+    flat = "<body><ul>" + "<li><p>Item text. <br><img src='a.png'>" * 30_000 + "</ul></body>"
+    sentences, _ = extract_html(flat, "http://e.com/", ReadConfig(max_nesting_depth=50))
+    assert len(sentences) == 30_000
+
+
+def test_every_page_is_a_kept_document_or_a_counted_drop(tmp_path) -> None:
+    config = ReadConfig(max_html_bytes=20_000, max_nesting_depth=100, max_images_per_document=3)
+    five_images = page("Gallery page.", ["Some text here."] * 5, [f"i{i}.png" for i in range(5)])
+    pages = [
+        ("http://e.com/ok", page("Kept page.", ["A red car."], ["r.png"])),
+        ("http://e.com/big", page("Big page.", ["Word " * 5_000], [])),
+        ("http://e.com/deep", "<body>" + "<span>" * 500 + "Deep." + "</span>" * 500 + "</body>"),
+        ("http://e.com/empty", "<body><nav><a href='/'>Home</a></nav><img src='x.png'></body>"),
+        ("http://e.com/many", five_images),
+    ]
+    counts = ReadCounts()
+    docs = read_input(write_warc(tmp_path / "x.warc.gz", pages), config, counts)
+    assert [d.url for d in docs] == ["http://e.com/ok", "http://e.com/many"]
+    assert counts.documents_dropped == {"page_too_large": 1, "too_deep": 1, "too_few_sentences": 1}
+    assert counts.pages == len(pages) == len(docs) + sum(counts.documents_dropped.values())
+    assert len(docs[1].images) == 3
+    assert counts.images_dropped == {"images_over_page_cap": 2, "document_too_few_sentences": 1}
+
+    stats = BuildStats()
+    stats.record_read(docs, counts)
+    read = stats.to_dict()["stages"]["read"]
+    assert (read["documents_in"], read["documents_out"], read["images_in"], read["images_out"]) == (
+        5,
+        2,
+        7,
+        4,
+    )
+    assert read["documents_dropped"] == {"page_too_large": 1, "too_deep": 1, "too_few_sentences": 1}
+    assert "| read | documents | page_too_large | 1 |" in stats.report_markdown()

@@ -38,6 +38,9 @@ class ReadConfig:
     """Documents with fewer sentences than this are not emitted."""
     max_images_per_document: int = field(default=100, metadata=between(0, 100_000))
     """Only the first this-many images of a page are kept (guards against image galleries)."""
+    max_nesting_depth: int = field(default=10_000, metadata=between(1, 10_000_000))
+    """Pages whose elements nest deeper than this are dropped (``too_deep``) before parsing: the parser's
+    time grows with the square of the depth (200,000 levels take minutes)."""
 
     def __post_init__(self) -> None:
         _check(self.max_html_bytes > 0, "read", "max_html_bytes", "must be positive")

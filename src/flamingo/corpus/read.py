@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,61 @@ _BLOCK_TAGS = frozenset(
 )  # fmt: skip
 _MAX_ANCESTOR_WALK = 64  # bounds the work per node on pathologically deep pages
 _IMAGE_SCHEMES = ("http", "https", "file")
+# Elements that never hold children (void) or whose end tag the parser supplies when a sibling opens
+# (``<p>``, ``<li>``, ...): the nesting scan skips them so unclosed ones do not count as depth.
+_FLAT_TAGS = frozenset(
+    {
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr",
+        "param", "keygen", "html", "head", "body", "p", "li", "dt", "dd", "option", "optgroup", "tr", "td",
+        "th", "tbody", "thead", "tfoot", "colgroup", "caption", "rb", "rt", "rp", "rtc",
+    }
+)  # fmt: skip
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)")
+
+
+class PageDropped(ValueError):
+    """A page the reader refuses as a whole; ``reason`` is the name it is counted under."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class ReadCounts:
+    """What the read stage saw: pages read, and why pages (documents) or images were left out."""
+
+    pages: int = 0
+    documents_dropped: Counter[str] = field(default_factory=Counter)
+    images_dropped: Counter[str] = field(default_factory=Counter)
+
+    def drop_page(self, reason: str, images: int = 0) -> None:
+        """Count one page dropped for ``reason``, with the ``images`` it held."""
+        self.documents_dropped[reason] += 1
+        if images:
+            self.images_dropped[f"document_{reason}"] += images
+
+
+def nesting_depth(html: str, limit: int) -> int:
+    """The deepest element nesting of ``html`` from a linear scan of its tags, stopping once past ``limit``.
+
+    It is an estimate that errs high (misnested or unclosed tags count as open; tags inside comments and
+    scripts count too); it costs one regular-expression pass, while the HTML parser's time grows with the
+    square of the depth.
+    """
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        if match.group(2).lower() in _FLAT_TAGS:
+            continue
+        if match.group(1):
+            depth = max(depth - 1, 0)
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+    return deepest
 
 
 @dataclass
@@ -121,7 +177,21 @@ def _is_boilerplate(block: _Block, text: str, config: ReadConfig) -> bool:
 
 
 def extract_html(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
-    """Main-text sentences and images (with ``position`` and ``alt``) of one HTML page."""
+    """Main-text sentences and images (with ``position`` and ``alt``) of one HTML page.
+
+    Raises ``PageDropped`` (reason ``too_deep``) for a page nested deeper than ``config.max_nesting_depth``.
+    """
+    sentences, images = _extract(html, page_url, config)
+    return sentences, images[: config.max_images_per_document]
+
+
+def _extract(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
+    """``extract_html`` without the cap on images per page."""
+    depth = nesting_depth(html, config.max_nesting_depth)
+    if depth > config.max_nesting_depth:
+        raise PageDropped(
+            "too_deep", f"elements nested more than read.max_nesting_depth={config.max_nesting_depth} deep"
+        )
     tree = LexborHTMLParser(html)
     base = tree.css_first("base[href]")
     base_url = urljoin(page_url, base.attributes.get("href") or "") if base is not None else page_url
@@ -141,7 +211,7 @@ def extract_html(html: str, page_url: str, config: ReadConfig) -> tuple[list[str
             image.position = len(sentences) + before
             images.append(image)
         sentences.extend(split_sentences(text))
-    return sentences, images[: config.max_images_per_document]
+    return sentences, images
 
 
 def _document_id(source: str, key: str) -> str:
@@ -166,20 +236,43 @@ def _decode_html(raw: bytes, content_type: str | None) -> str:
 
 
 def _make_document(
-    doc_id: str, url: str, html: str, source: str, config: ReadConfig, metadata: dict[str, Any]
+    doc_id: str,
+    url: str,
+    html: str,
+    source: str,
+    config: ReadConfig,
+    metadata: dict[str, Any],
+    counts: ReadCounts,
 ) -> WebDocument | None:
-    sentences, images = extract_html(html, url, config)
-    if len(sentences) < config.min_sentences:
+    """The document of one page, or None with the reason counted in ``counts``."""
+    try:
+        sentences, images = _extract(html, url, config)
+    except PageDropped as dropped:
+        logger.info("skipping %s in %s: %s", url, source, dropped)
+        counts.drop_page(dropped.reason)
         return None
+    if len(sentences) < config.min_sentences:
+        counts.drop_page("too_few_sentences", len(images))
+        return None
+    over = len(images) - config.max_images_per_document
+    if over > 0:
+        counts.images_dropped["images_over_page_cap"] += over
+        images = images[: config.max_images_per_document]
     return WebDocument(
         id=doc_id, url=url, sentences=sentences, images=images, source=source, metadata=metadata
     )
 
 
-def read_warc(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebDocument]:
-    """Documents from the HTML ``response`` records of a (gzipped) WARC file, in file order."""
+def read_warc(
+    path: str | os.PathLike[str], config: ReadConfig, counts: ReadCounts | None = None
+) -> Iterator[WebDocument]:
+    """Documents from the HTML ``response`` records of a (gzipped) WARC file, in file order.
+
+    Every 2xx HTML response is a page; ``counts`` (when given) receives the pages and why any were dropped.
+    """
     from warcio.archiveiterator import ArchiveIterator
 
+    counts = counts if counts is not None else ReadCounts()
     source = Path(path).name
     with open(path, "rb") as stream:
         for record in ArchiveIterator(stream):
@@ -190,10 +283,12 @@ def read_warc(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebD
                 continue
             if not (record.http_headers.get_statuscode() or "").startswith("2"):
                 continue
+            counts.pages += 1
             raw = record.content_stream().read(config.max_html_bytes + 1)
             url = record.rec_headers.get_header("WARC-Target-URI") or ""
             if len(raw) > config.max_html_bytes:
                 logger.info("skipping %s in %s: page larger than read.max_html_bytes", url, source)
+                counts.drop_page("page_too_large")
                 continue
             record_id = record.rec_headers.get_header("WARC-Record-ID") or url
             doc = _make_document(
@@ -203,20 +298,34 @@ def read_warc(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebD
                 source,
                 config,
                 {"warc_record_id": record_id, "warc_date": record.rec_headers.get_header("WARC-Date")},
+                counts,
             )
             if doc is not None:
                 yield doc
 
 
 def read_html_file(
-    path: str | os.PathLike[str], config: ReadConfig, url: str | None = None
+    path: str | os.PathLike[str], config: ReadConfig, url: str | None = None, counts: ReadCounts | None = None
 ) -> list[WebDocument]:
     """One document from an HTML file; relative image URLs resolve against ``url`` or the file itself."""
+    counts = counts if counts is not None else ReadCounts()
     file_path = Path(path).resolve()
-    raw = file_path.read_bytes()[: config.max_html_bytes]
     page_url = url or file_path.as_uri()
+    counts.pages += 1
+    with open(file_path, "rb") as f:
+        raw = f.read(config.max_html_bytes + 1)
+    if len(raw) > config.max_html_bytes:
+        logger.info("skipping %s: page larger than read.max_html_bytes", file_path)
+        counts.drop_page("page_too_large")
+        return []
     doc = _make_document(
-        _document_id(file_path.name, page_url), page_url, _decode_html(raw, None), file_path.name, config, {}
+        _document_id(file_path.name, page_url),
+        page_url,
+        _decode_html(raw, None),
+        file_path.name,
+        config,
+        {},
+        counts,
     )
     return [doc] if doc is not None else []
 
@@ -241,12 +350,15 @@ def _jsonl_images(value: Any, where: str) -> list[ImageRef]:
     return images
 
 
-def read_jsonl(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[WebDocument]:
+def read_jsonl(
+    path: str | os.PathLike[str], config: ReadConfig, counts: ReadCounts | None = None
+) -> Iterator[WebDocument]:
     """Documents from JSONL lines ``{"text" or "text_list", "images": [...], "id"?, "url"?}``.
 
     Image positions are unknown (None): JSONL has no page layout. Relative image paths are resolved by
     the fetch stage against ``fetch.local_root``.
     """
+    counts = counts if counts is not None else ReadCounts()
     file_path = Path(path)
     with _open_text(file_path) as f:
         for line_no, line in enumerate(f, start=1):
@@ -265,13 +377,19 @@ def read_jsonl(path: str | os.PathLike[str], config: ReadConfig) -> Iterator[Web
                 sentences = split_sentences(record["text"])
             else:
                 raise ValueError(f"{where}: needs a string field 'text' (or a list 'text_list')")
+            counts.pages += 1
+            images = _jsonl_images(record.get("images", []), where)
             if len(sentences) < config.min_sentences:
+                counts.drop_page("too_few_sentences", len(images))
                 continue
+            over = len(images) - config.max_images_per_document
+            if over > 0:
+                counts.images_dropped["images_over_page_cap"] += over
             yield WebDocument(
                 id=str(record.get("id") or _document_id(file_path.name, str(line_no))),
                 url=str(record.get("url", "")),
                 sentences=[s for s in sentences if s],
-                images=_jsonl_images(record.get("images", []), where)[: config.max_images_per_document],
+                images=images[: config.max_images_per_document],
                 source=file_path.name,
                 metadata={
                     k: v for k, v in record.items() if k not in ("text", "text_list", "images", "id", "url")
@@ -291,15 +409,17 @@ def input_kind(path: str | os.PathLike[str]) -> str:
     raise ValueError(f"input {path}: unknown kind; use .warc(.gz), .html/.htm or .jsonl(.gz)")
 
 
-def read_input(path: str | os.PathLike[str], config: ReadConfig) -> list[WebDocument]:
-    """All documents of one input file, in file order."""
+def read_input(
+    path: str | os.PathLike[str], config: ReadConfig, counts: ReadCounts | None = None
+) -> list[WebDocument]:
+    """All documents of one input file, in file order; ``counts`` receives the pages read and the drops."""
     kind = input_kind(path)
     if kind == "warc":
-        docs = list(read_warc(path, config))
+        docs = list(read_warc(path, config, counts))
     elif kind == "html":
-        docs = read_html_file(path, config)
+        docs = read_html_file(path, config, counts=counts)
     else:
-        docs = list(read_jsonl(path, config))
+        docs = list(read_jsonl(path, config, counts))
     return _unique_ids(docs)
 
 
