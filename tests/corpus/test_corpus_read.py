@@ -12,6 +12,7 @@ from flamingo.corpus.config import ReadConfig
 from flamingo.corpus.read import (
     PageDropped,
     ReadCounts,
+    _decode_html,
     extract_html,
     read_html_file,
     read_input,
@@ -186,3 +187,40 @@ def test_every_page_is_a_kept_document_or_a_counted_drop(tmp_path) -> None:
     )
     assert read["documents_dropped"] == {"page_too_large": 1, "too_deep": 1, "too_few_sentences": 1}
     assert "| read | documents | page_too_large | 1 |" in stats.report_markdown()
+
+
+SMART = "\u201cSmart quotes\u201d at the caf\u00e9 \u2014 cr\u00e8me br\u00fbl\u00e9e, voil\u00e0."
+
+
+def test_undeclared_windows_1252_is_detected(tmp_path) -> None:
+    html = f"<html><head><title>t</title></head><body><p>{SMART} Plain words follow here.</p></body></html>"
+    path = tmp_path / "p.html"
+    path.write_bytes(html.encode("cp1252"))
+    (doc,) = read_html_file(path, ReadConfig())
+    assert doc.sentences == [SMART, "Plain words follow here."]
+    path.write_bytes(html.encode("utf-8"))  # clean UTF-8 stays UTF-8
+    assert read_html_file(path, ReadConfig())[0].sentences[0] == SMART
+
+
+def test_a_meta_charset_after_4_kb_of_css_is_found() -> None:
+    css = "p { color: #123456; margin: 0 auto; }\n" * 200  # about 8 KB before the <meta>
+    html = (
+        f"<html><head><style>{css}</style><meta http-equiv='Content-Type' content='text/html; "
+        f"charset=windows-1252'></head><body><p>{SMART}</p></body></html>"
+    )
+    sentences, _ = extract_html(_decode_html(html.encode("cp1252"), "text/html"), "http://e/", ReadConfig())
+    assert sentences == [SMART]
+    # the header's charset wins over the page's own
+    cyrillic = "\u041f\u0440\u0438\u0432\u0435\u0442"
+    raw = b"<meta charset='cp1252'>" + cyrillic.encode("koi8_r")
+    assert _decode_html(raw, "text/html; charset=KOI8-R").endswith(cyrillic)
+
+
+def test_text_that_does_not_decode_is_dropped_and_counted(tmp_path) -> None:
+    broken = "<body><p>" + "caf\u00e9 cr\u00e8me. " * 40 + "</p></body>"
+    path = tmp_path / "broken.html"
+    path.write_bytes(b"<meta charset='utf-8'>" + broken.encode("cp1252"))  # declared UTF-8, is not
+    counts = ReadCounts()
+    assert read_html_file(path, ReadConfig(), counts=counts) == []
+    assert counts.documents_dropped == {"undecodable_text": 1}
+    assert len(read_html_file(path, ReadConfig(max_replacement_share=0.5))) == 1

@@ -12,6 +12,7 @@ Image URLs are resolved against ``<base href>`` or the page URL; ``data:`` and o
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -219,20 +220,66 @@ def _document_id(source: str, key: str) -> str:
 
 
 def _charset(content_type: str | None) -> str | None:
-    match = re.search(r"charset=([\w.-]+)", content_type or "", re.IGNORECASE)
+    match = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.IGNORECASE)
     return match.group(1) if match else None
 
 
-def _decode_html(raw: bytes, content_type: str | None) -> str:
-    """Decode with the declared charset, then a <meta charset>, then UTF-8 (errors replaced)."""
-    charset = _charset(content_type)
-    if charset is None:
-        meta = re.search(rb"<meta[^>]+charset=[\"']?([\w.-]+)", raw[:4096], re.IGNORECASE)
-        charset = meta.group(1).decode("ascii", "replace") if meta else "utf-8"
+_HEAD_SCAN_BYTES = 65_536
+_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
+# Markup, scripts and styles are ASCII in every encoding the detector weighs; left in, they swamp the few
+# bytes that tell the encodings apart. ``[^<>]`` keeps a stray ``<`` from scanning to the end of the page.
+_NOT_TEXT = re.compile(rb"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^<>]*>", re.IGNORECASE | re.DOTALL)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _meta_charset(raw: bytes) -> str | None:
+    """The ``<meta charset>`` or ``http-equiv`` charset of the page's head (at most its first 64 KB)."""
+    head = raw[:_HEAD_SCAN_BYTES]
+    end = head.lower().find(b"</head")
+    match = _META_CHARSET.search(head if end < 0 else head[:end])
+    return match.group(1).decode("ascii") if match else None
+
+
+def _codec(name: str | None) -> str | None:
+    """Python's name for a declared charset, or None when Python does not know it."""
+    if not name:
+        return None
     try:
-        return raw.decode(charset, errors="replace")
+        return codecs.lookup(name).name
     except LookupError:
+        return None
+
+
+def _decode_html(raw: bytes, content_type: str | None) -> str:
+    """The page's text, decoded by its byte-order mark, its declared charset (HTTP header, then a
+    ``<meta>`` in the head) or, when it declares none, as UTF-8 if that is clean, else by the charset
+    ``charset_normalizer`` detects in its text. Undecodable bytes become U+FFFD (counted by the caller).
+    """
+    for bom, codec in _BOMS:
+        if raw.startswith(bom):
+            return raw.decode(codec, errors="replace")
+    codec = _codec(_charset(content_type)) or _codec(_meta_charset(raw))
+    if codec is not None:
+        return raw.decode(codec, errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(_NOT_TEXT.sub(b" ", raw))
+    best = matches.best()
+    if best is None:
         return raw.decode("utf-8", errors="replace")
+    # On a short text several single-byte charsets fit equally well; windows-1252, the most common
+    # undeclared legacy charset of the web (the WHATWG default for unlabelled pages), breaks such ties.
+    tied = {m.encoding for m in matches if m.chaos <= best.chaos and m.coherence >= best.coherence}
+    return raw.decode("cp1252" if "cp1252" in tied else best.encoding, errors="replace")
+
+
+def _replacement_share(sentences: list[str]) -> float:
+    chars = sum(len(s) for s in sentences)
+    return sum(s.count("\ufffd") for s in sentences) / chars if chars else 0.0
 
 
 def _make_document(
@@ -253,6 +300,9 @@ def _make_document(
         return None
     if len(sentences) < config.min_sentences:
         counts.drop_page("too_few_sentences", len(images))
+        return None
+    if _replacement_share(sentences) > config.max_replacement_share:
+        counts.drop_page("undecodable_text", len(images))
         return None
     over = len(images) - config.max_images_per_document
     if over > 0:
