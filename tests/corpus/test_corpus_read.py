@@ -224,3 +224,32 @@ def test_text_that_does_not_decode_is_dropped_and_counted(tmp_path) -> None:
     assert read_html_file(path, ReadConfig(), counts=counts) == []
     assert counts.documents_dropped == {"undecodable_text": 1}
     assert len(read_html_file(path, ReadConfig(max_replacement_share=0.5))) == 1
+
+
+def test_lazy_loaded_images_resolve_to_the_real_image() -> None:
+    blank = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+    html = f"""<body><article><p>Lazy images follow in this article text.</p>
+      <p><img src="{blank}" data-src="real.png" alt="one"></p>
+      <p><img src="/img/blank.gif" data-original="/img/two.jpg"></p>
+      <p><img data-lazy-src="three.jpg"></p>
+      <p><img src="{blank}" data-srcset="s.jpg 320w, l.jpg 1280w, m.jpg 640w"></p>
+      <p><img srcset="{blank} 1x, hi.jpg 2x"></p>
+      <p><img src="kept.jpg" data-src="other.jpg"></p>
+      <figure><img src="{blank}"><noscript><img src="four.jpg" alt="four"></noscript></figure>
+      <figure><img src="{blank}" data-src="five.jpg"><noscript><img src="five.jpg"></noscript></figure>
+      <figure><noscript><img src="six.jpg">Turn on JavaScript.</noscript><figcaption>Six.</figcaption></figure>
+    </article></body>"""
+    sentences, images = extract_html(html, "http://e.com/a/", ReadConfig())
+    assert sentences == ["Lazy images follow in this article text.", "Six."]  # no noscript text
+    assert [im.url.removeprefix("http://e.com") for im in images] == [
+        "/a/real.png",
+        "/img/two.jpg",
+        "/a/three.jpg",
+        "/a/l.jpg",  # the widest candidate
+        "/a/hi.jpg",
+        "/a/kept.jpg",  # a real src wins
+        "/a/four.jpg",  # the noscript fallback of a placeholder
+        "/a/five.jpg",  # once, not again from its noscript
+        "/a/six.jpg",
+    ]
+    assert images[0].alt == "one" and images[6].alt == "four"

@@ -131,18 +131,114 @@ def _block_and_link(node: LexborNode) -> tuple[int, bool]:
     return 0, in_link
 
 
+# Where lazy-loading scripts keep the real address while ``src`` holds a placeholder.
+_LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
+_LAZY_SRCSET_ATTRS = ("data-srcset", "srcset")
+# File names of the blank or spinner images that lazy loaders put in ``src`` (``blank.gif``, ``lazy-load.png``).
+_PLACEHOLDER_NAMES = frozenset(
+    {"blank", "spacer", "placeholder", "pixel", "transparent", "lazy", "loading", "loader", "empty", "1x1"}
+)
+
+
+def _is_placeholder(src: str) -> bool:
+    if src.lower().startswith("data:"):
+        return True
+    name = urlsplit(src).path.rsplit("/", 1)[-1].lower()
+    return re.split(r"[-_.]", name, maxsplit=1)[0] in _PLACEHOLDER_NAMES
+
+
+def _srcset_candidates(srcset: str) -> Iterator[tuple[str, str]]:
+    """``(url, descriptor)`` pairs of a ``srcset``: a URL runs to whitespace (it may hold commas, as
+    ``data:`` URLs do) and a comma ending it ends the candidate; otherwise the descriptor runs to a comma."""
+    pos, end = 0, len(srcset)
+    while pos < end:
+        while pos < end and (srcset[pos].isspace() or srcset[pos] == ","):
+            pos += 1
+        start = pos
+        while pos < end and not srcset[pos].isspace():
+            pos += 1
+        url = srcset[start:pos]
+        if not url:
+            break
+        if url.endswith(","):
+            yield url.rstrip(","), ""
+            continue
+        comma = srcset.find(",", pos)
+        comma = end if comma < 0 else comma
+        yield url, srcset[pos:comma].strip().lower()
+        pos = comma + 1
+
+
+def _largest_candidate(srcset: str) -> str:
+    """The URL of the widest (``800w``) or densest (``2x``) candidate of a ``srcset``; "" when none."""
+    best, best_key = "", (-1, -1.0)
+    for url, descriptor in _srcset_candidates(srcset):
+        if _is_placeholder(url):
+            continue
+        number = re.fullmatch(r"(\d+(?:\.\d+)?)([wx])", descriptor)
+        # widths outrank densities: a srcset should not mix them, and a width says more
+        key = (1 if number.group(2) == "w" else 0, float(number.group(1))) if number else (0, 1.0)
+        if key > best_key:
+            best, best_key = url, key
+    return best
+
+
+def _image_src(attrs: dict[str, str | None]) -> str:
+    """The real address of an ``<img>``: ``src`` unless it is missing or a placeholder, else a lazy-loading
+    attribute, else the largest ``srcset`` candidate."""
+    src = (attrs.get("src") or "").strip()
+    if src and not _is_placeholder(src):
+        return src
+    for name in _LAZY_SRC_ATTRS:
+        value = (attrs.get(name) or "").strip()
+        if value and not _is_placeholder(value):
+            return value
+    for name in _LAZY_SRCSET_ATTRS:
+        value = _largest_candidate(attrs.get(name) or "")
+        if value:
+            return value
+    return ""
+
+
 def _image_from_node(node: LexborNode, base_url: str) -> ImageRef | None:
     attrs = node.attributes
-    src = attrs.get("src") or attrs.get("data-src") or ""
-    if not src and attrs.get("srcset"):
-        src = (attrs.get("srcset") or "").split(",")[0].strip().split(" ")[0]
-    src = src.strip()
-    if not src or src.startswith("data:"):
+    src = _image_src(attrs)
+    if not src:
         return None
     url = urljoin(base_url, src) if base_url else src
     if urlsplit(url).scheme not in _IMAGE_SCHEMES:
         return None
     return ImageRef(url=url, alt=" ".join((attrs.get("alt") or "").split()))
+
+
+def _inside(node: LexborNode, tag: str, stop: LexborNode) -> bool:
+    parent = node.parent
+    for _ in range(_MAX_ANCESTOR_WALK):
+        if parent is None or parent.mem_id == stop.mem_id:
+            return False
+        if parent.tag == tag:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _promote_noscript_images(root: LexborNode, base_url: str) -> None:
+    """Move the ``<img>`` of a ``<noscript>`` fallback out of it (before boilerplate removal drops it) when
+    its parent shows no real image of its own, only a lazy-loading placeholder or nothing."""
+    for noscript in root.css("noscript"):
+        fallbacks = noscript.css("img")
+        parent = noscript.parent
+        if not fallbacks or parent is None:
+            continue
+        shown = [
+            img
+            for img in parent.css("img")
+            if not _inside(img, "noscript", parent) and _image_from_node(img, base_url) is not None
+        ]
+        if shown:
+            continue  # the page already shows the image (e.g. from data-src): do not add it twice
+        for img in fallbacks:
+            noscript.insert_before(img)
 
 
 def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
@@ -199,6 +295,7 @@ def _extract(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], l
     root = tree.body
     if root is None:
         return [], []
+    _promote_noscript_images(root, base_url)
     for node in root.css(_BOILERPLATE):
         node.decompose()
     sentences: list[str] = []
