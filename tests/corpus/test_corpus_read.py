@@ -253,3 +253,22 @@ def test_lazy_loaded_images_resolve_to_the_real_image() -> None:
         "/a/six.jpg",
     ]
     assert images[0].alt == "one" and images[6].alt == "four"
+
+
+def test_link_wrapped_images_without_prose_around_them_are_dropped() -> None:
+    albums = "".join(
+        f'<h2>Album number {i}</h2><div class="thumb"><a href="/album/{i}"><img src="t{i}.jpg"></a></div>'
+        for i in range(4)
+    )
+    gallery = f'<body><div class="logo"><a href="/"><img src="logo.png"></a></div>{albums}</body>'
+    sentences, images = extract_html(gallery, "http://e.com/", ReadConfig())
+    assert images == [] and sentences == [f"Album number {i}" for i in range(4)]
+
+    article = """<body><div><a href="/"><img src="logo.png"></a></div><article><h1>A walk</h1>
+      <p>We walked along the river in the morning.</p>
+      <div><a href="/big.jpg"><img src="river.jpg"></a></div>
+      <p>Then we had lunch by the bridge.</p>
+      <figure><a href="/f.jpg"><img src="field.jpg"></a><figcaption>The field.</figcaption></figure>
+      <p>Back home, a <a href="/map"><img src="map.png"></a> map of the walk.</p></article></body>"""
+    _, images = extract_html(article, "http://e.com/", ReadConfig())
+    assert [im.url.rsplit("/", 1)[1] for im in images] == ["river.jpg", "field.jpg", "map.png"]

@@ -111,13 +111,15 @@ class _Block:
     text: list[str] = field(default_factory=list)
     link_chars: int = 0
     images: list[tuple[int, ImageRef]] = field(default_factory=list)  # (chars of text before it, image)
+    linked_images: int = 0  # how many of ``images`` sit inside a link
+    tag: str = ""  # the block element's tag ("" for text outside any block element)
 
     def joined(self) -> str:
         return " ".join("".join(self.text).split())
 
 
-def _block_and_link(node: LexborNode) -> tuple[int, bool]:
-    """The mem_id of the nearest block-level ancestor, and whether ``node`` sits inside a link."""
+def _block_and_link(node: LexborNode) -> tuple[int, str, bool]:
+    """The mem_id and tag of the nearest block-level ancestor, and whether ``node`` sits inside a link."""
     in_link = False
     parent = node.parent
     for _ in range(_MAX_ANCESTOR_WALK):
@@ -126,9 +128,9 @@ def _block_and_link(node: LexborNode) -> tuple[int, bool]:
         if parent.tag == "a":
             in_link = True
         if parent.tag in _BLOCK_TAGS:
-            return parent.mem_id, in_link
+            return parent.mem_id, parent.tag or "", in_link
         parent = parent.parent
-    return 0, in_link
+    return 0, "", in_link
 
 
 # Where lazy-loading scripts keep the real address while ``src`` holds a placeholder.
@@ -248,9 +250,9 @@ def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
     for node in root.traverse(include_text=True):
         if node.tag not in ("-text", "img", "br"):
             continue
-        block_id, in_link = _block_and_link(node)
+        block_id, block_tag, in_link = _block_and_link(node)
         if block_id != current_id:
-            blocks.append(_Block())
+            blocks.append(_Block(tag=block_tag))
             current_id = block_id
         block = blocks[-1]
         if node.tag == "-text":
@@ -264,6 +266,7 @@ def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
             image = _image_from_node(node, base_url)
             if image is not None:
                 block.images.append((len(block.joined()), image))
+                block.linked_images += in_link
     return blocks
 
 
@@ -271,6 +274,39 @@ def _is_boilerplate(block: _Block, text: str, config: ReadConfig) -> bool:
     if not text or len(text) >= config.short_block_chars:
         return False
     return block.link_chars / len(text) > config.max_link_density
+
+
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+
+
+def _kept_blocks(blocks: list[_Block], texts: list[str], config: ReadConfig) -> list[bool]:
+    """Which blocks are main content.
+
+    A short block mostly inside links is boilerplate. A block of images alone, every one inside a link
+    (thumbnails, logos, banners), is all link too: it is kept only beside prose, i.e. when the nearest
+    text block before or after it is kept and is not a heading (a paragraph, a caption), so a linked figure
+    in an article stays while a gallery index of headings and linked thumbnails loses its images.
+    """
+    keep = [not _is_boilerplate(block, text, config) for block, text in zip(blocks, texts)]
+    for i, block in enumerate(blocks):
+        if texts[i] or not block.images or block.linked_images < len(block.images):
+            continue
+        keep[i] = any(
+            _prose_at(blocks, texts, keep, j) for j in (_next_text(texts, i, -1), _next_text(texts, i, 1))
+        )
+    return keep
+
+
+def _next_text(texts: list[str], i: int, step: int) -> int:
+    """The index of the nearest block with text from ``i`` in direction ``step``; -1 when none."""
+    j = i + step
+    while 0 <= j < len(texts) and not texts[j]:
+        j += step
+    return j if 0 <= j < len(texts) else -1
+
+
+def _prose_at(blocks: list[_Block], texts: list[str], keep: list[bool], j: int) -> bool:
+    return j >= 0 and keep[j] and blocks[j].tag not in _HEADINGS
 
 
 def extract_html(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
@@ -300,9 +336,10 @@ def _extract(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], l
         node.decompose()
     sentences: list[str] = []
     images: list[ImageRef] = []
-    for block in _collect_blocks(root, base_url):
-        text = block.joined()
-        if _is_boilerplate(block, text, config):
+    blocks = _collect_blocks(root, base_url)
+    texts = [block.joined() for block in blocks]
+    for block, text, kept in zip(blocks, texts, _kept_blocks(blocks, texts, config)):
+        if not kept:
             continue
         for offset, image in block.images:
             before = len(split_sentences(text[:offset])) if offset else 0
