@@ -8,6 +8,11 @@ HTML extraction (selectolax/lexbor) keeps the main text and the images in page o
 4. each block is split into sentences, and each image is placed before the sentence that follows it.
 
 Image URLs are resolved against ``<base href>`` or the page URL; ``data:`` and other schemes are skipped.
+Lazy-loaded images resolve to their real address (``data-src``, ``srcset``, a ``<noscript>`` fallback), and a
+block of link-wrapped images alone is kept only beside prose.
+
+Each page becomes a document or is dropped under a reason counted in ``ReadCounts`` (``page_too_large``,
+``too_deep``, ``undecodable_text``, ``too_few_sentences``); the engine puts the counts into ``stats.json``.
 """
 
 from __future__ import annotations
