@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from corpus_fakes import page, write_warc
 
 from flamingo.corpus.config import ReadConfig
-from flamingo.corpus.read import extract_html, read_input, read_jsonl, read_warc
+from flamingo.corpus.read import (
+    PageDropped,
+    ReadCounts,
+    _decode_html,
+    extract_html,
+    read_html_file,
+    read_input,
+    read_jsonl,
+    read_warc,
+)
 from flamingo.corpus.sentences import split_sentences
+from flamingo.corpus.stats import BuildStats
 
 
 @pytest.mark.parametrize(
@@ -128,3 +139,136 @@ def test_html_file_images_resolve_to_file_urls(tmp_path) -> None:
     (doc,) = read_input(html, ReadConfig())
     assert doc.images[0].url == (tmp_path / "pages" / "img" / "r.png").as_uri()
     assert doc.sentences == ["Local page.", "A red car."]
+
+
+def test_a_page_nested_200000_deep_is_dropped_quickly_and_counted(tmp_path) -> None:
+    deep = "<html><body>" + "<div>" * 200_000 + "Deep text." + "</div>" * 200_000 + "</body></html>"
+    path = tmp_path / "deep.html"
+    path.write_text(deep)
+    counts = ReadCounts()
+    start = time.perf_counter()
+    assert read_html_file(path, ReadConfig(), counts=counts) == []
+    assert time.perf_counter() - start < 5.0  # the parser alone needs minutes for this page
+    assert counts.pages == 1 and counts.documents_dropped == {"too_deep": 1}
+    with pytest.raises(PageDropped, match="max_nesting_depth=10000"):
+        extract_html(deep, "http://e.com/", ReadConfig())
+    # unclosed paragraphs and list items and void elements are not nesting: a long flat page is kept
+    flat = "<body><ul>" + "<li><p>Item text. <br><img src='a.png'>" * 30_000 + "</ul></body>"
+    sentences, _ = extract_html(flat, "http://e.com/", ReadConfig(max_nesting_depth=50))
+    assert len(sentences) == 30_000
+
+
+def test_every_page_is_a_kept_document_or_a_counted_drop(tmp_path) -> None:
+    config = ReadConfig(max_html_bytes=20_000, max_nesting_depth=100, max_images_per_document=3)
+    five_images = page("Gallery page.", ["Some text here."] * 5, [f"i{i}.png" for i in range(5)])
+    pages = [
+        ("http://e.com/ok", page("Kept page.", ["A red car."], ["r.png"])),
+        ("http://e.com/big", page("Big page.", ["Word " * 5_000], [])),
+        ("http://e.com/deep", "<body>" + "<span>" * 500 + "Deep." + "</span>" * 500 + "</body>"),
+        ("http://e.com/empty", "<body><nav><a href='/'>Home</a></nav><img src='x.png'></body>"),
+        ("http://e.com/many", five_images),
+    ]
+    counts = ReadCounts()
+    docs = read_input(write_warc(tmp_path / "x.warc.gz", pages), config, counts)
+    assert [d.url for d in docs] == ["http://e.com/ok", "http://e.com/many"]
+    assert counts.documents_dropped == {"page_too_large": 1, "too_deep": 1, "too_few_sentences": 1}
+    assert counts.pages == len(pages) == len(docs) + sum(counts.documents_dropped.values())
+    assert len(docs[1].images) == 3
+    assert counts.images_dropped == {"images_over_page_cap": 2, "document_too_few_sentences": 1}
+
+    stats = BuildStats()
+    stats.record_read(docs, counts)
+    read = stats.to_dict()["stages"]["read"]
+    assert (read["documents_in"], read["documents_out"], read["images_in"], read["images_out"]) == (
+        5,
+        2,
+        7,
+        4,
+    )
+    assert read["documents_dropped"] == {"page_too_large": 1, "too_deep": 1, "too_few_sentences": 1}
+    assert "| read | documents | page_too_large | 1 |" in stats.report_markdown()
+
+
+SMART = "\u201cSmart quotes\u201d at the caf\u00e9 \u2014 cr\u00e8me br\u00fbl\u00e9e, voil\u00e0."
+
+
+def test_undeclared_windows_1252_is_detected(tmp_path) -> None:
+    html = f"<html><head><title>t</title></head><body><p>{SMART} Plain words follow here.</p></body></html>"
+    path = tmp_path / "p.html"
+    path.write_bytes(html.encode("cp1252"))
+    (doc,) = read_html_file(path, ReadConfig())
+    assert doc.sentences == [SMART, "Plain words follow here."]
+    path.write_bytes(html.encode("utf-8"))  # clean UTF-8 stays UTF-8
+    assert read_html_file(path, ReadConfig())[0].sentences[0] == SMART
+
+
+def test_a_meta_charset_after_4_kb_of_css_is_found() -> None:
+    css = "p { color: #123456; margin: 0 auto; }\n" * 200  # about 8 KB before the <meta>
+    html = (
+        f"<html><head><style>{css}</style><meta http-equiv='Content-Type' content='text/html; "
+        f"charset=windows-1252'></head><body><p>{SMART}</p></body></html>"
+    )
+    sentences, _ = extract_html(_decode_html(html.encode("cp1252"), "text/html"), "http://e/", ReadConfig())
+    assert sentences == [SMART]
+    # the header's charset wins over the page's own
+    cyrillic = "\u041f\u0440\u0438\u0432\u0435\u0442"
+    raw = b"<meta charset='cp1252'>" + cyrillic.encode("koi8_r")
+    assert _decode_html(raw, "text/html; charset=KOI8-R").endswith(cyrillic)
+
+
+def test_text_that_does_not_decode_is_dropped_and_counted(tmp_path) -> None:
+    broken = "<body><p>" + "caf\u00e9 cr\u00e8me. " * 40 + "</p></body>"
+    path = tmp_path / "broken.html"
+    path.write_bytes(b"<meta charset='utf-8'>" + broken.encode("cp1252"))  # declared UTF-8, is not
+    counts = ReadCounts()
+    assert read_html_file(path, ReadConfig(), counts=counts) == []
+    assert counts.documents_dropped == {"undecodable_text": 1}
+    assert len(read_html_file(path, ReadConfig(max_replacement_share=0.5))) == 1
+
+
+def test_lazy_loaded_images_resolve_to_the_real_image() -> None:
+    blank = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+    html = f"""<body><article><p>Lazy images follow in this article text.</p>
+      <p><img src="{blank}" data-src="real.png" alt="one"></p>
+      <p><img src="/img/blank.gif" data-original="/img/two.jpg"></p>
+      <p><img data-lazy-src="three.jpg"></p>
+      <p><img src="{blank}" data-srcset="s.jpg 320w, l.jpg 1280w, m.jpg 640w"></p>
+      <p><img srcset="{blank} 1x, hi.jpg 2x"></p>
+      <p><img src="kept.jpg" data-src="other.jpg"></p>
+      <figure><img src="{blank}"><noscript><img src="four.jpg" alt="four"></noscript></figure>
+      <figure><img src="{blank}" data-src="five.jpg"><noscript><img src="five.jpg"></noscript></figure>
+      <figure><noscript><img src="six.jpg">Turn on JavaScript.</noscript><figcaption>Six.</figcaption></figure>
+    </article></body>"""
+    sentences, images = extract_html(html, "http://e.com/a/", ReadConfig())
+    assert sentences == ["Lazy images follow in this article text.", "Six."]  # no noscript text
+    assert [im.url.removeprefix("http://e.com") for im in images] == [
+        "/a/real.png",
+        "/img/two.jpg",
+        "/a/three.jpg",
+        "/a/l.jpg",  # the widest candidate
+        "/a/hi.jpg",
+        "/a/kept.jpg",  # a real src wins
+        "/a/four.jpg",  # the noscript fallback of a placeholder
+        "/a/five.jpg",  # once, not again from its noscript
+        "/a/six.jpg",
+    ]
+    assert images[0].alt == "one" and images[6].alt == "four"
+
+
+def test_link_wrapped_images_without_prose_around_them_are_dropped() -> None:
+    albums = "".join(
+        f'<h2>Album number {i}</h2><div class="thumb"><a href="/album/{i}"><img src="t{i}.jpg"></a></div>'
+        for i in range(4)
+    )
+    gallery = f'<body><div class="logo"><a href="/"><img src="logo.png"></a></div>{albums}</body>'
+    sentences, images = extract_html(gallery, "http://e.com/", ReadConfig())
+    assert images == [] and sentences == [f"Album number {i}" for i in range(4)]
+
+    article = """<body><div><a href="/"><img src="logo.png"></a></div><article><h1>A walk</h1>
+      <p>We walked along the river in the morning.</p>
+      <div><a href="/big.jpg"><img src="river.jpg"></a></div>
+      <p>Then we had lunch by the bridge.</p>
+      <figure><a href="/f.jpg"><img src="field.jpg"></a><figcaption>The field.</figcaption></figure>
+      <p>Back home, a <a href="/map"><img src="map.png"></a> map of the walk.</p></article></body>"""
+    _, images = extract_html(article, "http://e.com/", ReadConfig())
+    assert [im.url.rsplit("/", 1)[1] for im in images] == ["river.jpg", "field.jpg", "map.png"]

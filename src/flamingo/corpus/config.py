@@ -38,6 +38,12 @@ class ReadConfig:
     """Documents with fewer sentences than this are not emitted."""
     max_images_per_document: int = field(default=100, metadata=between(0, 100_000))
     """Only the first this-many images of a page are kept (guards against image galleries)."""
+    max_nesting_depth: int = field(default=10_000, metadata=between(1, 10_000_000))
+    """Pages whose elements nest deeper than this are dropped (``too_deep``) before parsing: the parser's
+    time grows with the square of the depth (200,000 levels take minutes)."""
+    max_replacement_share: float = field(default=0.01, metadata=between(0, 1))
+    """Pages whose main text is more than this share of U+FFFD replacement characters (bytes that did not
+    decode in the declared or detected charset) are dropped (``undecodable_text``)."""
 
     def __post_init__(self) -> None:
         _check(self.max_html_bytes > 0, "read", "max_html_bytes", "must be positive")

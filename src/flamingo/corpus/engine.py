@@ -42,7 +42,7 @@ from flamingo.corpus.fetch import fetch_documents
 from flamingo.corpus.filters import filter_images, hash_images
 from flamingo.corpus.interleave import interleave_documents
 from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
-from flamingo.corpus.read import input_kind, read_input
+from flamingo.corpus.read import ReadCounts, input_kind, read_input
 from flamingo.corpus.stats import BuildStats, Laps
 from flamingo.corpus.write import write_shard
 from flamingo.errors import MissingFileError
@@ -105,8 +105,9 @@ def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[
     cfg = task.config
     stats = BuildStats(shards=1)
     lap = Laps()
-    docs = read_input(task.path, cfg.read)
-    stats.record("read", [], docs, seconds=lap())
+    counts = ReadCounts()
+    docs = read_input(task.path, cfg.read, counts)
+    stats.record_read(docs, counts, seconds=lap())
     fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
     stats.record("fetch", docs, fetched, seconds=lap())
     filtered = filter_images(fetched, cfg.filter)

@@ -14,10 +14,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamingo.configs import between, from_mapping
 from flamingo.corpus.document import WebDocument, count
+
+if TYPE_CHECKING:
+    from flamingo.corpus.read import ReadCounts
 
 _COUNT = between(0, 1 << 62)
 
@@ -105,6 +108,19 @@ class BuildStats:
             s.images_dropped[f"document_{doc_reason or 'dropped'}"] += lost
         if n_before["documents"] > n_after["documents"]:
             s.documents_dropped[doc_reason or "dropped"] += n_before["documents"] - n_after["documents"]
+
+    def record_read(self, docs: list[WebDocument], counts: ReadCounts, seconds: float = 0.0) -> None:
+        """Count the read stage: ``counts.pages`` pages in, ``docs`` out, the rest dropped by reason."""
+        s = self.stages.setdefault("read", StageStats())
+        s.seconds += seconds
+        out = count(docs)
+        s.documents_in += counts.pages
+        s.documents_out += out["documents"]
+        s.images_in += out["images"] + sum(counts.images_dropped.values())
+        s.images_out += out["images"]
+        s.sentences_out += out["sentences"]
+        s.images_dropped.update(counts.images_dropped)
+        s.documents_dropped.update(counts.documents_dropped)
 
     def record_output(self, docs: list[WebDocument]) -> None:
         """Add the written documents to the images-per-document histogram."""
