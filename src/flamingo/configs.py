@@ -371,6 +371,11 @@ class _Loader:
     def wrap(self, path: str, err: Exception) -> ConfigError:
         """A check of the dataclass itself (``__post_init__``) failed: say where, keep its message."""
         message = str(err)
+        inner, problem = getattr(err, "where", None), getattr(err, "problem", None)
+        if isinstance(inner, str) and isinstance(problem, str):  # an error naming a field inside this value
+            path = _join(path, inner) if path else inner
+            fix = getattr(err, "fix", None)
+            message = f"{problem}. Fix: {fix}" if fix else problem
         source = self.source_of(path)
         if message.startswith(f"{source}:"):  # the check already named the file (evaluation tasks do)
             return self.error(message, source=source, field=getattr(err, "field", None) or path)

@@ -286,7 +286,7 @@ def test_a_checkpoint_without_templates_loads_with_the_benchmark_ones(model_dir,
 
 
 def test_the_evaluator_takes_the_checkpoint_templates_for_named_task_prompts(model_dir, tmp_path):
-    from flamingo.quickstart.pipeline import TASKS_DIR
+    from flamingo.quickstart.run import TASKS_DIR
 
     from flamingo.eval.models import FlamingoEvalModel
     from flamingo.eval.tasks import load_task
@@ -310,5 +310,7 @@ def test_bad_templates_in_a_checkpoint_are_named(model_dir, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["prompts"]["classify"]["query"] = "Output:"  # no {image}
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"prompts\.classify\.query: must contain \{image\} exactly once"):
+    with pytest.raises(
+        ValueError, match=r"field 'prompts\.classify\.query': must contain \{image\} exactly once"
+    ):
         FlamingoConfig.load(path / "config.json")

@@ -95,20 +95,22 @@ def test_a_non_finite_step_is_skipped_and_too_many_in_a_row_stop(tmp_path, shard
 
 
 def test_the_first_step_is_counted_once_and_counting_changes_no_number(tmp_path, shards):
-    """MFU's FLOPs come from the first real step under the library's counter; the counter only watches."""
+    """MFU's FLOPs come from a count of the first step's forward and backward, run beside the real step: the
+    steps of a counted trainer equal those of a trainer that counts nothing, bit for bit (counting inside the
+    real step would not: the counter's module hooks change the order in which gradients are summed)."""
     from flamingo.train.flops import count_flops, default_peak_flops
 
-    counted, plain = _trainer(tmp_path / "a"), _trainer(tmp_path / "b")
+    counted, plain, probe = _trainer(tmp_path / "a"), _trainer(tmp_path / "b"), _trainer(tmp_path / "c")
     batches = _batches(counted, shards, n=2)
     first = counted._counted_step([SourceBatches("i", 1.0, [batches[0]])])
     flops, positions = counted.step_flops
-    holder = []
-    expected = count_flops(lambda: holder.append(plain.train_step([SourceBatches("i", 1.0, [batches[0]])])))
+    expected = count_flops(lambda: probe.train_step([SourceBatches("i", 1.0, [batches[0]])]))
     assert flops == expected > 0 and positions == first.positions
     second = counted._counted_step([SourceBatches("i", 1.0, [batches[1]])])
     assert counted.step_flops == (flops, positions)  # counted once
+    once = plain.train_step([SourceBatches("i", 1.0, [batches[0]])])
     again = plain.train_step([SourceBatches("i", 1.0, [batches[1]])])
-    assert (first.loss, first.grad_norm) == (holder[0].loss, holder[0].grad_norm)
+    assert (first.loss, first.grad_norm) == (once.loss, once.grad_norm)
     assert (second.loss, second.grad_norm) == (again.loss, again.grad_norm)
     record = counted._record(second, 0.5, type("M", (), {"counts": lambda self: {}})())
     peak = counted.config.logging.peak_flops or default_peak_flops(counted.info.device)

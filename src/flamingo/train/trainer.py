@@ -475,14 +475,23 @@ class Trainer:
         return result
 
     def _counted_step(self, sources: list[SourceBatches]) -> StepStats:
-        """:meth:`train_step`; the first one under the FLOP counter (:mod:`flamingo.train.flops`), which only
-        watches: the step's numbers are the same with it."""
-        if self.step_flops is not None:
-            return self.train_step(sources)
-        with flop_counter() as counter:
-            stats = self.train_step(sources)
-        self.step_flops = (float(counter.get_total_flops()), max(stats.positions, 1))
-        return stats
+        """:meth:`train_step`, after counting the FLOPs of this process's first step (:mod:`flamingo.train.flops`).
+
+        The count runs the step's forward and backward once more, on the same micro-batches, and throws its
+        gradients away. It cannot run inside the real step: the counter's module hooks change the order in
+        which gradients are summed, so a counted step's numbers differ in the last bits, and a resumed run
+        (which counts its own first step) would no longer repeat the uninterrupted one bit for bit.
+        """
+        if self.step_flops is None:
+            self._set_modes()
+            local = [sum(b.num_supervised for b in s.micro_batches) for s in sources]
+            totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self.info)
+            with torch.random.fork_rng(devices=[]), flop_counter() as counter:
+                self._backward_all(sources, totals)
+            self.optimizer.zero_grad(set_to_none=True)
+            positions = sum(b.input_ids.numel() for s in sources for b in s.micro_batches)
+            self.step_flops = (float(counter.get_total_flops()), max(positions, 1))
+        return self.train_step(sources)
 
     def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
         """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts.
