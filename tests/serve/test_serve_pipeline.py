@@ -286,11 +286,10 @@ def test_a_checkpoint_without_templates_loads_with_the_benchmark_ones(model_dir,
 
 
 def test_the_evaluator_takes_the_checkpoint_templates_for_named_task_prompts(model_dir, tmp_path):
-    from flamingo.quickstart.run import TASKS_DIR
-
     from flamingo.eval.models import FlamingoEvalModel
     from flamingo.eval.tasks import load_task
     from flamingo.prompts import OPENFLAMINGO
+    from flamingo.quickstart.run import TASKS_DIR
     from flamingo.quickstart.text import PROMPTS
 
     model = FlamingoPipeline.from_pretrained(_checkpoint_copy(model_dir, tmp_path, PROMPTS)).model
