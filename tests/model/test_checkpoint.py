@@ -11,6 +11,7 @@ from model_support import make_images
 
 from flamingo.model.checkpoint import CheckpointError
 from flamingo.model.convert import read_openflamingo_checkpoint
+from flamingo.model.files import ModelFileError
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.tiny import build_tiny_flamingo
 from flamingo.train.freeze import freeze_backbones
@@ -106,7 +107,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     path = tmp_path / "checkpoint.pt"
     with open(path, "wb") as f:
         pickle.dump({"perceiver.latents": _Exploit(marker)}, f)
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(ModelFileError, match="refused to load"):
         read_openflamingo_checkpoint(path)
     assert not marker.exists()
 

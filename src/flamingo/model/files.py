@@ -57,6 +57,29 @@ def load_torch_file(path: str | Path) -> Any:
         raise _damaged(path, error) from error
 
 
+def load_weights_file(path: str | Path) -> Any:
+    """The contents of a weights file: ``.safetensors`` through :func:`load_safetensors`, anything else through
+    ``torch.load(weights_only=True)``. A file that would need pickled code to load (a TorchScript archive is
+    one) is refused, and a cut one named, each as one :class:`ModelFileError`."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, zipfile.BadZipFile) as error:
+        raise _damaged(path, error) from error
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as error:
+        raise ModelFileError(
+            f"{path}: refused to load, it is not a plain tensor file (loading it would run pickled code, which "
+            f"flamingo-vlm never does; a TorchScript archive is one): {str(error).splitlines()[0]}"
+        ) from error
+
+
 def check_safetensors(path: str | Path) -> None:
     """Raise :class:`ModelFileError` naming ``path`` when its header is damaged or the file is shorter than the
     header says. Reads only the header (the tensors are memory-mapped, not loaded)."""

@@ -229,24 +229,13 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file, unwrapped as open_clip does:
     a ``state_dict`` entry is taken when present and a leading ``module.`` removed. Pickles that would run code
     are refused (``weights_only=True``)."""
-    import pickle
+    from flamingo.model.files import load_weights_file
 
     if not path.is_file():
         raise MissingFileError(
             f"vision weights {path} not found: check vision.pretrained in the model config"
         )
-    if path.suffix == ".safetensors":
-        from flamingo.model.files import load_safetensors
-
-        raw: Any = load_safetensors(path)
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-            raise ValueError(
-                f"vision weights {path}: refused to load, it is not a plain tensor file (loading it would run "
-                f"pickled code; a TorchScript archive is one): {str(err).splitlines()[0]}"
-            ) from err
+    raw: Any = load_weights_file(path)
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not raw:

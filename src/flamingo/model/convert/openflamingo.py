@@ -10,7 +10,6 @@ are read with ``weights_only=True``: a pickle that would run code is refused.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from flamingo.errors import UnknownNameError
 from flamingo.model.checkpoint import CheckpointError, build_flamingo
 from flamingo.model.config import CrossAttnConfig, FlamingoConfig, LMConfig, PerceiverConfig, VisionConfig
-from flamingo.model.files import load_safetensors
+from flamingo.model.files import load_weights_file
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import is_tied
 from flamingo.model.presets import OPENFLAMINGO_PRESETS, identify_base_lm
@@ -55,16 +54,7 @@ _DUPLICATE_LISTS = ("lang_encoder.old_decoder_blocks.", "lang_encoder.gated_cros
 def read_openflamingo_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a ``checkpoint.pt`` safely and return its model tensors with wrapper segments removed."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        raw: Any = load_safetensors(path)
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-            raise CheckpointError(
-                f"{path}: refused to load. It is not a plain tensor checkpoint (loading it would need to run "
-                f"pickled code, which flamingo-vlm never does): {str(err).splitlines()[0]}"
-            ) from err
+    raw: Any = load_weights_file(path)  # a pickle that would run code is refused, a cut file named
     if isinstance(raw, dict) and "model_state_dict" in raw:
         raw = raw["model_state_dict"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
