@@ -486,8 +486,14 @@ class Trainer:
             self._set_modes()
             local = [sum(b.num_supervised for b in s.micro_batches) for s in sources]
             totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self.info)
-            with torch.random.fork_rng(devices=[]), flop_counter() as counter:
-                self._backward_all(sources, totals)
+            # The encoder's feature cache stays out of it: the count sees the encoder's work, and the real step
+            # finds the cache as it would without the count.
+            cache, self.model.vision_cache = getattr(self.model, "vision_cache", None), None
+            try:
+                with torch.random.fork_rng(devices=[]), flop_counter() as counter:
+                    self._backward_all(sources, totals)
+            finally:
+                self.model.vision_cache = cache
             self.optimizer.zero_grad(set_to_none=True)
             positions = sum(b.input_ids.numel() for s in sources for b in s.micro_batches)
             self.step_flops = (float(counter.get_total_flops()), max(positions, 1))
