@@ -46,20 +46,22 @@ def test_a_new_run_becomes_the_latest_table(tmp_path, monkeypatch):
     source = ROOT / "bench" / "results" / "model_cpu_tiny.json"
     (tmp_path / source.name).write_text(source.read_text())
     before = page.render(tmp_path)
-    newer = copy.deepcopy(json.loads(source.read_text())["runs"][-1])
+    recorded = json.loads(source.read_text())["runs"]
+    newer = copy.deepcopy(recorded[-1])
     for key in ("date", "cpu", "command", "provenance"):
-        newer.pop(key)
+        newer.pop(key, None)
     newer["rows"][0]["ours_s"] = 0.123456
     newer["rows"][0]["speedup"] = 4.0
     monkeypatch.setattr(sys, "argv", [str(ROOT / "bench" / "bench_model.py"), "--size", "tiny"])
     run = results_log.record(tmp_path / source.name, newer)
     assert run["command"] == "python bench/bench_model.py --size tiny" and run["cpu"] and run["date"]
     runs = json.loads((tmp_path / source.name).read_text())["runs"]
-    assert len(runs) == 3 and runs[-1]["rows"][0]["ours_s"] == 0.123456
+    assert len(runs) == len(recorded) + 1 and runs[-1]["rows"][0]["ours_s"] == 0.123456
     after = page.render(tmp_path)
     assert after != before
-    assert "| training step | 0.496 s | 0.123 s | 4.00x |" in after
-    assert "2 earlier runs in `model_cpu_tiny.json`" in after
+    reference_s = newer["rows"][0]["reference_s"]
+    assert f"| training step | {reference_s:.3f} s | 0.123 s | 4.00x |" in after
+    assert f"{len(recorded)} earlier runs in `model_cpu_tiny.json`" in after
     assert f"Latest run: {run['date']} on {run['cpu']}." in after
     assert "Provenance" not in after  # the new run carries its own date, machine and command
 
