@@ -253,6 +253,23 @@ def _marker_problem(texts: list[tuple[str, str]], token: str) -> SchemaIssue | N
     return None
 
 
+def _has_json(
+    checked: Checked,
+    members: Mapping[str, bytes],
+    data: Any,
+    json_problem: SchemaIssue | None,
+    settings: SampleSettings,
+) -> bool:
+    """Whether the sample has a parsed JSON member; if not, the sample fails with the reason why."""
+    if json_problem is not None:
+        checked.fail(json_problem)
+        return False
+    if data is _NO_JSON:
+        checked.fail(_missing_json(checked.key, members, settings))
+        return False
+    return True
+
+
 def _check_document(
     checked: Checked,
     members: Mapping[str, bytes],
@@ -262,11 +279,7 @@ def _check_document(
     source: str,
 ) -> None:
     key = checked.key
-    if json_problem is not None:
-        checked.fail(json_problem)
-        return
-    if data is _NO_JSON:
-        checked.fail(_missing_json(key, members, settings))
+    if not _has_json(checked, members, data, json_problem, settings):
         return
     mmc4 = is_mmc4_dict(data)
     issues = check_mmc4_dict(data) if mmc4 else check_document_dict(data)
@@ -397,12 +410,7 @@ def _check_conversation(
     settings: SampleSettings,
     source: str,
 ) -> None:
-    key = checked.key
-    if json_problem is not None:
-        checked.fail(json_problem)
-        return
-    if data is _NO_JSON:
-        checked.fail(_missing_json(key, members, settings))
+    if not _has_json(checked, members, data, json_problem, settings):
         return
     messages, issues = check_conversation_dict(data)
     if issues:
