@@ -252,6 +252,9 @@ class LoggingConfig:
     """W&B project."""
     peak_flops: float | None = field(default=None, metadata=between(0, 1e21, above=True))
     """Device peak FLOP/s for MFU; None: 989e12 (H100 bf16) on GPU, 70e9 on CPU."""
+    loader_warn_share: float = field(default=0.25, metadata=between(0, 1))
+    """Warn (once, then rarely) when a step spends more than this share of its time waiting for batches: the
+    data workers cannot keep up (the share is logged as ``loader_wait_share`` either way)."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "logging.every must be at least 1")

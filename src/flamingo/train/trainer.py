@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from flamingo.data.loader import (
     SourceDataset,
     SourceLoader,
     check_packing,
+    pin_memory_for,
 )
 from flamingo.distributed import DistInfo, barrier
 from flamingo.errors import FlamingoError
@@ -54,6 +56,8 @@ from flamingo.train.parallel import (
     parallelize,
     strategy_for,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(FlamingoError, ValueError):
@@ -183,6 +187,7 @@ def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture
     except ValueError as error:
         raise TrainingError(str(error)) from None
     loaders = []
+    pin = pin_memory_for(info.device)  # page-locked batches copy to the GPU asynchronously
     for source in sources:
         dataset = SourceDataset(
             source,
@@ -196,7 +201,12 @@ def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture
         )
         loaders.append(
             SourceLoader(
-                dataset, tokens.pad_id, config.data.prefetch, config.data.worker, config.data.trim_padding
+                dataset,
+                tokens.pad_id,
+                config.data.prefetch,
+                config.data.worker,
+                config.data.trim_padding,
+                pin_memory=pin,
             )
         )
     return Mixture(loaders, config.data.mixing, config.train.seed)
@@ -245,6 +255,8 @@ class Trainer:
         self.step_flops: tuple[float, int] | None = None
         """(FLOPs this rank counted in its first step, that step's token slots): what MFU is measured from."""
         self.vision_cache = self._vision_cache()
+        self.loader_bound_steps = 0
+        """Steps of this run (its first excepted) that waited for data longer than ``logging.loader_warn_share``."""
 
     def _vision_cache(self) -> VisionFeatureCache | None:
         """The frozen encoder's feature cache that ``train.vision_cache_mb`` asks for, set on the model."""
@@ -453,8 +465,12 @@ class Trainer:
         try:
             while self.step < config.train.steps:
                 started = time.perf_counter()
-                stats = self._counted_step(mixture.next_step(self.step, config.train.grad_accum))
-                record = self._record(stats, time.perf_counter() - started, mixture)
+                sources = mixture.next_step(self.step, config.train.grad_accum)
+                waited = time.perf_counter() - started  # the step's time spent waiting for its batches
+                stats = self._counted_step(sources)
+                record = self._record(stats, time.perf_counter() - started, mixture, waited)
+                if info.is_main and stats.step > result.step + 1:  # the first step also starts the workers
+                    self._watch_loader(record)
                 result.losses[stats.step] = stats.loss
                 if stats.step % config.logging.every == 0 or stats.step == config.train.steps:
                     logger.log(record)
@@ -462,7 +478,11 @@ class Trainer:
                         on_log(record)
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+                    loss=f"{stats.loss:.4f}",
+                    lr=f"{stats.lr:.2e}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                    mfu=f"{record['mfu']:.1%}",
+                    data_wait=f"{record['loader_wait_share']:.0%}",
                 )
                 every = config.checkpoint.every
                 if (every and stats.step % every == 0) or stats.step == config.train.steps:
@@ -499,11 +519,36 @@ class Trainer:
             self.step_flops = (float(counter.get_total_flops()), max(positions, 1))
         return self.train_step(sources)
 
-    def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
-        """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts.
+    def _watch_loader(self, record: dict[str, Any]) -> None:
+        """Warn when the step waited for data longer than ``logging.loader_warn_share`` of its time: on the
+        first such step, then on the 10th, 100th, 1000th, ... (once, then rarely)."""
+        share = record["loader_wait_share"]
+        if share <= self.config.logging.loader_warn_share:
+            return
+        self.loader_bound_steps += 1
+        count = self.loader_bound_steps
+        if count == 10 ** (len(str(count)) - 1):  # 1, 10, 100, ...
+            workers = {source.name: source.num_workers for source in self.config.data.sources}
+            logger.warning(
+                "step %d waited %.0f%% of its %.3f s for data (the loader is the bottleneck; %d such step(s) "
+                "so far): raise data.sources.N.num_workers (now %s), use data.worker=process, or give the job "
+                "more CPU cores",
+                record["step"],
+                100 * share,
+                record["step_seconds"],
+                count,
+                workers,
+            )
+
+    def _record(
+        self, stats: StepStats, seconds: float, mixture: Mixture, waited: float = 0.0
+    ) -> dict[str, Any]:
+        """The JSONL record of a step: losses, lr, norms, throughput, MFU, the loader's share and skip counts.
 
         MFU: the first step's counted FLOPs, scaled to this step's token slots (a step's arithmetic grows with
         them), over the step's time and this rank's peak (every rank does its share of the same step).
+        ``loader_wait_share``: the part of the step (``waited`` of ``seconds``) this rank spent waiting for its
+        batches; near 0 when the workers keep ahead, near 1 when the step is starved for data.
         """
         seconds = max(seconds, 1e-9)
         counted, counted_positions = self.step_flops or (0.0, 1)
@@ -519,6 +564,8 @@ class Trainer:
             "tokens_per_s": stats.tokens / seconds,
             "mfu": flops / seconds / peak,
             "step_seconds": seconds,
+            "loader_wait_s": waited,
+            "loader_wait_share": min(waited / seconds, 1.0),
         }
         tokens = max(stats.tokens, 1)
         record["supervised_fraction"] = sum(stats.supervised.values()) / tokens
