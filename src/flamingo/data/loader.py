@@ -33,7 +33,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -45,6 +44,7 @@ from flamingo.configs import ConfigError, between
 from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples  # noqa: F401
 from flamingo.data.interleaved import PAIR_MAX_TOKENS, InterleavedConfig
 from flamingo.data.paths import SHARD_SUFFIXES, expand_paths
+from flamingo.data.remote import RetryPolicy
 from flamingo.data.sft import ChatTemplate, iter_jsonl_samples
 from flamingo.data.shards import FileReadLog, ReadStats, count_checked, iter_tar_samples
 
@@ -98,6 +98,11 @@ class SourceConfig:
     """Concatenate consecutive samples that open with <image> into rows of pack_max_tokens (batch_size rows)."""
     pack_max_tokens: int | None = field(default=None, metadata=between(2, MAX_SEQUENCE))
     """Length of a packed row; None: max_tokens (set it higher to pack several full-length samples)."""
+    retries: int = field(default=3, metadata=between(0, 100))
+    """Remote shards (s3://, gs://, https://, pipe:): reopenings after a transient failure before the shard is
+    skipped (counted as ``read_failed``); a reopened shard resumes after the last sample read."""
+    retry_backoff: float = field(default=1.0, metadata=between(0, 3600))
+    """Seconds before the first retry of a remote shard; each further retry waits twice as long."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("interleaved", "pairs", "sft"):
@@ -218,6 +223,7 @@ class SourceDataset(torch.utils.data.IterableDataset):
             )
         self.split: Literal["shard", "sample"] = "shard" if len(self.shards) >= world_size else "sample"
         self.settings = sample_settings(config, self.tokenizer, image_token_id, eoc_token_id)
+        self.retry = RetryPolicy(config.retries, config.retry_backoff)
         self.position = Position()
         self.read_stats = ReadStats()
         self.skipped: Counter[str] = Counter()
@@ -266,13 +272,13 @@ class SourceDataset(torch.utils.data.IterableDataset):
         self, shard: str, epoch: int, start: int
     ) -> Iterator[tuple[int, str, dict, FileReadLog]]:
         """(offset, key, members, log) of a shard's raw samples in block-shuffled order, from ``start``."""
-        log = FileReadLog(Path(shard), self.read_stats)
+        log = FileReadLog(shard, self.read_stats)
         if start:
             self.read_stats.files -= 1  # the file was already counted before the position was saved
         block: list[tuple[str, dict]] = []
         block_index, offset = 0, 0
         jsonl = self.config.kind == "sft" and shard.endswith(".jsonl")
-        raw = iter_jsonl_samples(Path(shard), log) if jsonl else iter_tar_samples(Path(shard), log)
+        raw = iter_jsonl_samples(shard, log) if jsonl else iter_tar_samples(shard, log, self.retry)
         while True:
             block = [item for _, item in zip(range(self.config.shuffle_block), raw)]
             if not block:
