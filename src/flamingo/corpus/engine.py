@@ -24,6 +24,8 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +47,16 @@ from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
 from flamingo.corpus.read import ReadCounts, input_kind, read_input
 from flamingo.corpus.stats import BuildStats, Laps
 from flamingo.corpus.write import write_shard
-from flamingo.errors import MissingFileError
+from flamingo.data.remote import (
+    OBJECT_STORES,
+    filesystem,
+    is_url,
+    join_url,
+    list_urls,
+    remove_urls,
+    upload_file,
+)
+from flamingo.errors import MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +86,8 @@ class ShardTask:
     path: str
     out_dir: str
     config: BuildConfig
+    upload_to: str | None = None
+    """Object-storage folder (``s3://bucket/prefix``) the finished tars go to; None keeps them in ``out_dir``."""
 
     @property
     def name(self) -> str:
@@ -160,9 +173,24 @@ def apply_dedup(docs: list[WebDocument], decisions: Decisions) -> list[WebDocume
     return out
 
 
+def publish_shards(paths: Sequence[Path | str], folder: str, shard: str) -> list[Path | str]:
+    """Upload one input's finished tars to ``<folder>/shards/`` and delete the local copies; the URLs.
+
+    An object appears only when its upload is complete, so readers never see half a shard. Tars of this input
+    left in the store by an earlier build and not written again are deleted, as :func:`write_shard` does
+    locally.
+    """
+    urls = [upload_file(path, join_url(folder, "shards", Path(path).name)) for path in paths]
+    for path in paths:
+        Path(path).unlink()
+    stale = [url for url in list_urls(join_url(folder, "shards", f"{shard}-*.tar")) if url not in urls]
+    remove_urls(stale)
+    return list(urls)
+
+
 def finish_shard(
     task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
-) -> tuple[BuildStats, list[Path]]:
+) -> tuple[BuildStats, list[Path | str]]:
     """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
     cfg = task.config
     stats = BuildStats()
@@ -178,7 +206,11 @@ def finish_shard(
     embedder = models.embedder
     placed = interleave_documents(faced, embedder.embed_images, embedder.embed_texts, cfg.interleave)
     stats.record("interleave", faced, placed, doc_reason="no_image_left", seconds=lap())
-    paths = write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
+    paths: list[Path | str] = list(
+        write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
+    )
+    if task.upload_to is not None:
+        paths = publish_shards(paths, task.upload_to, task.name)
     stats.record("write", placed, placed, seconds=lap())
     stats.record_output(placed)
     return stats, paths
@@ -225,7 +257,7 @@ def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: b
     stats = BuildStats()
     for _, shard_stats in prepared:
         stats.merge(shard_stats)
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for shard_stats, shard_paths in finished:
         stats.merge(shard_stats)
         paths += shard_paths
@@ -282,6 +314,11 @@ def run_pipeline(
     Input ``i`` becomes ``shard-<i>``; keep the input order when resuming an interrupted build, so the
     per-shard fetch manifests are found again. ``nsfw_scorer`` defaults to a zero-shot scorer on
     ``embedder``; ``face_detector`` to ``filter.face_backend``.
+
+    ``out_dir`` may be an object-storage folder (``s3://bucket/prefix``, ``gs://...``): the build then works in
+    a local temporary folder, uploads each tar as soon as it is complete and ``config.json``, ``stats.json`` and
+    ``report.md`` at the end, and deletes the temporary folder (fetched images and manifests included, so an
+    interrupted remote build starts its fetches again).
     """
     config = config or BuildConfig()
     if engine not in ("local", "ray"):
@@ -289,20 +326,41 @@ def run_pipeline(
     if workers < 1:
         raise ValueError(f"run_pipeline: workers={workers}; use 1 or more")
     paths = _check_inputs(inputs)
+    remote = _remote_folder(out_dir)
     models = _default_models(config, embedder, nsfw_scorer, face_detector)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tasks = [ShardTask(i, p, str(out), config) for i, p in enumerate(paths)]
-    if engine == "ray":
-        from flamingo.corpus.ray_engine import run_ray
+    out = Path(tempfile.mkdtemp(prefix="flamingo-build-")) if remote else Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tasks = [ShardTask(i, p, str(out), config, remote) for i, p in enumerate(paths)]
+        if engine == "ray":
+            from flamingo.corpus.ray_engine import run_ray
 
-        result = run_ray(tasks, models, workers, config.progress)
-    else:
-        result = _run_local(tasks, models, workers, config.progress)
-    result.stats.save(out)
+            result = run_ray(tasks, models, workers, config.progress)
+        else:
+            result = _run_local(tasks, models, workers, config.progress)
+        result.stats.save(out)
+        if remote is not None:
+            for name in ("config.json", "stats.json", "report.md"):
+                upload_file(out / name, join_url(remote, name))
+    finally:
+        if remote is not None:
+            shutil.rmtree(out, ignore_errors=True)
     logger.info("build finished: %s", json.dumps(result.stats.to_dict()["stages"].get("write", {})))
     return result
+
+
+def _remote_folder(out_dir: str | os.PathLike[str]) -> str | None:
+    """``out_dir`` when it is an object-storage URL (its storage package checked now, before any work), else
+    None; any other URL is refused."""
+    if not is_url(out_dir):
+        return None
+    out = str(out_dir)
+    scheme = out.split("://", 1)[0].lower() if "://" in out else ""
+    if scheme not in OBJECT_STORES:
+        raise UsageError(f"--out {out}: shards can be written to a local folder or to s3:// or gs:// storage")
+    filesystem(out)
+    return out.rstrip("/")
 
 
 def dumps(value: Any) -> bytes:

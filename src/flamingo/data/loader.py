@@ -44,7 +44,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -56,6 +55,7 @@ from flamingo.configs import ConfigError, between
 from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples  # noqa: F401
 from flamingo.data.interleaved import PAIR_MAX_TOKENS, InterleavedConfig
 from flamingo.data.paths import SHARD_SUFFIXES, expand_paths
+from flamingo.data.remote import RetryPolicy
 from flamingo.data.sft import ChatTemplate, iter_jsonl_samples
 from flamingo.data.shards import FileReadLog, ReadStats, count_checked, iter_tar_samples
 
@@ -115,6 +115,11 @@ class SourceConfig:
     """Workers (processes or threads, ``data.worker``) building this source's batches side by side, each from
     every ``num_workers``-th raw sample; their batches are taken in turn. More workers change which samples
     share a batch, so a run resumes only with the value it was saved with."""
+    retries: int = field(default=3, metadata=between(0, 100))
+    """Remote shards (s3://, gs://, https://, pipe:): reopenings after a transient failure before the shard is
+    skipped (counted as ``read_failed``); a reopened shard resumes after the last sample read."""
+    retry_backoff: float = field(default=1.0, metadata=between(0, 3600))
+    """Seconds before the first retry of a remote shard; each further retry waits twice as long."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("interleaved", "pairs", "sft"):
@@ -237,6 +242,7 @@ class SourceDataset(torch.utils.data.IterableDataset):
         self.settings = sample_settings(config, self.tokenizer, image_token_id, eoc_token_id)
         self.worker, self.num_workers = 0, 1
         """This stream is worker ``worker`` of ``num_workers`` (see :meth:`for_worker`)."""
+        self.retry = RetryPolicy(config.retries, config.retry_backoff)
         self.position = Position()
         self.read_stats = ReadStats()
         self.skipped: Counter[str] = Counter()
@@ -309,16 +315,16 @@ class SourceDataset(torch.utils.data.IterableDataset):
         self, shard: str, epoch: int, start: int
     ) -> Iterator[tuple[int, str, dict, FileReadLog]]:
         """(offset, key, members, log) of a shard's raw samples in block-shuffled order, from ``start``."""
-        log = FileReadLog(Path(shard), self.read_stats)
+        log = FileReadLog(shard, self.read_stats)
         if start or self.worker:
             # Counted before the position was saved, or counted by worker 0 (see for_worker).
             self.read_stats.files -= 1
         # The reading's own problems (a missing, unreadable or truncated file) count once, in worker 0.
-        reading = log if self.worker == 0 else FileReadLog(Path(shard), ReadStats())
+        reading = log if self.worker == 0 else FileReadLog(shard, ReadStats())
         block: list[tuple[str, dict]] = []
         block_index, offset = 0, 0
         jsonl = self.config.kind == "sft" and shard.endswith(".jsonl")
-        raw = iter_jsonl_samples(Path(shard), reading) if jsonl else iter_tar_samples(Path(shard), reading)
+        raw = iter_jsonl_samples(shard, reading) if jsonl else iter_tar_samples(shard, reading, self.retry)
         while True:
             block = [item for _, item in zip(range(self.config.shuffle_block), raw)]
             if not block:
