@@ -30,6 +30,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.set_defaults(func=_train)
 
+    export = subparsers.add_parser(
+        "export",
+        help="turn a training checkpoint (full or sharded) into a model directory for from_pretrained/eval/serve",
+        description="Write a training checkpoint's model in the layout of save_pretrained, e.g. "
+        "`flamingo export runs/tiny-cpu/checkpoints/step-000040 --out models/tiny`.",
+    )
+    export.add_argument("checkpoint", help="a checkpoint directory (<run_dir>/checkpoints/step-NNNNNN)")
+    export.add_argument("--out", required=True, help="directory to write the model to")
+    export.add_argument(
+        "--config",
+        help="the run's YAML config (default: the one saved in the checkpoint or its run directory)",
+    )
+    export.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let an LM defined by Python files in its repository run them (as for flamingo train)",
+    )
+    export.set_defaults(func=_export)
+
 
 def _train(args: argparse.Namespace) -> int:
     from flamingo.train.config import describe_fields, load_config
@@ -51,6 +70,17 @@ def _train(args: argparse.Namespace) -> int:
     skipped = {name: sum(counts.values()) for name, counts in result.data_skips.items()}
     print(
         f"trained to step {result.step} (loss {last:.4f}); skipped steps {result.skipped_steps}, "
-        f"skipped samples {skipped}; model: {result.model_dir}"
+        f"skipped samples {skipped}; "
+        + (f"model: {result.model_dir}" if result.model_dir else f"checkpoint: {result.checkpoint}")
     )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from flamingo.train.config import load_config
+    from flamingo.train.export import export_checkpoint
+
+    config = load_config(args.config) if args.config else None
+    out = export_checkpoint(args.checkpoint, args.out, config, trust_remote_code=args.trust_remote_code)
+    print(f"exported {args.checkpoint} to {out}")
     return 0

@@ -46,6 +46,7 @@ from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import add_lora, lora_config, lora_modules
 from flamingo.train import checkpointing as ckpt
 from flamingo.train.config import LoraConfig, ModelConfig, RunConfig
+from flamingo.train.data_streams import StreamLoader, load_mixture_stream_states, mixture_stream_states
 from flamingo.train.flops import default_peak_flops, flop_counter
 from flamingo.train.freeze import freeze_backbones
 from flamingo.train.metrics import MetricsLogger
@@ -103,7 +104,8 @@ class TrainResult:
 
     @property
     def model_dir(self) -> Path | None:
-        return self.checkpoint / "model" if self.checkpoint else None
+        """The last checkpoint's loadable model (None for a sharded checkpoint: ``flamingo export`` makes one)."""
+        return self.checkpoint / "model" if self.checkpoint and (self.checkpoint / "model").is_dir() else None
 
 
 def build_model(config: ModelConfig, trust_remote_code: bool = False) -> Flamingo:
@@ -179,36 +181,58 @@ def prepare_sources(config: RunConfig, info: DistInfo) -> list[SourceConfig]:
     return sources
 
 
-def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture:
+def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo, streams: int | None = None) -> Mixture:
+    """The sources' loaders for this rank; ``streams``: the number of data streams of the run (the number of
+    ranks it started on, see :mod:`flamingo.train.data_streams`), None for this run's number of ranks."""
     tokens = model.config.tokens
     sources = prepare_sources(config, info)
     try:
         check_packing(sources, model.config.cross_attn.media_policy)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    loaders = []
+    streams = streams or info.world_size
+    loaders: list[Any] = []
     pin = pin_memory_for(info.device)  # page-locked batches copy to the GPU asynchronously
     for source in sources:
-        dataset = SourceDataset(
-            source,
-            model.tokenizer,
-            model.vision.preprocess,
-            tokens.image_id,
-            tokens.eoc_id,
-            seed=config.train.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-        )
-        loaders.append(
-            SourceLoader(
-                dataset,
-                tokens.pad_id,
-                config.data.prefetch,
-                config.data.worker,
-                config.data.trim_padding,
-                pin_memory=pin,
+
+        def dataset(stream: int, source: SourceConfig = source, world: int = streams) -> SourceDataset:
+            return SourceDataset(
+                source,
+                model.tokenizer,
+                model.vision.preprocess,
+                tokens.image_id,
+                tokens.eoc_id,
+                seed=config.train.seed,
+                rank=stream,
+                world_size=world,
             )
-        )
+
+        data = config.data
+        if streams == info.world_size:
+            loaders.append(
+                SourceLoader(
+                    dataset(info.rank),
+                    tokens.pad_id,
+                    data.prefetch,
+                    data.worker,
+                    data.trim_padding,
+                    pin_memory=pin,
+                )
+            )
+        else:
+            loaders.append(
+                StreamLoader(
+                    source,
+                    dataset,
+                    tokens.pad_id,
+                    info.rank,
+                    info.world_size,
+                    streams,
+                    data.prefetch,
+                    data.worker,
+                    data.trim_padding,
+                )
+            )
     return Mixture(loaders, config.data.mixing, config.train.seed)
 
 
@@ -230,7 +254,8 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
         if self.resume_from is not None:
             ckpt.check_resume_lora(self.resume_from, lora.enabled)
-            ckpt.load_model_weights(model, self.resume_from)
+            if ckpt.checkpoint_format(self.resume_from) == "full":  # a sharded one loads after parallelize
+                ckpt.load_model_weights(model, self.resume_from)
         freeze_backbones(model, config.model.train_new_token_rows, train_lora=lora.enabled)
         torch.manual_seed(config.train.seed)
         self.model = model
@@ -245,13 +270,18 @@ class Trainer:
         self.optimizer = build_optimizer(self.train_model, config.train, lora.weight_decay)
         self.trainable = [p for p in self.train_model.parameters() if p.requires_grad]
         self.step, self.skipped_steps, self.skipped_in_row = 0, 0, 0
-        self.data_state: dict[str, Any] | None = None
+        self.data_state: dict[int, dict[str, Any]] | None = None
+        self.data_streams = self.info.world_size
+        """Data streams of the run: the number of ranks it started on (flamingo.train.data_streams)."""
         if self.resume_from is not None:
-            shared, per_rank = ckpt.load_training_state(
+            shared, self.data_state = ckpt.load_training_state(
                 self.resume_from, self.train_model, self.optimizer, self.info
             )
             self.step, self.skipped_steps = shared["step"], shared["skipped_steps"]
-            self.skipped_in_row, self.data_state = shared["skipped_in_row"], per_rank["data"]
+            self.skipped_in_row, self.data_streams = shared["skipped_in_row"], shared["data_streams"]
+        self.pending: ckpt.PendingCheckpoint | None = None
+        """A checkpoint being written in the background (checkpoint.async_save), published when complete."""
+        self._background_group: Any = None
         self.step_flops: tuple[float, int] | None = None
         """(FLOPs this rank counted in its first step, that step's token slots): what MFU is measured from."""
         self.vision_cache = self._vision_cache()
@@ -416,23 +446,70 @@ class Trainer:
             backbones = own and self.strategy != "fsdp"
         return backbones
 
-    def save(self, mixture: Mixture) -> Path:
+    def save(self, mixture: Mixture) -> Path | None:
+        """Write a checkpoint of this step; its directory, or None while it is written in the background."""
         config = self.config
+        self.publish_pending(wait=True)  # one background checkpoint at a time
         shared = {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row}
         shared["lora_trained"] = config.model.lora.enabled
-        return ckpt.save_checkpoint(
+        shared["data_streams"] = self.data_streams
+        per_rank = {"streams": mixture_stream_states(mixture, self.info)}
+        if config.checkpoint.format == "full":
+            return ckpt.save_checkpoint(
+                config.run_dir,
+                self.step,
+                self.model,
+                self.train_model,
+                self.optimizer,
+                shared,
+                per_rank,
+                self.info,
+                config.checkpoint.keep_last,
+                self.save_backbones,
+                merge_lora=config.model.lora.merge_on_save,
+                run_config=config,
+            )
+        if config.model.lora.merge_on_save and config.model.lora.enabled:
+            raise TrainingError(
+                "model.lora.merge_on_save needs checkpoint.format=full; with sharded checkpoints, "
+                "`flamingo export` writes the model"
+            )
+        asynchronous = config.checkpoint.async_save
+        if asynchronous and self.info.distributed and self._background_group is None:
+            import torch.distributed as dist
+
+            self._background_group = dist.new_group(backend="gloo")
+        pending = ckpt.save_sharded_checkpoint(
             config.run_dir,
             self.step,
-            self.model,
             self.train_model,
             self.optimizer,
             shared,
-            {"data": mixture.state_dict()},
+            per_rank,
             self.info,
             config.checkpoint.keep_last,
-            self.save_backbones,
-            merge_lora=config.model.lora.merge_on_save,
+            run_config=config,
+            background_group=self._background_group,
+            asynchronous=asynchronous,
         )
+        if asynchronous:
+            self.pending = pending
+            return None
+        return pending.path
+
+    def publish_pending(self, wait: bool) -> Path | None:
+        """Publish the background checkpoint if every rank has finished writing it (``wait``: wait for that).
+
+        Collective: every rank calls it at the same point. Returns the published directory, or None.
+        """
+        if self.pending is None:
+            return None
+        if not wait:
+            finished = torch.tensor([float(self.pending.done())], dtype=torch.float64)
+            if float(all_reduce_sum(finished, self.info)) < self.info.world_size:
+                return None
+        path, self.pending = self.pending.publish(), None
+        return path
 
     def fit(self, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
         """Train up to ``train.steps`` optimizer steps, logging and checkpointing on the way; ``on_log`` (main rank
@@ -444,9 +521,9 @@ class Trainer:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / "config.yaml")
-        mixture = build_mixture(config, self.model, info)
+        mixture = build_mixture(config, self.model, info, self.data_streams)
         if self.data_state is not None:
-            mixture.load_state_dict(self.data_state)
+            load_mixture_stream_states(mixture, self.data_state, info)
         logger = MetricsLogger(
             run_dir,
             info.is_main,
@@ -484,9 +561,11 @@ class Trainer:
                     mfu=f"{record['mfu']:.1%}",
                     data_wait=f"{record['loader_wait_share']:.0%}",
                 )
+                result.checkpoint = self.publish_pending(wait=False) or result.checkpoint
                 every = config.checkpoint.every
                 if (every and stats.step % every == 0) or stats.step == config.train.steps:
-                    result.checkpoint = self.save(mixture)
+                    result.checkpoint = self.save(mixture) or result.checkpoint
+            result.checkpoint = self.publish_pending(wait=True) or result.checkpoint
         finally:
             bar.close()
             mixture.close()
