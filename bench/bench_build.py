@@ -183,7 +183,7 @@ def stage_rows(inputs: list[Path], work: Path, embedder: ClipEmbedder) -> list[d
     filtered, t_filter = _timed(lambda: hash_images(filter_images(fetched, cfg.filter)))
     records = hash_records(0, filtered)
     _, t_dedup = _timed(plan_dedup, records, cfg.filter)
-    detector = make_face_detector(cfg.filter.face_backend)
+    detector = make_face_detector(cfg.filter.face_backend, cfg.filter)
     faced, t_faces = _timed(filter_faces, filtered, cfg.filter, detector)
     embedder.embed_texts(["warm up"])
     _, t_inter = _timed(

@@ -244,6 +244,10 @@ class ClipEmbedder:
         """The loaded model (loaded on first use in this process)."""
         return load_towers(self.spec, _resolve_device(self.device))
 
+    def load(self) -> None:
+        """Load the model now (e.g. in a Ray actor's constructor) rather than on the first batch."""
+        _ = self.towers
+
     @property
     def dim(self) -> int:
         """Embedding width ``d``."""

@@ -112,7 +112,17 @@ class FilterConfig:
     max_faces: int = field(default=1, metadata=between(0, 1_000_000))
     """Images with at least this many detected faces are dropped (MMC4 fewer-faces: 1); 0 disables."""
     face_backend: str = "auto"
-    """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's Haar cascade when it is installed)."""
+    """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's cascade when it is installed)."""
+    face_cascade: str = "alt"
+    """OpenCV frontal-face Haar cascade: default, alt or alt2."""
+    face_min_neighbors: int = field(default=5, metadata=between(0, 1000))
+    """OpenCV's minNeighbors: overlapping detections a face needs (more: fewer false faces, fewer faces)."""
+    face_min_size: int = field(default=24, metadata=between(1, 512))
+    """Smallest face (pixels) looked for, in the image downscaled to at most 512 px a side."""
+    face_min_eyes: int = field(default=0, metadata=between(0, 2))
+    """A face box counts only when OpenCV's eye cascade finds this many eyes in its upper part; 0 skips."""
+    face_min_skin_share: float = field(default=0.0, metadata=between(0, 1))
+    """In colour images a face box counts only when this share of its middle is skin-toned; 0 skips."""
     nsfw_threshold: float = field(default=0.5, metadata=between(0, 1))
     """Images with NSFW probability at or above this are dropped; needs a scorer or an embedder."""
 
@@ -133,6 +143,12 @@ class FilterConfig:
             "face_backend",
             f"is {self.face_backend!r}; use auto, opencv-haar or skimage-lbp",
         )
+        _check(
+            self.face_cascade in ("default", "alt", "alt2"),
+            "filter",
+            "face_cascade",
+            f"is {self.face_cascade!r}; use default, alt or alt2",
+        )
         _check(0.0 <= self.nsfw_threshold <= 1.0, "filter", "nsfw_threshold", "must be in [0, 1]")
 
 
@@ -146,6 +162,9 @@ class InterleaveConfig:
     """What to do with a document left without images: drop, or keep_text."""
     batch_size: int = field(default=64, metadata=between(1, 65536))
     """Images or sentences per embedding call (batched across documents)."""
+    clip_actors: int = field(default=0, metadata=between(0, 4096))
+    """Ray engine: CLIP actors, each loading the model once; 0 gives one per GPU, or one per worker without
+    GPUs. With GPUs this caps the count (one GPU each)."""
 
     def __post_init__(self) -> None:
         _check(

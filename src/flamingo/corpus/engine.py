@@ -188,31 +188,59 @@ def publish_shards(paths: Sequence[Path | str], folder: str, shard: str) -> list
     return list(urls)
 
 
-def finish_shard(
+def screen_shard(
     task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
-) -> tuple[BuildStats, list[Path | str]]:
-    """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
-    cfg = task.config
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 3a (CPU): apply the dedup decisions and the face filter to one shard."""
     stats = BuildStats()
     lap = Laps()
     deduped = apply_dedup(docs, decisions)
     stats.record("dedup", docs, deduped, seconds=lap())
-    faced = filter_faces(deduped, cfg.filter, models.face_detector)
+    faced = filter_faces(deduped, task.config.filter, models.face_detector)
     stats.record("faces", deduped, faced, seconds=lap())
+    return faced, stats
+
+
+def clip_shard(
+    task: ShardTask, docs: list[WebDocument], models: Models
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 3b (the CLIP model): NSFW scores and image-sentence placement for one shard's documents."""
+    cfg = task.config
+    stats = BuildStats()
+    lap = Laps()
     if models.nsfw_scorer is not None:
-        safe = filter_nsfw(faced, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
-        stats.record("nsfw", faced, safe, seconds=lap())
-        faced = safe
+        safe = filter_nsfw(docs, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
+        stats.record("nsfw", docs, safe, seconds=lap())
+        docs = safe
     embedder = models.embedder
-    placed = interleave_documents(faced, embedder.embed_images, embedder.embed_texts, cfg.interleave)
-    stats.record("interleave", faced, placed, doc_reason="no_image_left", seconds=lap())
+    placed = interleave_documents(docs, embedder.embed_images, embedder.embed_texts, cfg.interleave)
+    stats.record("interleave", docs, placed, doc_reason="no_image_left", seconds=lap())
+    return placed, stats
+
+
+def write_placed(task: ShardTask, placed: list[WebDocument]) -> tuple[BuildStats, list[Path | str]]:
+    """Phase 3c (CPU): write one shard's placed documents as tars (and upload them, for an object-store output)."""
+    stats = BuildStats()
+    lap = Laps()
     paths: list[Path | str] = list(
-        write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
+        write_shard(placed, Path(task.out_dir) / "shards", task.name, task.config.max_documents_per_tar)
     )
     if task.upload_to is not None:
         paths = publish_shards(paths, task.upload_to, task.name)
     stats.record("write", placed, placed, seconds=lap())
     stats.record_output(placed)
+    return stats, paths
+
+
+def finish_shard(
+    task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
+) -> tuple[BuildStats, list[Path | str]]:
+    """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
+    screened, stats = screen_shard(task, docs, decisions, models)
+    placed, clip_stats = clip_shard(task, screened, models)
+    write_stats, paths = write_placed(task, placed)
+    stats.merge(clip_stats)
+    stats.merge(write_stats)
     return stats, paths
 
 
