@@ -86,6 +86,15 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "reference's zero-padded slots, nor its images whose `<image>` token fell past the 256 tokens); worker "
         "start-up is not timed.",
     ),
+    "load": (
+        "Loading a model",
+        "`bench/bench_load.py`: loading an OpenFlamingo-3B-shaped model (MPT-1B-shaped LM, ViT-L/14, the 3B "
+        "release's Perceiver and cross-attention before every layer; `--shape small` scales it down) in bf16, each "
+        "load in its own process. Ours builds the model on the meta device and reads each tensor once onto its "
+        "device; the reference builds and initialises the model in float32, loads `checkpoint.pt` with "
+        '`load_state_dict`, then casts. "Added" is the peak resident memory minus the resident memory before '
+        "the load (after the imports); the ratio divides it by the bf16 weight bytes.",
+    ),
     "build": (
         "Corpus builder",
         "`bench/bench_build.py`: `flamingo data build` on a generated corpus of WARC files served from "
@@ -453,6 +462,25 @@ def render_filters(run: Run) -> list[str]:
     return lines
 
 
+def render_load(run: Run) -> list[str]:
+    rows = [
+        [
+            r["impl"],
+            f"{r['seconds']:.2f} s",
+            f"{r['peak_rss_mb']} MB",
+            f"{r['load_added_mb']} MB",
+            f"{r['weights_mb']} MB",
+            f"{r['added_over_weights']:.2f}x",
+        ]
+        for r in run["rows"]
+    ]
+    lines = table(
+        ["implementation", "load time", "peak RSS", "added by the load", "bf16 weights", "added / weights"],
+        rows,
+    )
+    return [*lines, "", f"Shape: `{run['shape']}`."]
+
+
 RENDERERS: dict[str, Callable[[Run], list[str]]] = {
     "model": render_model,
     "train": render_train,
@@ -462,6 +490,7 @@ RENDERERS: dict[str, Callable[[Run], list[str]]] = {
     "build": render_build,
     "loader": render_loader,
     "filters": render_filters,
+    "load": render_load,
 }
 
 

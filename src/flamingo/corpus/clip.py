@@ -93,11 +93,9 @@ def parse_clip_spec(text: str) -> ClipSpec:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from flamingo.model.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(resolve_device(device)) if device == "auto" else device
 
 
 class _OpenClipTowers:

@@ -201,20 +201,33 @@ class FlamingoEvalModel(EvalModel):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, device: str = "cpu", trust_remote_code: bool = False, **kwargs: Any
+        cls,
+        path: str,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict[str, int | str] | None = None,
+        **kwargs: Any,
     ) -> FlamingoEvalModel:
-        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``.
+        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``, each weight read
+        straight onto ``device`` (``"auto"``: CUDA when present) in ``dtype``, or split by ``device_map`` (see
+        :func:`flamingo.model.checkpoint.from_pretrained`).
 
         ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it.
         """
         from flamingo.model.flamingo import Flamingo
 
-        model = Flamingo.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
+        model = Flamingo.from_pretrained(
+            path, device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+        )
         return cls(model, name=kwargs.pop("name", path), **kwargs)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device the vision encoder runs on (the first device of a split model)."""
+        from flamingo.model.dispatch import input_device
+
+        return input_device(self.model)
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config

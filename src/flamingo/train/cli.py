@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from flamingo.errors import UsageError
+from flamingo.model.devices import add_device_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
@@ -22,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--help-config", action="store_true", help="list every config key with its doc and exit"
     )
+    # The same flags as the other commands, as shortcuts for train.device / train.precision; unset, the config
+    # decides (its default is auto for both). A split --device-map does not apply: training shards with FSDP.
+    add_device_arguments(train, device_map=False, device_default=None, dtype_default=None)
     train.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -50,6 +56,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
 
+# --dtype -> train.precision: training keeps float32 master weights and runs bfloat16 under autocast.
+_PRECISION = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16"}
+
+
+def device_overrides(device: str | None, dtype: str | None) -> list[str]:
+    """``--device`` / ``--dtype`` as config overrides (``train.device=...``, ``train.precision=...``)."""
+    overrides = [] if device is None else [f"train.device={device}"]
+    if dtype is not None:
+        if dtype not in _PRECISION:
+            raise UsageError(
+                f"flamingo train --dtype {dtype}: training runs in float32 or bfloat16 (or auto: bfloat16 "
+                "autocast on a GPU, float32 on the CPU)"
+            )
+        overrides.append(f"train.precision={_PRECISION[dtype]}")
+    return overrides
+
+
 def _train(args: argparse.Namespace) -> int:
     from flamingo.train.config import describe_fields, load_config
     from flamingo.train.trainer import train
@@ -62,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
+    overrides.extend(device_overrides(args.device, args.dtype))
     config = load_config(args.config, overrides)
     result = train(config, trust_remote_code=args.trust_remote_code)
     if os.environ.get("RANK", "0") != "0":
