@@ -345,17 +345,31 @@ def _kept_blocks(blocks: list[_Block], texts: list[str], config: ReadConfig) -> 
     """Which blocks are main content.
 
     A short block mostly inside links is boilerplate. A block of images alone, every one inside a link
-    (thumbnails, logos, banners), is all link too: it is kept only beside prose, i.e. when the nearest
+    (thumbnails, logos, banners) or followed by a caption that is dropped as links (gallery tiles), is all
+    link too: it is kept only beside prose, i.e. when the nearest
     text block before or after it is kept and is not a heading (a paragraph, a caption), so a linked figure
     in an article stays while a gallery index of headings and linked thumbnails loses its images.
     """
     keep = [not _is_boilerplate(block, text, config) for block, text in zip(blocks, texts)]
     for i, block in enumerate(blocks):
-        if texts[i] or not block.images or block.linked_images < len(block.images):
+        if texts[i] or not block.images:
             continue
-        keep[i] = any(
-            _prose_at(blocks, texts, keep, j) for j in (_next_text(texts, i, -1), _next_text(texts, i, 1))
+        # a picture captioned by a link alone (a gallery tile: Sphinx-Gallery links the caption, not the
+        # image) is a link as much as a linked picture
+        caption = _next_text(texts, i, 1)
+        all_linked = block.linked_images == len(block.images)
+        linked_caption = (
+            not all_linked and caption >= 0 and not keep[caption] and blocks[caption].link_chars > 0
         )
+        if not (all_linked or linked_caption):
+            continue
+        # a tile's neighbour is what follows its caption: the paragraph before a gallery is not its text
+        neighbours = (
+            (_next_text(texts, caption, 1),)
+            if linked_caption
+            else (_next_text(texts, i, -1), _next_text(texts, i, 1))
+        )
+        keep[i] = any(_prose_at(blocks, texts, keep, j) for j in neighbours)
     return keep
 
 
@@ -404,7 +418,7 @@ def _attach_code_labels(blocks: list[_Block], texts: list[str], keep: list[bool]
         if not keep[i] or block.tag == _CODE or not _CODE_LABEL.fullmatch(texts[i]):
             continue
         j = _next_text(texts, i, 1)
-        if j >= 0 and blocks[j].tag == _CODE and keep[j]:
+        if j >= 0 and blocks[j].tag == _CODE:  # a dropped code block takes its label with it
             texts[j] = f"{texts[i]}\n{texts[j]}"
             shift = len(texts[i]) + 1
             blocks[j].images = [(offset + shift, image) for offset, image in blocks[j].images]
