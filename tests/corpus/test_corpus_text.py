@@ -207,6 +207,8 @@ def test_lines_repeated_on_many_pages_of_a_site_are_removed_and_images_move_with
     assert [(d.id, r) for d, r in dropped] == [("menu", "all_lines_repeated")]
     assert plan_line_dedup(records, min_pages=0) == {}
     assert site_of(_doc("f", [], url="file:///data/site/a.html")) == "file:/data/site"
+    no_url = [_doc(f"j{i}", ["A line every JSONL document has."], url="") for i in range(3)]
+    assert site_of(no_url[0]) == "" and plan_line_dedup(line_records(no_url), min_pages=3) == {}
 
 
 def _site_pages(server: ImageServer) -> list[tuple[str, str]]:

@@ -31,11 +31,12 @@ RepeatedLines = dict[str, frozenset[int]]  # site -> hashes of the entries to re
 
 
 def site_of(doc: WebDocument) -> str:
-    """The site a document belongs to: the URL's host name; for a local file, its folder."""
+    """The site a document belongs to: the URL's host name; for a local file, its folder; "" when unknown
+    (no URL, as in most JSONL corpora: such documents are not compared with each other)."""
     parts = urlsplit(doc.url)
     if parts.hostname:
         return parts.hostname.lower()
-    if parts.scheme == "file" or not parts.scheme:
+    if parts.scheme == "file" and parts.path:
         return "file:" + str(PurePosixPath(parts.path).parent)
     return ""
 
@@ -48,7 +49,8 @@ def line_hash(text: str) -> int:
 
 def line_records(docs: Iterable[WebDocument]) -> list[LineRecord]:
     """The slim records the planner needs: per document, its site and its distinct entry hashes."""
-    return [(site_of(doc), tuple(sorted({line_hash(s) for s in doc.sentences}))) for doc in docs]
+    records = [(site_of(doc), doc) for doc in docs]
+    return [(site, tuple(sorted({line_hash(s) for s in doc.sentences}))) for site, doc in records if site]
 
 
 def plan_line_dedup(records: Iterable[LineRecord], min_pages: int) -> RepeatedLines:
