@@ -80,7 +80,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "Corpus builder",
         "`bench/bench_build.py`: `flamingo data build` on a generated corpus of WARC files served from "
         "127.0.0.1; each stage alone (documents per second on one core), the CLIP, and the whole pipeline on "
-        "each engine.",
+        "each engine. With `--quality`: the read stage's text extraction on real documentation pages against "
+        "trafilatura in the same run, scored on a hand-checked sample (the rules are in "
+        "`bench/extraction_quality.py`).",
     ),
 }
 
@@ -300,7 +302,43 @@ def render_serve_memory(run: Run) -> list[str]:
     ]
 
 
+def render_build_quality(run: Run) -> list[str]:
+    pages = ", ".join(f"{n} pages of {site}" for site, n in run["pages"].items())
+    rows = [
+        [
+            r["extractor"],
+            f"{r['prose_kept']:.1%}",
+            f"{r['boilerplate_chars']:,}",
+            f"{r['repeated_chars']:,}",
+            f"{r['code_share']:.1%}",
+            f"{r['longest_sentence_chars']:,}",
+            f"{r['output_chars']:,}",
+            f"{r['pages_per_s']:.1f}",
+        ]
+        for r in run["extractors"]
+    ]
+    header = [
+        "extractor",
+        "prose kept",
+        "boilerplate characters",
+        "repeated characters",
+        "code share",
+        "longest sentence",
+        "output characters",
+        "pages/s",
+    ]
+    return [
+        f"Pages: {pages} ({run['pages_source']}); prose kept is scored on the hand-checked sample of "
+        f"{run['gold_pages']} pages in `tests/fixtures/real_pages/gold.json`. Repeated characters: sentences "
+        f"found on {run['rules']['repeat_pages']} or more pages of one site.",
+        "",
+        *table(header, rows),
+    ]
+
+
 def render_build(run: Run) -> list[str]:
+    if "extractors" in run:  # bench_build.py --quality
+        return render_build_quality(run)
     corpus = run["corpus"]
     rows = [
         [r["stage"], str(r["documents"]), f"{r['seconds']:.3f}", f"{r['docs_per_s_per_core']:,.0f}"]
@@ -353,7 +391,7 @@ def benchmark_of(path: Path) -> str:
 
 def setup_title(path: Path) -> str:
     """``model_cpu_small.json`` -> ``CPU, small``; ``eval.json`` -> ``""`` (the benchmark's only setup)."""
-    words = {"cpu": "CPU", "cuda": "GPU"}
+    words = {"cpu": "CPU", "cuda": "GPU", "quality": "Text extraction on real pages"}
     return ", ".join(words.get(part, part) for part in path.stem.split("_")[1:])
 
 
