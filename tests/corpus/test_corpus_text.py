@@ -63,6 +63,11 @@ def test_code_blocks_are_kept_whole_with_their_line_breaks_and_output() -> None:
     prose = [s for i, s in enumerate(page.sentences) if i not in page.code_entries]
     assert all("\n" not in s for s in prose)
     assert "One inline word stays in its sentence." in prose
+    linked = '<p>Call it.</p><pre><a href="a">skimage.filters.threshold_otsu</a>(<a href="b">image</a>)</pre>'
+    assert extract_html(f"<html><body>{linked}</body></html>", "http://d.example/", ReadConfig())[0] == [
+        "Call it.",
+        "skimage.filters.threshold_otsu(image)",
+    ]  # all link, yet code: not a menu
 
 
 def test_code_blocks_can_be_dropped_and_images_stay_in_place() -> None:
