@@ -68,7 +68,9 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="CLIP device: auto (CUDA when present), cpu, cuda:0")
     p.add_argument("--clip-batch-size", type=int, default=64, help="images or sentences per CLIP call")
-    p.add_argument("--config", help="build config (YAML or JSON): sections read, fetch, filter, interleave")
+    p.add_argument(
+        "--config", help="build config (YAML or JSON): sections read, text, fetch, filter, interleave"
+    )
     p.add_argument(
         "--eval-sets", help="comma-separated folders of evaluation images to decontaminate against"
     )

@@ -1,9 +1,13 @@
 """Engines that run the builder's stages over input files: local processes or Ray Data.
 
-Each input file is one shard (``shard-00000`` for the first input, ...). A build has three phases:
+Each input file is one shard (``shard-00000`` for the first input, ...). A build has five phases:
 
-1. **prepare** (parallel, per shard): read -> fetch -> per-image filters and hashes -> decontaminate.
-   Documents come back without image bytes (those are stored under ``images/`` by content hash).
+0. **read** (parallel, per shard): read (with language identification) -> language filter. Only the slim
+   line records (site, hashes of the text entries) go to the driver, which finds the entries repeated on
+   many pages of one site (``lines.plan_line_dedup``: counts, so the order of the shards does not matter).
+1. **prepare** (parallel, per shard): remove the repeated lines -> text quality rules -> fetch -> per-image
+   filters and hashes -> decontaminate. Text filters run before the fetch, so no image of a dropped page is
+   downloaded. Documents come back without image bytes (those are stored under ``images/`` by content hash).
 2. **plan dedup** (driver, serial): the slim hash records ``(shard, doc, image, sha256, pHash)`` of all
    shards are sorted into input order and run through ONE ``DedupIndex``; the first occurrence is kept.
    Because the order is fixed by the inputs, not by which worker finished first, the local and Ray
@@ -43,7 +47,17 @@ from flamingo.corpus.faces import FaceDetector, filter_faces
 from flamingo.corpus.fetch import fetch_documents
 from flamingo.corpus.filters import filter_images, hash_images
 from flamingo.corpus.interleave import interleave_documents
+from flamingo.corpus.language import filter_language
+from flamingo.corpus.lines import (
+    LineRecord,
+    RepeatedLines,
+    apply_line_dedup,
+    for_documents,
+    line_records,
+    plan_line_dedup,
+)
 from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
+from flamingo.corpus.quality import filter_quality
 from flamingo.corpus.read import ReadCounts, input_kind, read_input
 from flamingo.corpus.stats import BuildStats, Laps
 from flamingo.corpus.write import write_shard
@@ -113,14 +127,35 @@ class BuildResult:
     shard_paths: list[Path] = field(default_factory=list)
 
 
-def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[WebDocument], BuildStats]:
-    """Phase 1: read, fetch, filter and hash one input file."""
+def read_shard(task: ShardTask) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 0: read one input file and keep the documents in the configured languages."""
     cfg = task.config
     stats = BuildStats(shards=1)
     lap = Laps()
     counts = ReadCounts()
     docs = read_input(task.path, cfg.read, counts)
     stats.record_read(docs, counts, seconds=lap())
+    kept, dropped = filter_language(docs, cfg.text)
+    stats.record_drops("language", docs, kept, dropped, seconds=lap())
+    return kept, stats
+
+
+def plan_lines(records: Sequence[LineRecord], task: ShardTask) -> RepeatedLines:
+    """The entries to remove, per site, over the whole corpus (``text.line_dedup_min_pages``)."""
+    return plan_line_dedup(records, task.config.text.line_dedup_min_pages)
+
+
+def prepare_shard(
+    task: ShardTask, docs: list[WebDocument], repeated: RepeatedLines, eval_index: PHashIndex | None
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 1: remove repeated lines, apply the quality rules, fetch, filter and hash one shard's documents."""
+    cfg = task.config
+    stats = BuildStats()
+    lap = Laps()
+    cleaned, emptied = apply_line_dedup(docs, for_documents(repeated, docs))
+    stats.record_drops("lines", docs, cleaned, emptied, seconds=lap())
+    docs, dropped = filter_quality(cleaned, cfg.text)
+    stats.record_drops("quality", cleaned, docs, dropped, seconds=lap())
     fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
     stats.record("fetch", docs, fetched, seconds=lap())
     filtered = filter_images(fetched, cfg.filter)
@@ -266,7 +301,18 @@ def _map(fn: Any, pool: ProcessPoolExecutor | None, progress: bool, desc: str, *
 def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: bool) -> BuildResult:
     pool = _pool(workers, len(tasks))
     try:
-        prepared = _map(prepare_shard, pool, progress, "prepare", tasks, [models.eval_index] * len(tasks))
+        read = _map(read_shard, pool, progress, "read", tasks)
+        repeated = plan_lines([r for docs, _ in read for r in line_records(docs)], tasks[0])
+        prepared = _map(
+            prepare_shard,
+            pool,
+            progress,
+            "prepare",
+            tasks,
+            [docs for docs, _ in read],
+            [for_documents(repeated, docs) for docs, _ in read],
+            [models.eval_index] * len(tasks),
+        )
         records = [r for task, (docs, _) in zip(tasks, prepared) for r in hash_records(task.index, docs)]
         decisions = plan_dedup(records, tasks[0].config.filter)
         finished = _map(
@@ -283,7 +329,7 @@ def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: b
         if pool is not None:
             pool.shutdown()
     stats = BuildStats()
-    for _, shard_stats in prepared:
+    for _, shard_stats in read + prepared:
         stats.merge(shard_stats)
     paths: list[Path | str] = []
     for shard_stats, shard_paths in finished:

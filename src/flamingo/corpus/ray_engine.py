@@ -31,10 +31,13 @@ from flamingo.corpus.engine import (
     dumps,
     hash_records,
     plan_dedup,
+    plan_lines,
     prepare_shard,
+    read_shard,
     screen_shard,
     write_placed,
 )
+from flamingo.corpus.lines import RepeatedLines, for_documents, line_records
 from flamingo.corpus.stats import BuildStats
 
 logger = logging.getLogger(__name__)
@@ -57,11 +60,30 @@ def _fit_threads_to_task() -> None:
         cv2.setNumThreads(threads)
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], models: Models) -> dict[str, np.ndarray]:
-    _fit_threads_to_task()
+def _read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     docs, stats = [], []
     for raw in batch["task"]:
-        shard_docs, shard_stats = prepare_shard(pickle.loads(raw), models.eval_index)
+        shard_docs, shard_stats = read_shard(pickle.loads(raw))
+        docs.append(dumps(shard_docs))
+        stats.append(dumps(shard_stats))
+    return {"index": batch["index"], "task": batch["task"], "docs": _objects(docs), "stats": _objects(stats)}
+
+
+def _line_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    records = [r for raw in batch["docs"] for r in line_records(pickle.loads(raw))]
+    return {"record": _objects([dumps(r) for r in records])}
+
+
+def _prepare_batch(
+    batch: dict[str, np.ndarray], repeated: RepeatedLines, models: Models
+) -> dict[str, np.ndarray]:
+    _fit_threads_to_task()
+    docs, stats = [], []
+    for raw_task, raw_docs in zip(batch["task"], batch["docs"]):
+        read_docs = pickle.loads(raw_docs)
+        shard_docs, shard_stats = prepare_shard(
+            pickle.loads(raw_task), read_docs, for_documents(repeated, read_docs), models.eval_index
+        )
         docs.append(dumps(shard_docs))
         stats.append(dumps(shard_stats))
     return {"index": batch["index"], "task": batch["task"], "docs": _objects(docs), "stats": _objects(stats)}
@@ -177,11 +199,16 @@ def run_ray(tasks: list[ShardTask], models: Models, workers: int, progress: bool
         items = [{"index": t.index, "task": dumps(t)} for t in tasks]
         # One block per input file and one CPU per task, so `workers` files are processed at once.
         per_task = {"batch_size": 1, "num_cpus": 1, "concurrency": workers}
-        prepared = (
+        read = (
             ray.data.from_items(items, override_num_blocks=len(items))
-            .map_batches(_prepare_batch, fn_kwargs={"models": models}, **per_task)
+            .map_batches(_read_batch, **per_task)
             .materialize()
         )
+        line_rows = read.map_batches(_line_batch, batch_size=1).take_all()
+        repeated = plan_lines([pickle.loads(row["record"]) for row in line_rows], tasks[0])
+        prepared = read.map_batches(
+            _prepare_batch, fn_kwargs={"repeated": repeated, "models": models}, **per_task
+        ).materialize()
         records = [
             pickle.loads(row["record"]) for row in prepared.map_batches(_hash_batch, batch_size=1).take_all()
         ]
@@ -199,8 +226,11 @@ def run_ray(tasks: list[ShardTask], models: Models, workers: int, progress: bool
             .take_all()
         )
         stats = BuildStats()
-        for row in sorted(prepared.select_columns(["index", "stats"]).take_all(), key=lambda r: r["index"]):
-            stats.merge(pickle.loads(row["stats"]))
+        for dataset in (read, prepared):
+            for row in sorted(
+                dataset.select_columns(["index", "stats"]).take_all(), key=lambda r: r["index"]
+            ):
+                stats.merge(pickle.loads(row["stats"]))
         paths: list[Path] = []
         for row in sorted(finished, key=lambda r: r["index"]):
             stats.merge(pickle.loads(row["stats"]))
