@@ -57,12 +57,16 @@ from flamingo.corpus.config import (  # noqa: E402
     FilterConfig,
     InterleaveConfig,
     ReadConfig,
+    TextConfig,
 )
 from flamingo.corpus.engine import hash_records, plan_dedup, run_pipeline  # noqa: E402
 from flamingo.corpus.faces import filter_faces, make_face_detector  # noqa: E402
 from flamingo.corpus.fetch import fetch_documents  # noqa: E402
 from flamingo.corpus.filters import filter_images, hash_images  # noqa: E402
 from flamingo.corpus.interleave import interleave_documents  # noqa: E402
+from flamingo.corpus.language import filter_language  # noqa: E402
+from flamingo.corpus.lines import apply_line_dedup, line_records, plan_line_dedup  # noqa: E402
+from flamingo.corpus.quality import filter_quality  # noqa: E402
 from flamingo.corpus.read import ReadCounts, read_input  # noqa: E402
 from flamingo.corpus.sentences import split_sentences  # noqa: E402
 
@@ -333,17 +337,36 @@ def real_page_set(cache: Path, fixture_only: bool) -> tuple[Path, list[str], str
     return FIXTURE, fixture_pages(), "tests/fixtures/real_pages"
 
 
-def _builder_units(root: Path, pages: list[str], folder: Path) -> tuple[dict[str, list[str]], float]:
-    """The read stage's sentences per page (a WARC of the pages through ``read_input``), and its seconds."""
+def _builder_units(
+    root: Path, pages: list[str], folder: Path
+) -> tuple[tuple[dict[str, list[str]], float], tuple[dict[str, list[str]], float]]:
+    """The builder's text per page and its seconds, twice: after the read stage alone (a WARC of the pages
+    through ``read_input``), and as the documents are written, after the text stages that follow it with the
+    default settings (language, per-site repeated lines, quality rules; a dropped page keeps no text)."""
+    text_config = TextConfig()
     warc = folder / "pages.warc.gz"
     urls = write_pages_warc(warc, root, pages, "http://docs.example")
     write_pages_warc(folder / "warm.warc.gz", root, pages[:1], "http://docs.example")
-    read_input(folder / "warm.warc.gz", ReadConfig())  # warm-up: the parser's and splitter's first use
+    warm = read_input(folder / "warm.warc.gz", ReadConfig())  # warm-up: the parser's and splitter's first use
+    filter_quality(warm, text_config)  # and the quality rules' (spaCy's import)
     docs, seconds = _timed(read_input, warc, ReadConfig(), ReadCounts())
-    units: dict[str, list[str]] = {page: [] for page in pages}  # a dropped page keeps no text
-    for doc in docs:
-        units[urls[doc.url]] = doc.sentences
-    return units, seconds
+
+    def text_stages() -> list:
+        kept, _ = filter_language(docs, text_config)
+        repeated = plan_line_dedup(line_records(kept), text_config.line_dedup_min_pages)
+        kept, _ = apply_line_dedup(kept, repeated)
+        kept, _ = filter_quality(kept, text_config)
+        return kept
+
+    written, stage_seconds = _timed(text_stages)
+
+    def per_page(found: list) -> dict[str, list[str]]:
+        units: dict[str, list[str]] = {page: [] for page in pages}  # a dropped page keeps no text
+        for doc in found:
+            units[urls[doc.url]] = doc.sentences
+        return units
+
+    return (per_page(docs), seconds), (per_page(written), seconds + stage_seconds)
 
 
 def _trafilatura_units(html: dict[str, bytes]) -> tuple[dict[str, list[str]], float]:
@@ -374,11 +397,12 @@ def quality_run(cache: Path, fixture_only: bool, show_missed: bool) -> dict:
     html = {page: (root / page).read_bytes() for page in pages}
     text = {page: raw.decode("utf-8", errors="replace") for page, raw in html.items()}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        builder, builder_s = _builder_units(root, pages, Path(tmp))
+        read_stage, written = _builder_units(root, pages, Path(tmp))
     traf, traf_s = _trafilatura_units(html)
     rows = []
     for name, (units, seconds) in (
-        ("builder (read stage)", (builder, builder_s)),
+        ("builder (read stage)", read_stage),
+        ("builder (as written)", written),
         (f"trafilatura {trafilatura.__version__}", (traf, traf_s)),
     ):
         row = {"extractor": name, **extraction_quality.measure(units, text, gold, seconds)}
