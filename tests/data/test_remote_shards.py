@@ -456,7 +456,7 @@ def test_the_builder_writes_its_shards_to_s3_and_they_read_back(s3, tmp_path, mo
     import tempfile
 
     from flamingo.corpus import BuildConfig, run_pipeline
-    from flamingo.corpus.config import FetchConfig, FilterConfig
+    from flamingo.corpus.config import FetchConfig, FilterConfig, TextConfig
 
     images = tmp_path / "images"
     images.mkdir()
@@ -488,6 +488,8 @@ def test_the_builder_writes_its_shards_to_s3_and_they_read_back(s3, tmp_path, mo
             dedup_exact=False,
             dedup_perceptual=False,
         ),
+        # pages of a few words: no language or quality rules
+        text=TextConfig(languages=[], gopher_quality=False, gopher_repetition=False, c4=False),
         progress=False,
     )
     out = f"{s3}/built"
