@@ -111,6 +111,7 @@ class FlamingoPipeline:
         offload_folder: str | Path | None = None,
         trust_remote_code: bool = False,
         prompts: PromptConfig | None = None,
+        quantization: Any = None,
         **policy: Any,
     ) -> FlamingoPipeline:
         """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
@@ -126,13 +127,20 @@ class FlamingoPipeline:
 
         ``policy`` holds :class:`~flamingo.io.inputs.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
-        ``prompts`` replaces the templates the checkpoint recorded.
+        ``prompts`` replaces the templates the checkpoint recorded. ``quantization`` (``"int8"`` / ``"int4"`` or
+        a :class:`~flamingo.model.quantize.QuantizationConfig`) loads the frozen backbones in low-bit form (one
+        device only, not with a split ``device_map``).
         """
         split = isinstance(device_map, dict) or device_map in STRATEGIES
         if device_map is not None and not split:
             device = device_map  # one device, named the transformers way
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if quantization is not None and split:
+            raise ValueError(
+                f"quantization={quantization!r} with device_map={device_map!r}: a quantized model runs on one "
+                "device (int4 fits the 9B model on one 24 GB GPU); pass device= instead"
+            )
         from flamingo.model.presets import OPENFLAMINGO_PRESETS
 
         target = None if split else device
@@ -142,10 +150,18 @@ class FlamingoPipeline:
             loaded = load_openflamingo(
                 str(model), checkpoint=checkpoint, dtype=dtype, trust_remote_code=trust_remote_code
             ).eval()
+            if quantization is not None:
+                from flamingo.model.quantize import quantize_backbones
+
+                quantize_backbones(loaded, quantization, target)
             loaded = loaded.to(target) if target is not None else loaded
         else:
             loaded = Flamingo.from_pretrained(
-                str(model), dtype=dtype, device=target, trust_remote_code=trust_remote_code
+                str(model),
+                dtype=dtype,
+                device=target,
+                trust_remote_code=trust_remote_code,
+                quantization=quantization,
             )
         placed = dispatch(loaded, device_map, max_memory, offload_folder) if split else None
         max_prompt_tokens = policy.pop("max_prompt_tokens", None)

@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument(
         "--trust-remote-code",
@@ -118,6 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
+        quantization=args.quantize,
         prompts=None if args.prompts is None else load_prompt_config(args.prompts),
     )
     if results:  # every rank returns them; print once

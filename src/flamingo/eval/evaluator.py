@@ -336,17 +336,40 @@ def _record_key(record: PredictionRecord) -> tuple[int, int, int]:
 
 
 def _resolve_model(
-    model: EvalModel | str, device: str, batch_size: int, info: DistInfo, trust_remote_code: bool = False
+    model: EvalModel | str,
+    device: str,
+    batch_size: int,
+    info: DistInfo,
+    trust_remote_code: bool = False,
+    quantization: Any = None,
 ) -> EvalModel:
     if isinstance(model, str):
         if device == "cuda" and info.world_size > 1:  # one GPU per torchrun process
             device = f"cuda:{info.local_rank}"
         return FlamingoEvalModel.from_pretrained(
-            model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+            model,
+            device=device,
+            batch_size=batch_size,
+            trust_remote_code=trust_remote_code,
+            quantization=quantization,
+        )
+    if quantization is not None:
+        raise ValueError(
+            "quantization applies when evaluate() loads a checkpoint: pass its path, or quantize the model "
+            "yourself (flamingo.model.quantize.quantize_backbones) before wrapping it"
         )
     if hasattr(model, "batch_size"):
         model.batch_size = batch_size
     return model
+
+
+def _quantization_record(quantization: Any) -> dict[str, Any] | None:
+    """How the backbones were quantized, as plain values for results.json (None: as stored)."""
+    if quantization is None:
+        return None
+    from flamingo.model.quantize import parse_quantization
+
+    return dataclasses.asdict(parse_quantization(quantization, "quantization"))
 
 
 def _task_spec(
@@ -385,6 +408,7 @@ def evaluate(
     progress: bool = True,
     trust_remote_code: bool = False,
     prompts: PromptConfig | None = None,
+    quantization: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (an ``EvalModel`` or a checkpoint directory) on ``tasks`` (names or YAML paths).
 
@@ -396,7 +420,8 @@ def evaluate(
     caption``) comes from ``prompts`` when given, else from the model's own (``model.prompts``: the templates
     a checkpoint recorded). Writes ``<out_dir>/<task>/`` and
     returns ``{task: results}`` (the content of each ``results.json``) on every rank. ``trust_remote_code=True``
-    lets a checkpoint whose LM needs its repository's own code run it.
+    lets a checkpoint whose LM needs its repository's own code run it; ``quantization`` (``"int8"`` /
+    ``"int4"``) loads its frozen backbones in low-bit form (recorded in the results' options).
     """
     if demo_mode not in DEMO_MODES:
         raise ValueError(f"demo_mode must be one of {DEMO_MODES}, not {demo_mode!r}.")
@@ -405,7 +430,7 @@ def evaluate(
     started = time.perf_counter()
     info = init_distributed(device)
     try:
-        eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code)
+        eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code, quantization)
         templates = prompts if prompts is not None else getattr(eval_model, "prompts", EvalModel.prompts)
         specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos, templates) for t in tasks]
         options = {
@@ -417,6 +442,7 @@ def evaluate(
             "batch_size": int(batch_size),
             "world_size": info.world_size,
             "rices_encoder": None,
+            "quantization": _quantization_record(quantization),
         }
         runs, timings = _prepare(
             eval_model,

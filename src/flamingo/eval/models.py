@@ -201,15 +201,23 @@ class FlamingoEvalModel(EvalModel):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, device: str = "cpu", trust_remote_code: bool = False, **kwargs: Any
+        cls,
+        path: str,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        quantization: Any = None,
+        **kwargs: Any,
     ) -> FlamingoEvalModel:
         """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``.
 
-        ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it.
+        ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it;
+        ``quantization`` (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form.
         """
         from flamingo.model.flamingo import Flamingo
 
-        model = Flamingo.from_pretrained(path, device=device, trust_remote_code=trust_remote_code)
+        model = Flamingo.from_pretrained(
+            path, device=device, trust_remote_code=trust_remote_code, quantization=quantization
+        )
         return cls(model, name=kwargs.pop("name", path), **kwargs)
 
     @property

@@ -101,7 +101,12 @@ def build_flamingo(
 
 
 def save_pretrained(model: Flamingo, directory: str | Path, save_backbones: bool = False) -> Path:
-    """Write the checkpoint directory; ``save_backbones`` also stores the frozen LM and vision encoder."""
+    """Write the checkpoint directory; ``save_backbones`` also stores the frozen LM and vision encoder (refused
+    for a quantized model: its low-bit backbones must never stand in for the originals)."""
+    if save_backbones:
+        from flamingo.model.quantize import refuse_quantized_backbones
+
+        refuse_quantized_backbones(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(model.config)
@@ -148,8 +153,13 @@ def from_pretrained(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    quantization: Any = None,
 ) -> Flamingo:
     """Load a checkpoint written by :func:`save_pretrained` (local directory or hub id).
+
+    ``quantization`` (``"int8"``, ``"int4"`` or a :class:`~flamingo.model.quantize.QuantizationConfig`) stores
+    the frozen LM's linear layers in low-bit form (see :mod:`flamingo.model.quantize`), before the checkpoint's
+    LoRA, if any, is added on top of them.
 
     A checkpoint whose LM needs code from its repository is refused unless ``trust_remote_code=True``; a
     ``trust_remote_code`` saved in its ``config.json`` only says that it needs it. A damaged weights file raises
@@ -178,6 +188,10 @@ def from_pretrained(
     model.config.backbones_included = config.backbones_included
     weights = directory / WEIGHTS_NAME
     load_adapter_state(model, load_safetensors(weights), str(weights))
+    if quantization is not None:  # before the LoRA, which then wraps the quantized layers
+        from flamingo.model.quantize import quantize_loaded
+
+        quantize_loaded(model, quantization, directory, device)
     if (directory / "lora").is_dir():  # a LoRA on the LM, trained with model.lora (needs peft)
         from flamingo.model.lora import load_lora
 

@@ -19,6 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--device", default="cpu")
     gen.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
+    )
+    gen.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let a model whose LM is defined by Python files in its repository run them (off by default; "
@@ -86,7 +92,9 @@ def _generate(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise MissingFileError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
-    model = Flamingo.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    model = Flamingo.from_pretrained(
+        args.model, device=args.device, trust_remote_code=args.trust_remote_code, quantization=args.quantize
+    )
     processor = FlamingoProcessor.from_model(model)
     batch = processor([(args.prompt, images)])
     batch = {k: (v.to(args.device) if v is not None else None) for k, v in batch.items()}

@@ -488,7 +488,8 @@ class Flamingo(nn.Module):
         ``trust_remote_code=True`` lets a checkpoint whose LM is defined by its repository's own code run it;
         without it such a checkpoint is refused before any of that code is imported (a ``trust_remote_code``
         written in the checkpoint's ``config.json`` is never taken as permission). Other keywords: ``revision``,
-        ``dtype``, ``device``.
+        ``dtype``, ``device``, ``quantization`` (``"int8"`` / ``"int4"``: low-bit frozen backbones, see
+        :mod:`flamingo.model.quantize`).
         """
         from flamingo.model.checkpoint import from_pretrained
 

@@ -18,6 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="'auto': split a model too large for one GPU over the visible GPUs (instead of --device)",
     )
     p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
+    )
+    p.add_argument(
         "--allow-urls", action="store_true", help="fetch http(s) image URLs (public addresses only)"
     )
     p.add_argument(
@@ -81,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         device_map=args.device_map,
+        quantization=args.quantize,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         url_timeout_s=args.url_timeout,
