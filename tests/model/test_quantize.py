@@ -205,3 +205,23 @@ def test_generate_command_takes_quantize(trained, capsys):
     directory, _ = trained
     assert main(["generate", "--model", str(directory), "--prompt", "a photo", "--quantize", "int4"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_the_pipeline_and_the_server_load_quantized_on_one_device(trained):
+    from flamingo.cli import build_parser
+    from flamingo.pipeline import FlamingoPipeline
+    from flamingo.serve.server import load_server_pipeline
+
+    directory, _ = trained
+    pipe = load_server_pipeline(str(directory), quantization="int8")
+    assert is_quantized(pipe.model) and isinstance(pipe(["a photo"], max_new_tokens=3), str)
+    with pytest.raises(ValueError, match="runs on one device"):
+        FlamingoPipeline.from_pretrained(str(directory), device_map={"": "cpu"}, quantization="int4")
+    parser = build_parser()
+    for command in (
+        ["serve", "--model", "m"],
+        ["eval"],
+        ["train"],
+        ["generate", "--model", "m", "--prompt", "p"],
+    ):
+        assert parser.parse_args([*command, "--quantize", "int4"]).quantize == "int4"
