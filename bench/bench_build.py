@@ -11,6 +11,14 @@ A corpus of WARC files is generated (pages with textured images served by a loca
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_build.py            # writes bench/results/build_cpu.json
     .venv/bin/python bench/bench_build.py --pages 24 --files 2 --no-ray   # quicker
 
+With ``--quality`` it measures text extraction instead, on real documentation pages (the Debian Administrator's
+Handbook and the scikit-image docs, from their Debian packages, downloaded once into a cache folder; the
+18 pages of ``tests/fixtures/real_pages`` when the download fails or ``--fixture-pages`` is given): the
+builder's read stage against trafilatura in the same run, scored on the hand-checked sample in that folder's
+``gold.json`` (the rules are in ``bench/extraction_quality.py``).
+
+    .venv/bin/python bench/bench_build.py --quality      # writes bench/results/build_quality.json
+
 Numbers are relative to each other within one run (same machine, same corpus); none gates CI.
 """
 
@@ -18,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,16 +47,27 @@ sys.path.insert(0, str(ROOT / "src"))
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
 os.environ.update(THREAD_ENV)
 
+import extraction_quality  # noqa: E402
 import results_log  # noqa: E402
 
 from flamingo.corpus.clip import ClipEmbedder, tiny_clip_embedder  # noqa: E402
-from flamingo.corpus.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig  # noqa: E402
+from flamingo.corpus.config import (  # noqa: E402
+    BuildConfig,
+    FetchConfig,
+    FilterConfig,
+    InterleaveConfig,
+    ReadConfig,
+)
 from flamingo.corpus.engine import hash_records, plan_dedup, run_pipeline  # noqa: E402
 from flamingo.corpus.faces import filter_faces, make_face_detector  # noqa: E402
 from flamingo.corpus.fetch import fetch_documents  # noqa: E402
 from flamingo.corpus.filters import filter_images, hash_images  # noqa: E402
 from flamingo.corpus.interleave import interleave_documents  # noqa: E402
-from flamingo.corpus.read import read_input  # noqa: E402
+from flamingo.corpus.read import ReadCounts, read_input  # noqa: E402
+from flamingo.corpus.sentences import split_sentences  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "corpus"))
+from real_pages import FIXTURE, fixture_pages, write_pages_warc  # noqa: E402
 
 WORDS = [
     "red",
@@ -162,7 +183,7 @@ def stage_rows(inputs: list[Path], work: Path, embedder: ClipEmbedder) -> list[d
     filtered, t_filter = _timed(lambda: hash_images(filter_images(fetched, cfg.filter)))
     records = hash_records(0, filtered)
     _, t_dedup = _timed(plan_dedup, records, cfg.filter)
-    detector = make_face_detector(cfg.filter.face_backend)
+    detector = make_face_detector(cfg.filter.face_backend, cfg.filter)
     faced, t_faces = _timed(filter_faces, filtered, cfg.filter, detector)
     embedder.embed_texts(["warm up"])
     _, t_inter = _timed(
@@ -258,6 +279,157 @@ def print_table(stages: list[dict], clip: dict, engines: list[dict]) -> None:
         )
 
 
+# The two documentation sites of the quality run: Debian package, and the folder of its HTML inside the package.
+PACKAGES = {
+    "debian-handbook": ("debian-handbook", "usr/share/doc/debian-handbook/html"),
+    "scikit-image": ("python-skimage-doc", "usr/share/doc/python-skimage-doc/html"),
+}
+PAGE_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flamingo-bench" / "real-pages"
+)
+
+
+def _debian_sites(cache: Path) -> tuple[Path, list[str]]:
+    """A folder holding each site of ``PACKAGES`` (a link into its extracted package, downloaded with
+    ``apt-get download`` on first use), and the package files used."""
+    sites = cache / "sites"
+    debs = []
+    for site, (package, folder) in PACKAGES.items():
+        extracted = cache / package
+        if not (extracted / folder).is_dir():
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["apt-get", "download", package], cwd=cache, check=True, capture_output=True, timeout=900
+            )
+            deb = sorted(cache.glob(f"{package}_*.deb"))[-1]
+            subprocess.run(
+                ["dpkg", "-x", str(deb), str(extracted)], check=True, capture_output=True, timeout=900
+            )
+        debs += [p.name for p in sorted(cache.glob(f"{package}_*.deb"))[-1:]]
+        link = sites / site
+        if not link.exists():
+            sites.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(extracted / folder, target_is_directory=True)
+    return sites, debs
+
+
+def _site_pages(root: Path) -> list[str]:
+    """Every page of the handbook (English), and the scikit-image user guide and gallery."""
+    pages = [p for p in (root / "debian-handbook" / "en-US").glob("*.html")]
+    skimage = root / "scikit-image"
+    pages += [*skimage.glob("user_guide/*.html"), *skimage.glob("auto_examples/**/*.html")]
+    return sorted(p.relative_to(root).as_posix() for p in pages if p.name != "sg_execution_times.html")
+
+
+def real_page_set(cache: Path, fixture_only: bool) -> tuple[Path, list[str], str]:
+    """The folder of the pages, the pages (``site/...`` paths) and where they come from."""
+    if not fixture_only:
+        try:
+            root, debs = _debian_sites(cache)
+        except (OSError, subprocess.SubprocessError) as error:
+            print(f"Debian packages unavailable ({error}); using the fixture's pages")
+        else:
+            return root, _site_pages(root), "Debian packages " + ", ".join(debs)
+    return FIXTURE, fixture_pages(), "tests/fixtures/real_pages"
+
+
+def _builder_units(root: Path, pages: list[str], folder: Path) -> tuple[dict[str, list[str]], float]:
+    """The read stage's sentences per page (a WARC of the pages through ``read_input``), and its seconds."""
+    warc = folder / "pages.warc.gz"
+    urls = write_pages_warc(warc, root, pages, "http://docs.example")
+    write_pages_warc(folder / "warm.warc.gz", root, pages[:1], "http://docs.example")
+    read_input(folder / "warm.warc.gz", ReadConfig())  # warm-up: the parser's and splitter's first use
+    docs, seconds = _timed(read_input, warc, ReadConfig(), ReadCounts())
+    units: dict[str, list[str]] = {page: [] for page in pages}  # a dropped page keeps no text
+    for doc in docs:
+        units[urls[doc.url]] = doc.sentences
+    return units, seconds
+
+
+def _trafilatura_units(html: dict[str, bytes]) -> tuple[dict[str, list[str]], float]:
+    """trafilatura's text per page (its defaults), cut into sentences by the builder's splitter."""
+    import trafilatura
+
+    def extract_all() -> dict[str, str]:
+        return {
+            page: trafilatura.extract(raw, url=f"http://docs.example/{page}") or ""
+            for page, raw in html.items()
+        }
+
+    first = next(iter(html))
+    trafilatura.extract(html[first])  # warm-up: its lazy imports
+    texts, seconds = _timed(extract_all)
+    units = {
+        page: [s for line in text.splitlines() for s in split_sentences(line)] for page, text in texts.items()
+    }
+    return units, seconds
+
+
+def quality_run(cache: Path, fixture_only: bool, show_missed: bool) -> dict:
+    """The builder's and trafilatura's extraction figures on the real pages (see ``extraction_quality``)."""
+    import trafilatura
+
+    root, pages, source = real_page_set(cache, fixture_only)
+    gold = json.loads((FIXTURE / "gold.json").read_text(encoding="utf-8"))
+    html = {page: (root / page).read_bytes() for page in pages}
+    text = {page: raw.decode("utf-8", errors="replace") for page, raw in html.items()}
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        builder, builder_s = _builder_units(root, pages, Path(tmp))
+    traf, traf_s = _trafilatura_units(html)
+    rows = []
+    for name, (units, seconds) in (
+        ("builder (read stage)", (builder, builder_s)),
+        (f"trafilatura {trafilatura.__version__}", (traf, traf_s)),
+    ):
+        row = {"extractor": name, **extraction_quality.measure(units, text, gold, seconds)}
+        missed = row.pop("missed")
+        row["missed_sentences"] = len(missed)
+        if show_missed:
+            print(f"\n{name}: {len(missed)} gold sentences missed")
+            for line in missed:
+                print("  " + line)
+        rows.append(row)
+    sites = sorted({page.split("/", 1)[0] for page in pages})
+    return {
+        "pages_source": source,
+        "pages": {site: sum(1 for p in pages if p.startswith(site + "/")) for site in sites},
+        "gold_pages": sum(1 for page in gold["prose"] if page in html),
+        "rules": {
+            "match_share": extraction_quality.MATCH_SHARE,
+            "match_slack_chars": extraction_quality.MATCH_SLACK,
+            "repeat_pages": extraction_quality.REPEAT_PAGES,
+        },
+        "extractors": rows,
+    }
+
+
+def print_quality(result: dict) -> None:
+    pages = ", ".join(f"{n} {site}" for site, n in result["pages"].items())
+    print(f"\npages: {pages} ({result['pages_source']}); gold sample on {result['gold_pages']} pages")
+    header = [
+        "extractor",
+        "prose kept",
+        "boilerplate ch",
+        "repeated ch",
+        "code share",
+        "longest",
+        "chars",
+        "pages/s",
+    ]
+    print(f"{header[0]:<24}" + "".join(f"{h:>15}" for h in header[1:]))
+    for r in result["extractors"]:
+        cells = [
+            f"{r['prose_kept']:.1%}",
+            f"{r['boilerplate_chars']:,}",
+            f"{r['repeated_chars']:,}",
+            f"{r['code_share']:.1%}",
+            f"{r['longest_sentence_chars']:,}",
+            f"{r['output_chars']:,}",
+            f"{r['pages_per_s']:.1f}",
+        ]
+        print(f"{r['extractor']:<24}" + "".join(f"{c:>15}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -270,8 +442,30 @@ def main() -> None:
     parser.add_argument("--clip", help="CLIP spec for the CLIP-stage row (default: tiny random CLIP)")
     parser.add_argument("--clip-images", type=int, default=256)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "build_cpu.json"))
+    parser.add_argument(
+        "--quality", action="store_true", help="measure text extraction on real pages instead"
+    )
+    parser.add_argument(
+        "--fixture-pages", action="store_true", help="--quality on the fixture's 18 pages only"
+    )
+    parser.add_argument(
+        "--page-cache", default=str(PAGE_CACHE), help="where --quality keeps the Debian packages"
+    )
+    parser.add_argument(
+        "--show-missed", action="store_true", help="--quality: list the gold sentences missed"
+    )
+    parser.add_argument(
+        "--out", help="results file (default bench/results/build_cpu.json or build_quality.json)"
+    )
     args = parser.parse_args()
+    if args.quality:
+        result = quality_run(Path(args.page_cache), args.fixture_pages, args.show_missed)
+        print_quality(result)
+        out = args.out or str(ROOT / "bench" / "results" / "build_quality.json")
+        results_log.record(out, result)
+        print(f"\nwrote {out}")
+        return
+    args.out = args.out or str(ROOT / "bench" / "results" / "build_cpu.json")
     tiny = tiny_clip_embedder(device="cpu")
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         work = Path(tmp)

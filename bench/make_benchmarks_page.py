@@ -76,11 +76,39 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "`bench/bench_serve.py`: the Python pipeline one request at a time against `flamingo serve` under "
         "concurrent clients, without batching and with batches of up to 8 requests.",
     ),
+    "loader": (
+        "Training data loader",
+        "`bench/bench_loader.py`: MMC4-like tar shards (photographs from scikit-image, randomly cropped and "
+        "re-encoded as 256-640 px JPEGs, 2-10 per document, a few hundred words each) read, decoded, "
+        "preprocessed to 224 px, tokenized to 256 tokens and batched: ours (`SourceLoader`, forked workers) "
+        "against the reference's WebDataset MMC4 pipeline (`open_flamingo.train.data.get_mmc4_dataset` in its "
+        "`WebLoader`), each with the same number of worker processes. Images are those the model sees (not the "
+        "reference's zero-padded slots, nor its images whose `<image>` token fell past the 256 tokens); worker "
+        "start-up is not timed.",
+    ),
+    "load": (
+        "Loading a model",
+        "`bench/bench_load.py`: loading an OpenFlamingo-3B-shaped model (MPT-1B-shaped LM, ViT-L/14, the 3B "
+        "release's Perceiver and cross-attention before every layer; `--shape small` scales it down) in bf16, each "
+        "load in its own process. Ours builds the model on the meta device and reads each tensor once onto its "
+        "device; the reference builds and initialises the model in float32, loads `checkpoint.pt` with "
+        '`load_state_dict`, then casts. "Added" is the peak resident memory minus the resident memory before '
+        "the load (after the imports); the ratio divides it by the bf16 weight bytes.",
+    ),
     "build": (
         "Corpus builder",
         "`bench/bench_build.py`: `flamingo data build` on a generated corpus of WARC files served from "
         "127.0.0.1; each stage alone (documents per second on one core), the CLIP, and the whole pipeline on "
-        "each engine.",
+        "each engine. With `--quality`: the read stage's text extraction on real documentation pages against "
+        "trafilatura in the same run, scored on a hand-checked sample (the rules are in "
+        "`bench/extraction_quality.py`).",
+    ),
+    "filters": (
+        "Corpus builder: face filter and pHash dedup on labelled images",
+        "`bench/bench_filters.py`: precision and recall of each face-detector setting (an image is flagged when "
+        "one box survives) and of each pHash distance threshold, on sets generated offline from the sample "
+        "images that scikit-image, matplotlib and scikit-learn ship and from figures drawn on the spot "
+        "(`tests/corpus/labelled_images.py`). Milliseconds are per image, for the cascade alone.",
     ),
 }
 
@@ -312,7 +340,43 @@ def render_serve_memory(run: Run) -> list[str]:
     ]
 
 
+def render_build_quality(run: Run) -> list[str]:
+    pages = ", ".join(f"{n} pages of {site}" for site, n in run["pages"].items())
+    rows = [
+        [
+            r["extractor"],
+            f"{r['prose_kept']:.1%}",
+            f"{r['boilerplate_chars']:,}",
+            f"{r['repeated_chars']:,}",
+            f"{r['code_share']:.1%}",
+            f"{r['longest_sentence_chars']:,}",
+            f"{r['output_chars']:,}",
+            f"{r['pages_per_s']:.1f}",
+        ]
+        for r in run["extractors"]
+    ]
+    header = [
+        "extractor",
+        "prose kept",
+        "boilerplate characters",
+        "repeated characters",
+        "code share",
+        "longest sentence",
+        "output characters",
+        "pages/s",
+    ]
+    return [
+        f"Pages: {pages} ({run['pages_source']}); prose kept is scored on the hand-checked sample of "
+        f"{run['gold_pages']} pages in `tests/fixtures/real_pages/gold.json`. Repeated characters: sentences "
+        f"found on {run['rules']['repeat_pages']} or more pages of one site.",
+        "",
+        *table(header, rows),
+    ]
+
+
 def render_build(run: Run) -> list[str]:
+    if "extractors" in run:  # bench_build.py --quality
+        return render_build_quality(run)
     corpus = run["corpus"]
     rows = [
         [r["stage"], str(r["documents"]), f"{r['seconds']:.3f}", f"{r['docs_per_s_per_core']:,.0f}"]
@@ -343,6 +407,92 @@ def render_build(run: Run) -> list[str]:
     return lines
 
 
+def render_loader(run: Run) -> list[str]:
+    rows = [
+        [
+            r["impl"],
+            str(r["workers"]),
+            f"{r['images_per_s']:.1f}",
+            f"{r['samples_per_s']:.1f}",
+            f"{r['batches']}",
+        ]
+        for r in run["rows"]
+    ]
+    lines = table(["implementation", "workers", "images/s", "documents/s", "batches timed"], rows)
+    settings, ratios = run["settings"], run["ratios"]
+    lines += [
+        "",
+        f"{settings['docs']} documents in {settings['shards']} shards ({settings['shard_mb']:.0f} MB); batches of "
+        f"{settings['batch_size']}, {settings['image_size']} px, {settings['max_tokens']} tokens, at most "
+        f"{settings['max_images']} images per document.",
+    ]
+    speedups = [
+        f"{value:.2f}x the reference with {key.split('_')[3]} worker(s)"
+        for key, value in ratios.items()
+        if key.startswith("ours_vs_reference_")
+    ]
+    if "ours_2_vs_1_workers" in ratios:
+        speedups.append(f"{ratios['ours_2_vs_1_workers']:.2f}x from 1 to 2 workers")
+    if speedups:
+        lines.append("Ours: " + "; ".join(speedups) + ".")
+    if "cores_for_490_images_per_s" in ratios:
+        lines.append(
+            f"At one worker's rate, 490-670 images/s (an OpenFlamingo-3B step on one H100) takes "
+            f"{ratios['cores_for_490_images_per_s']:.1f}-{ratios['cores_for_670_images_per_s']:.1f} worker cores."
+        )
+    return lines
+
+
+def render_filters(run: Run) -> list[str]:
+    sets = run["sets"]
+    lines = [
+        "Face set: " + ", ".join(f"{n} {k}" for k, n in sets["faces"].items()) + ".",
+        "",
+        "Dedup pairs: " + ", ".join(f"{n} {k}" for k, n in sets["dedup_pairs"].items()) + ".",
+        "",
+    ]
+    rows = [
+        [
+            r["detector"],
+            str(r["min_neighbors"]),
+            str(r["min_eyes"]),
+            f"{r['min_skin_share']:.1f}",
+            fmt(r["precision"]),
+            fmt(r["recall"]),
+            str(r["fp"]),
+            f"{r['ms_per_image']:.0f}",
+        ]
+        for r in sorted(run["faces"], key=lambda r: (-r["precision"], -r["recall"], r["detector"]))
+    ]
+    header = ["detector", "minNeighbors", "eyes", "skin share", "precision", "recall", "false faces", "ms"]
+    lines += table(header, rows)
+    rows = [
+        [str(r["threshold"]), fmt(r["precision"]), fmt(r["recall"]), ", ".join(r["wrongly_merged"]) or "-"]
+        for r in run["dedup"]
+    ]
+    lines += ["", *table(["pHash distance <=", "precision", "recall", "different images merged"], rows)]
+    return lines
+
+
+def render_load(run: Run) -> list[str]:
+    rows = [
+        [
+            r["impl"],
+            f"{r['seconds']:.2f} s",
+            f"{r['peak_rss_mb']} MB",
+            f"{r['load_added_mb']} MB",
+            f"{r['weights_mb']} MB",
+            f"{r['added_over_weights']:.2f}x",
+        ]
+        for r in run["rows"]
+    ]
+    lines = table(
+        ["implementation", "load time", "peak RSS", "added by the load", "bf16 weights", "added / weights"],
+        rows,
+    )
+    return [*lines, "", f"Shape: `{run['shape']}`."]
+
+
 RENDERERS: dict[str, Callable[[Run], list[str]]] = {
     "model": render_model,
     "train": render_train,
@@ -350,6 +500,9 @@ RENDERERS: dict[str, Callable[[Run], list[str]]] = {
     "preprocess": render_preprocess,
     "serve": render_serve,
     "build": render_build,
+    "loader": render_loader,
+    "filters": render_filters,
+    "load": render_load,
 }
 
 
@@ -365,7 +518,7 @@ def benchmark_of(path: Path) -> str:
 
 def setup_title(path: Path) -> str:
     """``model_cpu_small.json`` -> ``CPU, small``; ``eval.json`` -> ``""`` (the benchmark's only setup)."""
-    words = {"cpu": "CPU", "cuda": "GPU"}
+    words = {"cpu": "CPU", "cuda": "GPU", "quality": "Text extraction on real pages"}
     return ", ".join(words.get(part, part) for part in path.stem.split("_")[1:])
 
 

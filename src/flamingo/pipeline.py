@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.errors import UsageError
 from flamingo.io.inputs import (
     IMAGE_SUFFIXES,
     ImagePolicy,
@@ -31,7 +32,8 @@ from flamingo.io.inputs import (
     is_url,
     read_image_file,
 )
-from flamingo.model.dispatch import STRATEGIES, dispatch, input_device
+from flamingo.model.devices import is_split_map, resolve_device, resolve_dtype
+from flamingo.model.dispatch import dispatch, input_device
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.scoring import score_continuations
 from flamingo.processing import FlamingoProcessor
@@ -116,11 +118,14 @@ class FlamingoPipeline:
     ) -> FlamingoPipeline:
         """Load a checkpoint directory, a hub id, or an OpenFlamingo preset name (with ``checkpoint=``).
 
-        ``device_map`` spreads a model too large for one GPU over several: ``"auto"`` (or ``"balanced"``,
-        ``"balanced_low_0"``, ``"sequential"``) plans it with ``accelerate`` within ``max_memory`` (for example
-        ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``; default: what is free), a dict names the device of each
-        module (see :mod:`flamingo.model.dispatch`); modules mapped to ``"disk"`` need ``offload_folder``. A
-        single device name (``"cuda:1"``) is the same as ``device=``. The model is loaded into CPU memory first.
+        A checkpoint loads through :func:`flamingo.model.checkpoint.from_pretrained`: built empty, then each
+        weight read straight onto its device in ``dtype`` (``float32``/``bfloat16``/``float16``; default
+        float32 on the CPU, the checkpoint's own elsewhere). ``device`` is one device (``"auto"``: CUDA when
+        present). ``device_map`` spreads a model too large for one device over several: ``"auto"`` (or
+        ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``) plans it with ``accelerate`` within ``max_memory``
+        (for example ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``; default: what is free), a dict names the
+        device of each module (see :mod:`flamingo.model.dispatch`); modules mapped to ``"disk"`` need
+        ``offload_folder``. A single device name (``"cuda:1"``) is the same as ``device=``.
 
         ``trust_remote_code=True`` lets a model whose LM is defined by its repository's own code (the MPT-1B
         OpenFlamingo presets, for one) run it; without it such a model is refused before that code is imported.
@@ -131,42 +136,34 @@ class FlamingoPipeline:
         a :class:`~flamingo.model.quantize.QuantizationConfig`) loads the frozen backbones in low-bit form (one
         device only, not with a split ``device_map``).
         """
-        split = isinstance(device_map, dict) or device_map in STRATEGIES
-        if device_map is not None and not split:
-            device = device_map  # one device, named the transformers way
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        if quantization is not None and split:
-            raise ValueError(
-                f"quantization={quantization!r} with device_map={device_map!r}: a quantized model runs on one "
-                "device (int4 fits the 9B model on one 24 GB GPU); pass device= instead"
-            )
         from flamingo.model.presets import OPENFLAMINGO_PRESETS
 
-        target = None if split else device
         if str(model) in OPENFLAMINGO_PRESETS:
-            from flamingo.model.convert import load_openflamingo
-
-            loaded = load_openflamingo(
-                str(model), checkpoint=checkpoint, dtype=dtype, trust_remote_code=trust_remote_code
-            ).eval()
-            if quantization is not None:
-                from flamingo.model.quantize import quantize_backbones
-
-                quantize_backbones(loaded, quantization, target)
-            loaded = loaded.to(target) if target is not None else loaded
+            loaded = _load_preset(
+                str(model),
+                checkpoint,
+                device,
+                dtype,
+                device_map,
+                max_memory,
+                offload_folder,
+                trust_remote_code,
+                quantization,
+            )
         else:
             loaded = Flamingo.from_pretrained(
                 str(model),
                 dtype=dtype,
-                device=target,
+                device=device,
+                device_map=device_map,
+                max_memory=max_memory,
+                offload_folder=offload_folder,
                 trust_remote_code=trust_remote_code,
                 quantization=quantization,
             )
-        placed = dispatch(loaded, device_map, max_memory, offload_folder) if split else None
         max_prompt_tokens = policy.pop("max_prompt_tokens", None)
         pipe = cls(loaded, policy=ImagePolicy(**policy), max_prompt_tokens=max_prompt_tokens, prompts=prompts)
-        pipe.device_map = placed
+        pipe.device_map = loaded.device_map
         return pipe
 
     @property
@@ -458,6 +455,43 @@ def _is_batch(value: Any) -> bool:
 def _is_image_ref(text: str, policy: ImagePolicy) -> bool:
     """Whether :meth:`FlamingoPipeline.load_item` would load this string as an image."""
     return is_url(text) or (policy.allow_paths and _looks_like_image_path(text))
+
+
+def _load_preset(
+    name: str,
+    checkpoint: str | Path | None,
+    device: str | torch.device,
+    dtype: torch.dtype | str | None,
+    device_map: str | dict[str, int | str] | None,
+    max_memory: dict[int | str, int | str] | None,
+    offload_folder: str | Path | None,
+    trust_remote_code: bool,
+    quantization: Any = None,
+) -> Flamingo:
+    """An OpenFlamingo release converted from its ``checkpoint.pt`` (read on the CPU), then placed (and its
+    frozen backbones quantized layer by layer onto the device, for ``quantization``)."""
+    from flamingo.model.convert import load_openflamingo
+
+    split = is_split_map(device_map)
+    if device_map is not None and not split:
+        device = device_map  # one device, named the transformers way
+    if quantization is not None and split:
+        raise UsageError(
+            f"quantization={quantization!r} with device_map={device_map!r}: a quantized model runs on one "
+            "device (int4 fits the 9B model on one 24 GB GPU); pass device= instead"
+        )
+    target = None if split else resolve_device(device)
+    dtype = resolve_dtype(dtype, target if target is not None else "auto")
+    loaded = load_openflamingo(name, checkpoint=checkpoint, dtype=dtype, trust_remote_code=trust_remote_code)
+    loaded = loaded.eval()
+    if quantization is not None:
+        from flamingo.model.quantize import quantize_backbones
+
+        quantize_backbones(loaded, quantization, target)
+    if split:
+        dispatch(loaded, device_map, max_memory, offload_folder)
+        return loaded
+    return loaded.to(target)
 
 
 def _looks_like_image_path(text: str) -> bool:

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from flamingo.corpus.config import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, ReadConfig
+from flamingo.corpus.config import (
+    BuildConfig,
+    FetchConfig,
+    FilterConfig,
+    InterleaveConfig,
+    ReadConfig,
+    TextConfig,
+)
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 _WORD_VECTORS = {
@@ -167,10 +174,12 @@ class ImageServer:
 
 
 def small_config(**filter_overrides: object) -> BuildConfig:
-    """A config for tiny synthetic images: loopback allowed, short timeouts, no face filter."""
+    """A config for tiny synthetic images and pages: loopback allowed, short timeouts, no face filter, every
+    language, no text quality rules (the pages are a few words long)."""
     filters = {"min_side": 64, "min_bytes": 200, "max_faces": 0, "nsfw_threshold": 1.0, **filter_overrides}
     return BuildConfig(
         read=ReadConfig(),
+        text=TextConfig(languages=[], gopher_quality=False, gopher_repetition=False, c4=False),
         fetch=FetchConfig(threads=4, timeout_s=0.3, retries=1, backoff_s=0.01, allow_loopback=True),
         filter=FilterConfig(**filters),
         interleave=InterleaveConfig(similarity_threshold=0.24),

@@ -53,6 +53,8 @@ def test_build_command_end_to_end(image_server, tmp_path, capsys) -> None:
         "filter": {"min_side": 64, "min_bytes": 200, "max_faces": 0, "nsfw_threshold": 1.0},
         "interleave": {"similarity_threshold": -1.0},  # random CLIP: keep every one-to-one pair
         "fetch": {"timeout_s": 2.0, "retries": 0},
+        # pages of a few words: any language, no text quality rules
+        "text": {"languages": [], "gopher_quality": False, "gopher_repetition": False, "c4": False},
     }
     (tmp_path / "build.yaml").write_text(yaml.safe_dump(config))
     spec, embedder = _tiny_clip_files(tmp_path)

@@ -127,19 +127,19 @@ def test_end_to_end_warc_build(image_server, tmp_path) -> None:
 def test_interrupted_build_resumes_without_refetching(image_server, tmp_path, monkeypatch) -> None:
     inputs = _corpus(image_server, tmp_path)
     out = tmp_path / "out"
-    real_read = engine_module.read_input
+    real_fetch = engine_module.fetch_documents
 
-    def crash_on_second_input(path, config, counts):
-        if Path(path).name == "crawl-1.warc.gz":
+    def crash_on_second_input(docs, config, out_dir, shard, progress):
+        if shard == "shard-00001":
             raise KeyboardInterrupt("simulated interruption after the first input file")
-        return real_read(path, config, counts)
+        return real_fetch(docs, config, out_dir, shard, progress)
 
-    monkeypatch.setattr(engine_module, "read_input", crash_on_second_input)
+    monkeypatch.setattr(engine_module, "fetch_documents", crash_on_second_input)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(inputs, out, small_config(), embedder=ColourEmbedder())
     first_hits = dict(image_server.hits)
     assert first_hits["/r1.png"] == 1 and first_hits["/slow/g2.png"] == 2 and "/leaf.png" not in first_hits
-    monkeypatch.setattr(engine_module, "read_input", real_read)
+    monkeypatch.setattr(engine_module, "fetch_documents", real_fetch)
     run_pipeline(inputs, out, small_config(), embedder=ColourEmbedder())
     for path, n in first_hits.items():
         assert image_server.hits[path] == n, path  # nothing of the first file was fetched again

@@ -122,7 +122,9 @@ def test_read_jsonl_and_its_errors(tmp_path) -> None:
         ("http://x/1.png", "", None),
         ("rel/2.png", "two", None),
     ]
-    assert docs[1].metadata == {"lang": "en"}
+    # the record's own fields stay; the read stage adds the language it identified
+    assert docs[1].metadata["lang"] == "en"
+    assert set(docs[1].metadata) == {"lang", "language", "language_score"}
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok."}\n{"images": []}\n')

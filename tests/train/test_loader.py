@@ -76,11 +76,11 @@ def test_a_worker_process_gives_the_same_batches_positions_and_counts_as_the_loo
             batches.append(loader.next_batch())
             states.append(loader.state_dict())
         if worker == "process":
-            assert loader._iterator.process.is_alive()
+            assert loader._producers[0].process.is_alive()
         loader.close()
         runs[worker, prefetch] = batches, states, loader.counts()
         if worker == "process":
-            assert not loader._iterator.process.is_alive()
+            assert not loader._producers[0].process.is_alive()
     batches, states, counts = runs["process", 2]
     assert counts["read_corrupt_image"] >= 1 and counts["no_supervised_tokens"] >= 1
     for other, other_states, other_counts in (runs["thread", 2], runs["thread", 0]):
@@ -100,7 +100,7 @@ def test_a_worker_process_error_reaches_the_training_loop(tmp_path, tiny_model):
         loader.next_batch()
     assert "in the data worker process" in "".join(raised.value.__notes__)  # the worker's traceback
     loader.close()
-    assert not loader._iterator.process.is_alive()
+    assert not loader._producers[0].process.is_alive()
     with pytest.raises(ValueError, match="worker must be"):
         make_loader(tiny_model, source, worker="fiber")
 
@@ -132,7 +132,7 @@ def test_a_killed_training_process_leaves_no_data_worker_behind(tmp_path, shards
         "source = interleaved_source(sys.argv[2:])\n"
         "loader = make_loader(build_tiny_flamingo('llama'), source, prefetch=2, worker='process')\n"
         "loader.next_batch()\n"
-        "print(loader._iterator.process.pid, flush=True)\n"
+        "print(loader._producers[0].process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
     here = str(Path(__file__).parent)

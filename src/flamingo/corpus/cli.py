@@ -55,7 +55,11 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
         description="Read pages, fetch and filter images, place them among sentences with CLIP, write shards.",
     )
     p.add_argument("inputs", nargs="+", help="WARC (.warc.gz), HTML or JSONL files; input i -> shard i")
-    p.add_argument("--out", required=True, help="output folder (shards/, stats.json, report.md, ...)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (shards/, stats.json, report.md, ...), or s3://bucket/prefix (gs://...) storage",
+    )
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument(
         "--clip",
@@ -64,7 +68,9 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="CLIP device: auto (CUDA when present), cpu, cuda:0")
     p.add_argument("--clip-batch-size", type=int, default=64, help="images or sentences per CLIP call")
-    p.add_argument("--config", help="build config (YAML or JSON): sections read, fetch, filter, interleave")
+    p.add_argument(
+        "--config", help="build config (YAML or JSON): sections read, text, fetch, filter, interleave"
+    )
     p.add_argument(
         "--eval-sets", help="comma-separated folders of evaluation images to decontaminate against"
     )
@@ -77,7 +83,10 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_show(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="render one document of a shard as a self-contained HTML page")
-    p.add_argument("shard", help="an interleaved shard (.tar), ours or an MMC4 base64 shard")
+    p.add_argument(
+        "shard",
+        help="an interleaved shard (.tar), ours or an MMC4 base64 shard; a path or s3://, https://, pipe:",
+    )
     p.add_argument("--doc", type=int, default=0, help="0-based index of the document in the shard")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.set_defaults(func=_show)
@@ -131,11 +140,12 @@ def _build_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _summary(stats: dict[str, Any], out: Path, seconds: float, what: str) -> str:
+def _summary(stats: dict[str, Any], out: str, seconds: float, what: str) -> str:
     write = stats["stages"].get("write", {})
+    out = out.rstrip("/")  # a folder or an s3:// URL: joined with "/" so that the URL stays one
     return (
         f"{what} {write.get('documents_out', 0)} documents with {write.get('images_out', 0)} images "
-        f"into {out / 'shards'} in {seconds:.1f}s; stats: {out / 'stats.json'}, report: {out / 'report.md'}"
+        f"into {out}/shards in {seconds:.1f}s; stats: {out}/stats.json, report: {out}/report.md"
     )
 
 
@@ -161,7 +171,7 @@ def _build(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
-    print(_summary(result.stats.to_dict(), Path(args.out), time.perf_counter() - start, "built"))
+    print(_summary(result.stats.to_dict(), args.out, time.perf_counter() - start, "built"))
     return 0
 
 
@@ -189,5 +199,5 @@ def _convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = convert(args.inputs, args.out, args.kind, config, image_dir=args.images, workers=args.workers)
     what = "converted" if args.kind != "pairs" else "converted (pairs)"
-    print(_summary(result.stats.to_dict(), Path(args.out), time.perf_counter() - start, what))
+    print(_summary(result.stats.to_dict(), args.out, time.perf_counter() - start, what))
     return 0

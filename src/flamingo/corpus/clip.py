@@ -93,11 +93,9 @@ def parse_clip_spec(text: str) -> ClipSpec:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from flamingo.model.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(resolve_device(device)) if device == "auto" else device
 
 
 class _OpenClipTowers:
@@ -243,6 +241,10 @@ class ClipEmbedder:
     def towers(self) -> _OpenClipTowers | _HFTowers:
         """The loaded model (loaded on first use in this process)."""
         return load_towers(self.spec, _resolve_device(self.device))
+
+    def load(self) -> None:
+        """Load the model now (e.g. in a Ray actor's constructor) rather than on the first batch."""
+        _ = self.towers
 
     @property
     def dim(self) -> int:

@@ -44,11 +44,84 @@ class ReadConfig:
     max_replacement_share: float = field(default=0.01, metadata=between(0, 1))
     """Pages whose main text is more than this share of U+FFFD replacement characters (bytes that did not
     decode in the declared or detected charset) are dropped (``undecodable_text``)."""
+    code: str = "keep"
+    """Code blocks (``<pre>``, multi-line ``<code>``, with their interpreter output): ``keep`` each as one text
+    entry with its line breaks, or ``drop`` them."""
+    splitter: str = "auto"
+    """Sentence splitter: ``rules`` (fast, English rules), ``pysbd`` (pySBD in the page's language where it has
+    one, else the rules), or ``auto`` (the rules for English, pySBD for the other languages it knows)."""
 
     def __post_init__(self) -> None:
+        _check(self.code in ("keep", "drop"), "read", "code", f"is {self.code!r}; use keep or drop")
+        _check(
+            self.splitter in ("auto", "rules", "pysbd"),
+            "read",
+            "splitter",
+            f"is {self.splitter!r}; use auto, rules or pysbd",
+        )
         _check(self.max_html_bytes > 0, "read", "max_html_bytes", "must be positive")
         _check(0.0 < self.max_link_density <= 1.0, "read", "max_link_density", "must be in (0, 1]")
         _check(self.min_sentences >= 0, "read", "min_sentences", "must be >= 0")
+
+
+@dataclass
+class TextConfig:
+    """Which documents' text is worth reading: language, per-site repeated lines, quality rules.
+
+    The defaults suit an English MMC4-like corpus; ``languages: []`` keeps every language, and each quality rule
+    has its own switch.
+    """
+
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    """ISO 639-1 codes of the languages kept (py3langid's labels); empty keeps every language."""
+    min_language_score: float = field(default=0.5, metadata=between(0, 1))
+    """Documents whose language probability is below this are dropped (``low_language_score``)."""
+    line_dedup_min_pages: int = field(default=3, metadata=between(0, 1_000_000))
+    """A text entry found on at least this many pages of one site (host name) is removed from all of them
+    (menus, running titles, "Note", version banners); 0 disables."""
+    quality_languages: list[str] = field(default_factory=lambda: ["en"])
+    """Languages the quality rules apply to (their stop words and thresholds are English); others pass."""
+    gopher_quality: bool = True
+    """Apply the Gopher quality rules (word counts, word length, symbols, bullets, ellipses, stop words)."""
+    gopher_min_words: int = field(default=50, metadata=between(0, 1 << 30))
+    """Gopher: fewer words than this is ``gopher_short_doc``."""
+    gopher_max_words: int = field(default=100_000, metadata=between(1, 1 << 30))
+    """Gopher: more words than this is ``gopher_long_doc``."""
+    gopher_min_avg_word_length: float = field(default=3.0, metadata=between(0, 1000))
+    """Gopher: mean word length below this is ``gopher_below_avg_threshold``."""
+    gopher_max_avg_word_length: float = field(default=10.0, metadata=between(0, 1000))
+    """Gopher: mean word length above this is ``gopher_above_avg_threshold``."""
+    gopher_max_symbol_word_ratio: float = field(default=0.1, metadata=between(0, 1000))
+    """Gopher: more ``#`` or ellipses per word than this is ``gopher_too_many_hashes`` / ``_ellipsis``."""
+    gopher_max_bullet_lines_ratio: float = field(default=0.9, metadata=between(0, 1))
+    """Gopher: a larger share of lines starting with a bullet is ``gopher_too_many_bullets``."""
+    gopher_max_ellipsis_lines_ratio: float = field(default=0.3, metadata=between(0, 1))
+    """Gopher: a larger share of lines ending in an ellipsis is ``gopher_too_many_end_ellipsis``."""
+    gopher_min_alpha_words_ratio: float = field(default=0.8, metadata=between(0, 1))
+    """Gopher: a smaller share of words with a letter is ``gopher_below_alpha_threshold``."""
+    gopher_min_stop_words: int = field(default=2, metadata=between(0, 1000))
+    """Gopher: fewer distinct English stop words than this is ``gopher_enough_stop_words``."""
+    gopher_repetition: bool = True
+    """Apply the Gopher repetition rules (duplicate lines, top and duplicated n-grams)."""
+    gopher_dup_line_frac: float = field(default=0.3, metadata=between(0, 1))
+    """Gopher repetition: a larger share of duplicate lines is ``dup_line_frac``."""
+    gopher_dup_line_char_frac: float = field(default=0.2, metadata=between(0, 1))
+    """Gopher repetition: a larger share of characters in duplicate lines is ``dup_line_char_frac``."""
+    c4: bool = True
+    """Apply the C4 document rules (``lorem_ipsum``, ``curly_bracket``, ``c4_too_few_sentences``)."""
+    c4_min_sentences: int = field(default=5, metadata=between(0, 1_000_000))
+    """C4: fewer sentences in lines that pass C4's line rules than this is ``c4_too_few_sentences``."""
+
+    def __post_init__(self) -> None:
+        for name in ("languages", "quality_languages"):
+            bad = [code for code in getattr(self, name) if not (isinstance(code, str) and code.isalpha())]
+            _check(not bad, "text", name, f"has {bad!r}; use ISO 639-1 codes such as en, fr, ja")
+        _check(
+            self.gopher_min_avg_word_length <= self.gopher_max_avg_word_length,
+            "text",
+            "gopher_min_avg_word_length",
+            "must be <= gopher_max_avg_word_length",
+        )
 
 
 @dataclass
@@ -112,7 +185,17 @@ class FilterConfig:
     max_faces: int = field(default=1, metadata=between(0, 1_000_000))
     """Images with at least this many detected faces are dropped (MMC4 fewer-faces: 1); 0 disables."""
     face_backend: str = "auto"
-    """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's Haar cascade when it is installed)."""
+    """Face detector: opencv-haar, skimage-lbp, or auto (OpenCV's cascade when it is installed)."""
+    face_cascade: str = "alt"
+    """OpenCV frontal-face Haar cascade: default, alt or alt2."""
+    face_min_neighbors: int = field(default=5, metadata=between(0, 1000))
+    """OpenCV's minNeighbors: overlapping detections a face needs (more: fewer false faces, fewer faces)."""
+    face_min_size: int = field(default=24, metadata=between(1, 512))
+    """Smallest face (pixels) looked for, in the image downscaled to at most 512 px a side."""
+    face_min_eyes: int = field(default=0, metadata=between(0, 2))
+    """A face box counts only when OpenCV's eye cascade finds this many eyes in its upper part; 0 skips."""
+    face_min_skin_share: float = field(default=0.0, metadata=between(0, 1))
+    """In colour images a face box counts only when this share of its middle is skin-toned; 0 skips."""
     nsfw_threshold: float = field(default=0.5, metadata=between(0, 1))
     """Images with NSFW probability at or above this are dropped; needs a scorer or an embedder."""
 
@@ -133,6 +216,12 @@ class FilterConfig:
             "face_backend",
             f"is {self.face_backend!r}; use auto, opencv-haar or skimage-lbp",
         )
+        _check(
+            self.face_cascade in ("default", "alt", "alt2"),
+            "filter",
+            "face_cascade",
+            f"is {self.face_cascade!r}; use default, alt or alt2",
+        )
         _check(0.0 <= self.nsfw_threshold <= 1.0, "filter", "nsfw_threshold", "must be in [0, 1]")
 
 
@@ -146,6 +235,9 @@ class InterleaveConfig:
     """What to do with a document left without images: drop, or keep_text."""
     batch_size: int = field(default=64, metadata=between(1, 65536))
     """Images or sentences per embedding call (batched across documents)."""
+    clip_actors: int = field(default=0, metadata=between(0, 4096))
+    """Ray engine: CLIP actors, each loading the model once; 0 gives one per GPU, or one per worker without
+    GPUs. With GPUs this caps the count (one GPU each)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -163,6 +255,8 @@ class BuildConfig:
 
     read: ReadConfig = field(default_factory=ReadConfig)
     """Reading pages and splitting sentences."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """Language, repeated lines and text quality."""
     fetch: FetchConfig = field(default_factory=FetchConfig)
     """Downloading images."""
     filter: FilterConfig = field(default_factory=FilterConfig)

@@ -76,7 +76,8 @@ class WebDocument:
     url: str
     """The page URL ("" when unknown)."""
     sentences: list[str]
-    """The main text, split into sentences."""
+    """The main text as entries: sentences of prose, headings whole, code blocks whole with their line breaks
+    (``metadata["code_entries"]`` holds the indices of the code ones)."""
     images: list[ImageRef] = field(default_factory=list)
     """Images in page order, including dropped ones (see ``ImageRef.failure``)."""
     source: str = ""

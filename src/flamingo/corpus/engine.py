@@ -1,9 +1,13 @@
 """Engines that run the builder's stages over input files: local processes or Ray Data.
 
-Each input file is one shard (``shard-00000`` for the first input, ...). A build has three phases:
+Each input file is one shard (``shard-00000`` for the first input, ...). A build has five phases:
 
-1. **prepare** (parallel, per shard): read -> fetch -> per-image filters and hashes -> decontaminate.
-   Documents come back without image bytes (those are stored under ``images/`` by content hash).
+0. **read** (parallel, per shard): read (with language identification) -> language filter. Only the slim
+   line records (site, hashes of the text entries) go to the driver, which finds the entries repeated on
+   many pages of one site (``lines.plan_line_dedup``: counts, so the order of the shards does not matter).
+1. **prepare** (parallel, per shard): remove the repeated lines -> text quality rules -> fetch -> per-image
+   filters and hashes -> decontaminate. Text filters run before the fetch, so no image of a dropped page is
+   downloaded. Documents come back without image bytes (those are stored under ``images/`` by content hash).
 2. **plan dedup** (driver, serial): the slim hash records ``(shard, doc, image, sha256, pHash)`` of all
    shards are sorted into input order and run through ONE ``DedupIndex``; the first occurrence is kept.
    Because the order is fixed by the inputs, not by which worker finished first, the local and Ray
@@ -24,6 +28,8 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -41,11 +47,30 @@ from flamingo.corpus.faces import FaceDetector, filter_faces
 from flamingo.corpus.fetch import fetch_documents
 from flamingo.corpus.filters import filter_images, hash_images
 from flamingo.corpus.interleave import interleave_documents
+from flamingo.corpus.language import filter_language
+from flamingo.corpus.lines import (
+    LineRecord,
+    RepeatedLines,
+    apply_line_dedup,
+    for_documents,
+    line_records,
+    plan_line_dedup,
+)
 from flamingo.corpus.nsfw import NSFWScorer, PromptNSFWScorer, filter_nsfw
+from flamingo.corpus.quality import filter_quality
 from flamingo.corpus.read import ReadCounts, input_kind, read_input
 from flamingo.corpus.stats import BuildStats, Laps
 from flamingo.corpus.write import write_shard
-from flamingo.errors import MissingFileError
+from flamingo.data.remote import (
+    OBJECT_STORES,
+    filesystem,
+    is_url,
+    join_url,
+    list_urls,
+    remove_urls,
+    upload_file,
+)
+from flamingo.errors import MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +100,8 @@ class ShardTask:
     path: str
     out_dir: str
     config: BuildConfig
+    upload_to: str | None = None
+    """Object-storage folder (``s3://bucket/prefix``) the finished tars go to; None keeps them in ``out_dir``."""
 
     @property
     def name(self) -> str:
@@ -100,14 +127,35 @@ class BuildResult:
     shard_paths: list[Path] = field(default_factory=list)
 
 
-def prepare_shard(task: ShardTask, eval_index: PHashIndex | None) -> tuple[list[WebDocument], BuildStats]:
-    """Phase 1: read, fetch, filter and hash one input file."""
+def read_shard(task: ShardTask) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 0: read one input file and keep the documents in the configured languages."""
     cfg = task.config
     stats = BuildStats(shards=1)
     lap = Laps()
     counts = ReadCounts()
     docs = read_input(task.path, cfg.read, counts)
     stats.record_read(docs, counts, seconds=lap())
+    kept, dropped = filter_language(docs, cfg.text)
+    stats.record_drops("language", docs, kept, dropped, seconds=lap())
+    return kept, stats
+
+
+def plan_lines(records: Sequence[LineRecord], task: ShardTask) -> RepeatedLines:
+    """The entries to remove, per site, over the whole corpus (``text.line_dedup_min_pages``)."""
+    return plan_line_dedup(records, task.config.text.line_dedup_min_pages)
+
+
+def prepare_shard(
+    task: ShardTask, docs: list[WebDocument], repeated: RepeatedLines, eval_index: PHashIndex | None
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 1: remove repeated lines, apply the quality rules, fetch, filter and hash one shard's documents."""
+    cfg = task.config
+    stats = BuildStats()
+    lap = Laps()
+    cleaned, emptied = apply_line_dedup(docs, for_documents(repeated, docs))
+    stats.record_drops("lines", docs, cleaned, emptied, seconds=lap())
+    docs, dropped = filter_quality(cleaned, cfg.text)
+    stats.record_drops("quality", cleaned, docs, dropped, seconds=lap())
     fetched = fetch_documents(docs, cfg.fetch, task.out_dir, task.name, cfg.progress)
     stats.record("fetch", docs, fetched, seconds=lap())
     filtered = filter_images(fetched, cfg.filter)
@@ -160,27 +208,74 @@ def apply_dedup(docs: list[WebDocument], decisions: Decisions) -> list[WebDocume
     return out
 
 
-def finish_shard(
+def publish_shards(paths: Sequence[Path | str], folder: str, shard: str) -> list[Path | str]:
+    """Upload one input's finished tars to ``<folder>/shards/`` and delete the local copies; the URLs.
+
+    An object appears only when its upload is complete, so readers never see half a shard. Tars of this input
+    left in the store by an earlier build and not written again are deleted, as :func:`write_shard` does
+    locally.
+    """
+    urls = [upload_file(path, join_url(folder, "shards", Path(path).name)) for path in paths]
+    for path in paths:
+        Path(path).unlink()
+    stale = [url for url in list_urls(join_url(folder, "shards", f"{shard}-*.tar")) if url not in urls]
+    remove_urls(stale)
+    return list(urls)
+
+
+def screen_shard(
     task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
-) -> tuple[BuildStats, list[Path]]:
-    """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
-    cfg = task.config
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 3a (CPU): apply the dedup decisions and the face filter to one shard."""
     stats = BuildStats()
     lap = Laps()
     deduped = apply_dedup(docs, decisions)
     stats.record("dedup", docs, deduped, seconds=lap())
-    faced = filter_faces(deduped, cfg.filter, models.face_detector)
+    faced = filter_faces(deduped, task.config.filter, models.face_detector)
     stats.record("faces", deduped, faced, seconds=lap())
+    return faced, stats
+
+
+def clip_shard(
+    task: ShardTask, docs: list[WebDocument], models: Models
+) -> tuple[list[WebDocument], BuildStats]:
+    """Phase 3b (the CLIP model): NSFW scores and image-sentence placement for one shard's documents."""
+    cfg = task.config
+    stats = BuildStats()
+    lap = Laps()
     if models.nsfw_scorer is not None:
-        safe = filter_nsfw(faced, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
-        stats.record("nsfw", faced, safe, seconds=lap())
-        faced = safe
+        safe = filter_nsfw(docs, models.nsfw_scorer, cfg.filter, cfg.interleave.batch_size)
+        stats.record("nsfw", docs, safe, seconds=lap())
+        docs = safe
     embedder = models.embedder
-    placed = interleave_documents(faced, embedder.embed_images, embedder.embed_texts, cfg.interleave)
-    stats.record("interleave", faced, placed, doc_reason="no_image_left", seconds=lap())
-    paths = write_shard(placed, Path(task.out_dir) / "shards", task.name, cfg.max_documents_per_tar)
+    placed = interleave_documents(docs, embedder.embed_images, embedder.embed_texts, cfg.interleave)
+    stats.record("interleave", docs, placed, doc_reason="no_image_left", seconds=lap())
+    return placed, stats
+
+
+def write_placed(task: ShardTask, placed: list[WebDocument]) -> tuple[BuildStats, list[Path | str]]:
+    """Phase 3c (CPU): write one shard's placed documents as tars (and upload them, for an object-store output)."""
+    stats = BuildStats()
+    lap = Laps()
+    paths: list[Path | str] = list(
+        write_shard(placed, Path(task.out_dir) / "shards", task.name, task.config.max_documents_per_tar)
+    )
+    if task.upload_to is not None:
+        paths = publish_shards(paths, task.upload_to, task.name)
     stats.record("write", placed, placed, seconds=lap())
     stats.record_output(placed)
+    return stats, paths
+
+
+def finish_shard(
+    task: ShardTask, docs: list[WebDocument], decisions: Decisions, models: Models
+) -> tuple[BuildStats, list[Path | str]]:
+    """Phase 3: dedup decisions, faces, NSFW, interleave and write one shard."""
+    screened, stats = screen_shard(task, docs, decisions, models)
+    placed, clip_stats = clip_shard(task, screened, models)
+    write_stats, paths = write_placed(task, placed)
+    stats.merge(clip_stats)
+    stats.merge(write_stats)
     return stats, paths
 
 
@@ -206,7 +301,18 @@ def _map(fn: Any, pool: ProcessPoolExecutor | None, progress: bool, desc: str, *
 def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: bool) -> BuildResult:
     pool = _pool(workers, len(tasks))
     try:
-        prepared = _map(prepare_shard, pool, progress, "prepare", tasks, [models.eval_index] * len(tasks))
+        read = _map(read_shard, pool, progress, "read", tasks)
+        repeated = plan_lines([r for docs, _ in read for r in line_records(docs)], tasks[0])
+        prepared = _map(
+            prepare_shard,
+            pool,
+            progress,
+            "prepare",
+            tasks,
+            [docs for docs, _ in read],
+            [for_documents(repeated, docs) for docs, _ in read],
+            [models.eval_index] * len(tasks),
+        )
         records = [r for task, (docs, _) in zip(tasks, prepared) for r in hash_records(task.index, docs)]
         decisions = plan_dedup(records, tasks[0].config.filter)
         finished = _map(
@@ -223,9 +329,9 @@ def _run_local(tasks: list[ShardTask], models: Models, workers: int, progress: b
         if pool is not None:
             pool.shutdown()
     stats = BuildStats()
-    for _, shard_stats in prepared:
+    for _, shard_stats in read + prepared:
         stats.merge(shard_stats)
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for shard_stats, shard_paths in finished:
         stats.merge(shard_stats)
         paths += shard_paths
@@ -282,6 +388,11 @@ def run_pipeline(
     Input ``i`` becomes ``shard-<i>``; keep the input order when resuming an interrupted build, so the
     per-shard fetch manifests are found again. ``nsfw_scorer`` defaults to a zero-shot scorer on
     ``embedder``; ``face_detector`` to ``filter.face_backend``.
+
+    ``out_dir`` may be an object-storage folder (``s3://bucket/prefix``, ``gs://...``): the build then works in
+    a local temporary folder, uploads each tar as soon as it is complete and ``config.json``, ``stats.json`` and
+    ``report.md`` at the end, and deletes the temporary folder (fetched images and manifests included, so an
+    interrupted remote build starts its fetches again).
     """
     config = config or BuildConfig()
     if engine not in ("local", "ray"):
@@ -289,20 +400,41 @@ def run_pipeline(
     if workers < 1:
         raise ValueError(f"run_pipeline: workers={workers}; use 1 or more")
     paths = _check_inputs(inputs)
+    remote = _remote_folder(out_dir)
     models = _default_models(config, embedder, nsfw_scorer, face_detector)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tasks = [ShardTask(i, p, str(out), config) for i, p in enumerate(paths)]
-    if engine == "ray":
-        from flamingo.corpus.ray_engine import run_ray
+    out = Path(tempfile.mkdtemp(prefix="flamingo-build-")) if remote else Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tasks = [ShardTask(i, p, str(out), config, remote) for i, p in enumerate(paths)]
+        if engine == "ray":
+            from flamingo.corpus.ray_engine import run_ray
 
-        result = run_ray(tasks, models, workers, config.progress)
-    else:
-        result = _run_local(tasks, models, workers, config.progress)
-    result.stats.save(out)
+            result = run_ray(tasks, models, workers, config.progress)
+        else:
+            result = _run_local(tasks, models, workers, config.progress)
+        result.stats.save(out)
+        if remote is not None:
+            for name in ("config.json", "stats.json", "report.md"):
+                upload_file(out / name, join_url(remote, name))
+    finally:
+        if remote is not None:
+            shutil.rmtree(out, ignore_errors=True)
     logger.info("build finished: %s", json.dumps(result.stats.to_dict()["stages"].get("write", {})))
     return result
+
+
+def _remote_folder(out_dir: str | os.PathLike[str]) -> str | None:
+    """``out_dir`` when it is an object-storage URL (its storage package checked now, before any work), else
+    None; any other URL is refused."""
+    if not is_url(out_dir):
+        return None
+    out = str(out_dir)
+    scheme = out.split("://", 1)[0].lower() if "://" in out else ""
+    if scheme not in OBJECT_STORES:
+        raise UsageError(f"--out {out}: shards can be written to a local folder or to s3:// or gs:// storage")
+    filesystem(out)
+    return out.rstrip("/")
 
 
 def dumps(value: Any) -> bytes:

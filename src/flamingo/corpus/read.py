@@ -5,7 +5,13 @@ HTML extraction (selectolax/lexbor) keeps the main text and the images in page o
 1. boilerplate elements are removed (nav, header, footer, aside, script, style, forms, ...);
 2. the remaining text is grouped into blocks by its nearest block-level ancestor (p, div, li, h1, ...);
 3. short blocks whose characters are mostly inside links (menus, tag clouds) are dropped, with their images;
-4. each block is split into sentences, and each image is placed before the sentence that follows it.
+4. the page's language is identified from its prose (``language.identify_language``);
+5. each prose block is split into sentences in that language, a heading is one entry, a code block
+   (``<pre>``, a multi-line ``<code>``) is one entry with its line breaks (or dropped: ``read.code``), and
+   each image is placed before the entry that follows it.
+
+Permalink marks of headings (Sphinx's "¶", "#" anchors) and line numbers of code listings are removed first.
+A short label just before a code block ("Out:", "In [3]:") goes into the code entry: it is the interpreter's.
 
 Image URLs are resolved against ``<base href>`` or the page URL; ``data:`` and other schemes are skipped.
 Lazy-loaded images resolve to their real address (``data-src``, ``srcset``, a ``<noscript>`` fallback), and a
@@ -36,6 +42,7 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from flamingo.corpus.config import ReadConfig
 from flamingo.corpus.document import ImageRef, WebDocument
+from flamingo.corpus.language import identify_language
 from flamingo.corpus.sentences import split_sentences
 
 logger = logging.getLogger(__name__)
@@ -43,8 +50,16 @@ logger = logging.getLogger(__name__)
 _BOILERPLATE = (
     "script, style, noscript, template, svg, canvas, iframe, nav, header, footer, aside, form, button, "
     "select, textarea, input, menu, dialog, [role=navigation], [role=banner], [role=contentinfo], "
-    "[role=complementary], [role=search], [aria-hidden=true], [hidden]"
+    "[role=complementary], [role=search], [aria-hidden=true], [hidden], "
+    # permalink marks of headings and line numbers of code listings (Sphinx, Pygments, GitHub-style anchors)
+    "a.headerlink, a.anchor, a.anchorjs-link, a.heading-anchor, a[title^=Permalink], a[aria-label^=Permalink], "
+    ".linenos, .lineno, .linenodiv"
 )
+# Text of a link that only marks a heading's permalink.
+_PERMALINK_MARKS = frozenset({"¶", "#", "§", "🔗", "⚓"})
+# A label printed before a code block's output or input: "Out:", "Output:", "In [3]:", "[3]:", ">>>".
+_CODE_LABEL = re.compile(r"(?:(?:out|output|in|result|results)\s*)?(?:\[\s*\d*\s*\])?\s*:", re.IGNORECASE)
+_CODE = "code"
 _BLOCK_TAGS = frozenset(
     {
         "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "table", "tr",
@@ -117,25 +132,64 @@ class _Block:
     link_chars: int = 0
     images: list[tuple[int, ImageRef]] = field(default_factory=list)  # (chars of text before it, image)
     linked_images: int = 0  # how many of ``images`` sit inside a link
-    tag: str = ""  # the block element's tag ("" for text outside any block element)
+    tag: str = ""  # the block element's tag ("" for text outside any block element; "code" for code)
 
     def joined(self) -> str:
+        if self.tag == _CODE:
+            return _code_text("".join(self.text))
         return " ".join("".join(self.text).split())
 
 
-def _block_and_link(node: LexborNode) -> tuple[int, str, bool]:
-    """The mem_id and tag of the nearest block-level ancestor, and whether ``node`` sits inside a link."""
+def _code_text(raw: str) -> str:
+    """A code block's text: its line breaks and indentation kept, trailing spaces and blank edges removed."""
+    lines = [line.rstrip() for line in raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _block_and_link(node: LexborNode, code_ids: set[int]) -> tuple[int, str, bool]:
+    """The mem_id and tag of the nearest block-level ancestor, and whether ``node`` sits inside a link.
+
+    The outermost code element (``code_ids``) above ``node`` wins over any block inside it: the tag is then
+    ``code``.
+    """
     in_link = False
+    found: tuple[int, str] | None = None
     parent = node.parent
     for _ in range(_MAX_ANCESTOR_WALK):
         if parent is None:
             break
         if parent.tag == "a":
             in_link = True
-        if parent.tag in _BLOCK_TAGS:
-            return parent.mem_id, parent.tag or "", in_link
+        if parent.mem_id in code_ids:
+            found = (parent.mem_id, _CODE)
+        elif found is None and parent.tag in _BLOCK_TAGS:
+            found = (parent.mem_id, parent.tag or "")
+            if not code_ids:
+                break
         parent = parent.parent
-    return 0, "", in_link
+    if found is None:
+        return 0, "", in_link
+    return found[0], found[1], in_link
+
+
+def _code_ids(root: LexborNode) -> set[int]:
+    """The mem_ids of the code elements: ``<pre>``, and ``<code>`` blocks (with a line break) outside one."""
+    ids = {node.mem_id for node in root.css("pre")}
+    for node in root.css("code"):
+        if "\n" in (node.text(deep=True) or "").strip() and not _inside(node, "pre", root):
+            ids.add(node.mem_id)
+    return ids
+
+
+def _remove_permalinks(root: LexborNode) -> None:
+    """Remove links whose whole text is a permalink mark ("¶", "#"), wherever the page put them."""
+    for link in root.css("a"):
+        if (link.text(deep=True) or "").strip() in _PERMALINK_MARKS:
+            link.decompose()
 
 
 # Where lazy-loading scripts keep the real address while ``src`` holds a placeholder.
@@ -252,10 +306,11 @@ def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
     """Text and images grouped into blocks, in document order."""
     blocks: list[_Block] = []
     current_id: int | None = None
+    code_ids = _code_ids(root)
     for node in root.traverse(include_text=True):
         if node.tag not in ("-text", "img", "br"):
             continue
-        block_id, block_tag, in_link = _block_and_link(node)
+        block_id, block_tag, in_link = _block_and_link(node, code_ids)
         if block_id != current_id:
             blocks.append(_Block(tag=block_tag))
             current_id = block_id
@@ -266,7 +321,7 @@ def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
             if in_link:
                 block.link_chars += len(text.strip())
         elif node.tag == "br":
-            block.text.append(" ")
+            block.text.append("\n" if block.tag == _CODE else " ")
         else:
             image = _image_from_node(node, base_url)
             if image is not None:
@@ -276,6 +331,8 @@ def _collect_blocks(root: LexborNode, base_url: str) -> list[_Block]:
 
 
 def _is_boilerplate(block: _Block, text: str, config: ReadConfig) -> bool:
+    if block.tag == _CODE:
+        return config.code == "drop"  # identifiers linked to API pages are code, not menus
     if not text or len(text) >= config.short_block_chars:
         return False
     return block.link_chars / len(text) > config.max_link_density
@@ -288,17 +345,31 @@ def _kept_blocks(blocks: list[_Block], texts: list[str], config: ReadConfig) -> 
     """Which blocks are main content.
 
     A short block mostly inside links is boilerplate. A block of images alone, every one inside a link
-    (thumbnails, logos, banners), is all link too: it is kept only beside prose, i.e. when the nearest
+    (thumbnails, logos, banners) or followed by a caption that is dropped as links (gallery tiles), is all
+    link too: it is kept only beside prose, i.e. when the nearest
     text block before or after it is kept and is not a heading (a paragraph, a caption), so a linked figure
     in an article stays while a gallery index of headings and linked thumbnails loses its images.
     """
     keep = [not _is_boilerplate(block, text, config) for block, text in zip(blocks, texts)]
     for i, block in enumerate(blocks):
-        if texts[i] or not block.images or block.linked_images < len(block.images):
+        if texts[i] or not block.images:
             continue
-        keep[i] = any(
-            _prose_at(blocks, texts, keep, j) for j in (_next_text(texts, i, -1), _next_text(texts, i, 1))
+        # a picture captioned by a link alone (a gallery tile: Sphinx-Gallery links the caption, not the
+        # image) is a link as much as a linked picture
+        caption = _next_text(texts, i, 1)
+        all_linked = block.linked_images == len(block.images)
+        linked_caption = (
+            not all_linked and caption >= 0 and not keep[caption] and blocks[caption].link_chars > 0
         )
+        if not (all_linked or linked_caption):
+            continue
+        # a tile's neighbour is what follows its caption: the paragraph before a gallery is not its text
+        neighbours = (
+            (_next_text(texts, caption, 1),)
+            if linked_caption
+            else (_next_text(texts, i, -1), _next_text(texts, i, 1))
+        )
+        keep[i] = any(_prose_at(blocks, texts, keep, j) for j in neighbours)
     return keep
 
 
@@ -314,17 +385,59 @@ def _prose_at(blocks: list[_Block], texts: list[str], keep: list[bool], j: int) 
     return j >= 0 and keep[j] and blocks[j].tag not in _HEADINGS
 
 
+@dataclass
+class _Page:
+    """What ``_extract`` reads from a page: text entries, images, which entries are code, the language."""
+
+    sentences: list[str] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
+    code_entries: list[int] = field(default_factory=list)
+    language: str = ""
+    language_score: float = 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"language": self.language, "language_score": round(self.language_score, 4)}
+        if self.code_entries:
+            out["code_entries"] = list(self.code_entries)
+        return out
+
+
 def extract_html(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
-    """Main-text sentences and images (with ``position`` and ``alt``) of one HTML page.
+    """Main-text entries (sentences; a heading or a code block whole) and images (with ``position`` and
+    ``alt``) of one HTML page.
 
     Raises ``PageDropped`` (reason ``too_deep``) for a page nested deeper than ``config.max_nesting_depth``.
     """
-    sentences, images = _extract(html, page_url, config)
-    return sentences, images[: config.max_images_per_document]
+    page = _extract(html, page_url, config)
+    return page.sentences, page.images[: config.max_images_per_document]
 
 
-def _extract(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], list[ImageRef]]:
-    """``extract_html`` without the cap on images per page."""
+def _attach_code_labels(blocks: list[_Block], texts: list[str], keep: list[bool]) -> None:
+    """Move a kept label such as "Out:" into the code block right after it (same list positions)."""
+    for i, block in enumerate(blocks):
+        if not keep[i] or block.tag == _CODE or not _CODE_LABEL.fullmatch(texts[i]):
+            continue
+        j = _next_text(texts, i, 1)
+        if j >= 0 and blocks[j].tag == _CODE:  # a dropped code block takes its label with it
+            texts[j] = f"{texts[i]}\n{texts[j]}"
+            shift = len(texts[i]) + 1
+            blocks[j].images = [(offset + shift, image) for offset, image in blocks[j].images]
+            blocks[j].images[:0] = [(0, image) for _, image in block.images]
+            block.images = []
+            texts[i] = ""
+
+
+def _entries(block: _Block, text: str, split: Any) -> list[str]:
+    """A block's text entries: a code block or a heading is one entry; prose is split into sentences."""
+    if not text:
+        return []
+    if block.tag == _CODE or block.tag in _HEADINGS:
+        return [text]
+    return split(text)
+
+
+def _extract(html: str, page_url: str, config: ReadConfig) -> _Page:
+    """``extract_html`` without the cap on images per page, with the language and the code entries."""
     depth = nesting_depth(html, config.max_nesting_depth)
     if depth > config.max_nesting_depth:
         raise PageDropped(
@@ -335,23 +448,34 @@ def _extract(html: str, page_url: str, config: ReadConfig) -> tuple[list[str], l
     base_url = urljoin(page_url, base.attributes.get("href") or "") if base is not None else page_url
     root = tree.body
     if root is None:
-        return [], []
+        return _Page()
     _promote_noscript_images(root, base_url)
     for node in root.css(_BOILERPLATE):
         node.decompose()
-    sentences: list[str] = []
-    images: list[ImageRef] = []
+    _remove_permalinks(root)
+    page = _Page()
     blocks = _collect_blocks(root, base_url)
     texts = [block.joined() for block in blocks]
-    for block, text, kept in zip(blocks, texts, _kept_blocks(blocks, texts, config)):
+    keep = _kept_blocks(blocks, texts, config)
+    _attach_code_labels(blocks, texts, keep)
+    prose = " ".join(t for b, t, k in zip(blocks, texts, keep) if k and t and b.tag != _CODE)
+    page.language, page.language_score = identify_language(prose)
+
+    def split(text: str) -> list[str]:
+        return split_sentences(text, page.language, config.splitter)
+
+    for block, text, kept in zip(blocks, texts, keep):
         if not kept:
             continue
         for offset, image in block.images:
-            before = len(split_sentences(text[:offset])) if offset else 0
-            image.position = len(sentences) + before
-            images.append(image)
-        sentences.extend(split_sentences(text))
-    return sentences, images
+            before = len(_entries(block, text[:offset], split)) if offset else 0
+            image.position = len(page.sentences) + before
+            page.images.append(image)
+        entries = _entries(block, text, split)
+        if block.tag == _CODE and entries:
+            page.code_entries.append(len(page.sentences))
+        page.sentences.extend(entries)
+    return page
 
 
 def _document_id(source: str, key: str) -> str:
@@ -432,11 +556,12 @@ def _make_document(
 ) -> WebDocument | None:
     """The document of one page, or None with the reason counted in ``counts``."""
     try:
-        sentences, images = _extract(html, url, config)
+        page = _extract(html, url, config)
     except PageDropped as dropped:
         logger.info("skipping %s in %s: %s", url, source, dropped)
         counts.drop_page(dropped.reason)
         return None
+    sentences, images = page.sentences, page.images
     if len(sentences) < config.min_sentences:
         counts.drop_page("too_few_sentences", len(images))
         return None
@@ -448,7 +573,12 @@ def _make_document(
         counts.images_dropped["images_over_page_cap"] += over
         images = images[: config.max_images_per_document]
     return WebDocument(
-        id=doc_id, url=url, sentences=sentences, images=images, source=source, metadata=metadata
+        id=doc_id,
+        url=url,
+        sentences=sentences,
+        images=images,
+        source=source,
+        metadata={**metadata, **page.metadata()},
     )
 
 
@@ -562,8 +692,10 @@ def read_jsonl(
                 ) from e
             if "text_list" in record:
                 sentences = [" ".join(str(s).split()) for s in record["text_list"]]
+                language, score = identify_language(" ".join(sentences))
             elif isinstance(record.get("text"), str):
-                sentences = split_sentences(record["text"])
+                language, score = identify_language(record["text"])
+                sentences = split_sentences(record["text"], language, config.splitter)
             else:
                 raise ValueError(f"{where}: needs a string field 'text' (or a list 'text_list')")
             counts.pages += 1
@@ -581,7 +713,13 @@ def read_jsonl(
                 images=images[: config.max_images_per_document],
                 source=file_path.name,
                 metadata={
-                    k: v for k, v in record.items() if k not in ("text", "text_list", "images", "id", "url")
+                    **{
+                        k: v
+                        for k, v in record.items()
+                        if k not in ("text", "text_list", "images", "id", "url")
+                    },
+                    "language": language,
+                    "language_score": round(score, 4),
                 },
             )
 

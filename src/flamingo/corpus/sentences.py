@@ -11,11 +11,18 @@ then whitespace. It is NOT a boundary when
 
 Decimals ("3.5"), URLs and file names have no whitespace after their periods and are never split.
 Blank lines are hard boundaries; single newlines are spaces.
+
+``split_sentences(text, language, splitter)`` can use pySBD instead, which knows the punctuation of other
+languages (Japanese and Chinese sentences end in "。" with no space after it). Whichever splits, a piece that
+is only a number or a label ("6.5.", "Figure 4.1.") is joined to the sentence after it: it is the start of a
+numbered heading or a caption, not a sentence.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import Any
 
 
 def _words(text: str) -> frozenset[str]:
@@ -86,11 +93,59 @@ def _split_paragraph(text: str) -> list[str]:
     return [s for s in sentences if s]
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences, whitespace normalised; blank lines always end a sentence."""
+# Languages pySBD 0.3.4 has rules for (ISO 639-1).
+PYSBD_LANGUAGES = _words("en hi mr zh es am ar hy bg ur ru pl fa nl da fr my el it ja de kk sk")
+# A label that numbers what follows it: "6.5.", "IV.", "Figure 4.1.", "Table 2:", "Example 3.".
+_LABEL = re.compile(
+    r"(?:(?i:figure|fig\.|table|example|listing|chapter|section|appendix|part|step|exercise)\s+)?"
+    r"(?:\d+(?:[.-]\d+)*|[A-Z](?:[.-]\d+)*|[IVXLC]+)[.:]?"
+)
+
+
+@lru_cache(maxsize=32)
+def _pysbd_segmenter(language: str) -> Any:
+    import pysbd
+
+    return pysbd.Segmenter(language=language, clean=False)
+
+
+def _join_labels(sentences: list[str]) -> list[str]:
+    """Join a piece that is only a number or label ("6.5.", "Figure 4.1.") to the sentence after it."""
+    out: list[str] = []
+    carry = ""
+    for sentence in sentences:
+        if _LABEL.fullmatch(sentence):
+            carry = f"{carry} {sentence}".strip()
+            continue
+        out.append(f"{carry} {sentence}".strip() if carry else sentence)
+        carry = ""
+    if carry:
+        out.append(carry)
+    return out
+
+
+def uses_pysbd(language: str | None, splitter: str) -> bool:
+    """Whether ``splitter`` (``auto``, ``rules`` or ``pysbd``) splits text in ``language`` with pySBD."""
+    if splitter == "rules" or language not in PYSBD_LANGUAGES:
+        return False
+    return splitter == "pysbd" or language != "en"
+
+
+def split_sentences(text: str, language: str | None = None, splitter: str = "auto") -> list[str]:
+    """Split ``text`` into sentences, whitespace normalised; blank lines always end a sentence.
+
+    ``language`` (ISO 639-1, e.g. from ``language.identify_language``) picks pySBD's rules per ``splitter``
+    (see ``uses_pysbd``); with no language, or one pySBD does not know, the English rules split.
+    """
+    pysbd = uses_pysbd(language, splitter)
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         normalised = " ".join(paragraph.split())
-        if normalised:
+        if not normalised:
+            continue
+        if pysbd:
+            pieces = [" ".join(s.split()) for s in _pysbd_segmenter(language).segment(normalised)]
+            sentences.extend(s for s in pieces if s)
+        else:
             sentences.extend(_split_paragraph(normalised))
-    return sentences
+    return _join_labels(sentences)

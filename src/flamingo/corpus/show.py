@@ -13,6 +13,7 @@ import html
 import os
 from pathlib import Path
 
+from flamingo.data.remote import is_url, url_exists
 from flamingo.data.schema import InterleavedDocument
 from flamingo.data.shards import ReadStats, read_interleaved
 from flamingo.errors import MissingFileError
@@ -29,10 +30,12 @@ _STYLE = (
 
 
 def load_document(shard: str | os.PathLike[str], index: int) -> InterleavedDocument:
-    """The ``index``-th (0-based) document of an interleaved shard (ours or an MMC4 base64 shard)."""
+    """The ``index``-th (0-based) document of an interleaved shard (ours or an MMC4 base64 shard), a local file or
+    a URL (``s3://``, ``gs://``, ``https://``, ``pipe:``; read only up to that document)."""
     if index < 0:
         raise ValueError(f"--doc {index}: use a 0-based document index")
-    if not Path(shard).is_file():
+    exists = url_exists(shard) if is_url(shard) else Path(shard).is_file()
+    if not exists:
         raise MissingFileError(f"shard {shard} does not exist")
     seen = 0
     for document in read_interleaved(shard, stats=ReadStats(), drop_bad_images=True):

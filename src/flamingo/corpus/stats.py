@@ -24,7 +24,20 @@ if TYPE_CHECKING:
 
 _COUNT = between(0, 1 << 62)
 
-STAGES = ("read", "fetch", "filter", "decontaminate", "dedup", "faces", "nsfw", "interleave", "write")
+STAGES = (
+    "read",
+    "language",
+    "lines",
+    "quality",
+    "fetch",
+    "filter",
+    "decontaminate",
+    "dedup",
+    "faces",
+    "nsfw",
+    "interleave",
+    "write",
+)
 
 
 def _failures(docs: list[WebDocument]) -> Counter[str]:
@@ -108,6 +121,29 @@ class BuildStats:
             s.images_dropped[f"document_{doc_reason or 'dropped'}"] += lost
         if n_before["documents"] > n_after["documents"]:
             s.documents_dropped[doc_reason or "dropped"] += n_before["documents"] - n_after["documents"]
+
+    def record_drops(
+        self,
+        stage: str,
+        before: list[WebDocument],
+        after: list[WebDocument],
+        dropped: list[tuple[WebDocument, str]],
+        seconds: float = 0.0,
+    ) -> None:
+        """Count a stage that drops documents for several reasons: ``dropped`` pairs each one with its reason."""
+        s = self.stages.setdefault(stage, StageStats())
+        s.seconds += seconds
+        n_before, n_after = count(before), count(after)
+        s.documents_in += n_before["documents"]
+        s.documents_out += n_after["documents"]
+        s.images_in += n_before["images"]
+        s.images_out += n_after["images"]
+        s.sentences_in += n_before["sentences"]
+        s.sentences_out += n_after["sentences"]
+        for doc, reason in dropped:
+            s.documents_dropped[reason] += 1
+            if doc.alive_images:
+                s.images_dropped[f"document_{reason}"] += len(doc.alive_images)
 
     def record_read(self, docs: list[WebDocument], counts: ReadCounts, seconds: float = 0.0) -> None:
         """Count the read stage: ``counts.pages`` pages in, ``docs`` out, the rest dropped by reason."""

@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from flamingo.errors import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="build, convert, inspect and validate datasets")
@@ -20,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model's tokenizer, so the counts are the ones training will log (read_<reason>).",
     )
     validate.add_argument(
-        "paths", nargs="*", help="shard files, globs, brace patterns or folders (with --config: optional)"
+        "paths",
+        nargs="*",
+        help="shard files, globs, brace patterns, folders or URLs (s3://, gs://, https://, pipe:CMD); "
+        "with --config: optional",
     )
     validate.add_argument(
         "--kind",
@@ -35,12 +40,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--no-images", action="store_true", help="do not decode the images")
     validate.add_argument("--json", help="also write the report as JSON to this file")
     validate.add_argument("--max-issues", type=int, default=50, help="issues printed (all go to --json)")
+    _add_retry_flags(validate)
     validate.set_defaults(func=_validate)
 
     stats = commands.add_parser("stats", help="counts and distributions of the shards (JSON)")
-    stats.add_argument("paths", nargs="+", help="shard files, globs, brace patterns or folders")
+    stats.add_argument("paths", nargs="+", help="shard files, globs, brace patterns, folders or URLs")
     stats.add_argument("--sim-threshold", type=float, default=0.24, help="similarity threshold to report")
+    _add_retry_flags(stats)
     stats.set_defaults(func=_stats)
+
+
+def _add_retry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help="remote shards (s3://, gs://, https://, pipe:): reopenings after a transient failure "
+        "(default: the source's retries with --config, else 3)",
+    )
+    parser.add_argument(
+        "--retry-backoff",
+        type=float,
+        help="seconds before the first retry, doubled for each further one (default: the source's, else 1)",
+    )
+
+
+def _retry(args: argparse.Namespace, source: Any = None) -> Any:
+    """The retry policy the flags ask for, falling back on ``source``'s settings, then the defaults."""
+    from flamingo.data.remote import RetryPolicy
+
+    default = RetryPolicy() if source is None else RetryPolicy(source.retries, source.retry_backoff)
+    retries = default.retries if args.retries is None else args.retries
+    backoff = default.backoff if args.retry_backoff is None else args.retry_backoff
+    if retries < 0 or backoff < 0:
+        raise UsageError(f"--retries ({retries}) and --retry-backoff ({backoff}) must be 0 or more")
+    return RetryPolicy(retries, backoff)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -52,14 +85,15 @@ def _validate(args: argparse.Namespace) -> int:
             raise ValueError(
                 "name the shards to check, or give --config to check a training config's sources"
             )
-        report = validate_shards(args.paths, not args.no_images, SampleSettings(kind=args.kind))
+        report = validate_shards(args.paths, not args.no_images, SampleSettings(kind=args.kind), _retry(args))
         print(report.to_text(args.max_issues))
         if args.json:
             write_report(report, args.json)
         return 0 if report.ok else 1
     reports = {}
-    for name, paths, settings in _config_sources(args):
-        reports[name] = report = validate_shards(paths, not args.no_images, settings)
+    for source, paths, settings in _config_sources(args):
+        name = source.name
+        reports[name] = report = validate_shards(paths, not args.no_images, settings, _retry(args, source))
         print(f"source {name!r} ({settings.kind}, max_tokens {settings.max_tokens}):")
         print(report.to_text(args.max_issues))
     if args.json:
@@ -69,7 +103,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _config_sources(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
-    """(name, shards, settings) of the config's sources to check, with the tokenizer the trainer uses."""
+    """(source, shards, settings) of the config's sources to check, with the tokenizer the trainer uses."""
     from flamingo.data.loader import sample_settings
     from flamingo.train.config import load_config
 
@@ -87,7 +121,7 @@ def _config_sources(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
                 f"{args.config}: no data source has shards (synthetic data); name the shards to check"
             )
     tokenizer = _training_tokenizer(config.model)
-    return [(s.name, args.paths or s.shards, sample_settings(s, tokenizer)) for s in sources]
+    return [(s, args.paths or s.shards, sample_settings(s, tokenizer)) for s in sources]
 
 
 def _training_tokenizer(model: Any) -> Any:
@@ -108,5 +142,5 @@ def _training_tokenizer(model: Any) -> Any:
 def _stats(args: argparse.Namespace) -> int:
     from flamingo.data.validate import shard_stats
 
-    print(json.dumps(shard_stats(args.paths, args.sim_threshold), indent=2))
+    print(json.dumps(shard_stats(args.paths, args.sim_threshold, _retry(args)), indent=2))
     return 0

@@ -8,6 +8,16 @@ decoding) up to the offset and continues exactly where it stopped.
 Ranks split the data by shard when there are at least as many shards as ranks, else by the index of each raw
 sample in the epoch's stream (``index % world_size == rank``), so no rank is ever left without data.
 
+Workers (``num_workers`` per source, see :class:`SourceLoader`) split a rank's stream by raw sample index: worker
+``w`` of ``W`` reads the same tar members as the others (cheap: no image is decoded) but checks, decodes,
+preprocesses, tokenizes and collates only the raw samples whose index in the rank's epoch stream is ``w`` modulo
+``W`` (under the sample split between ranks: ``rank + world_size * w`` modulo ``world_size * W``). Batch ``k``
+handed to the training loop is worker ``k % W``'s next batch. Each worker keeps its own position, so the
+loader's state is one position per worker plus whose turn is next, and a resumed run restarts every worker
+where the consumed stream left it. With one worker this is the single stream above; with more, samples group
+into batches differently (worker 1's first batch holds raw samples 1, 1+W, 1+2W, ...), so changing
+``num_workers`` changes the batches (not the data seen per epoch) and a run resumes only with the same value.
+
 Samples (one per document, pair or conversation) carry their images in the order of their ``<image>`` tokens and
 labels from :mod:`flamingo.data.labels` (``make_labels`` for web data, ``make_response_labels`` for instruction
 data, see :mod:`flamingo.data.sft`). Each raw sample goes through :func:`flamingo.data.usable.check_sample`, the
@@ -27,13 +37,13 @@ that did not fit and builds the same rows.
 from __future__ import annotations
 
 import copy
+import functools
 import queue
 import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -45,6 +55,7 @@ from flamingo.configs import ConfigError, between
 from flamingo.data.batch import IGNORE_INDEX, Batch, Sample, collate, pack_samples  # noqa: F401
 from flamingo.data.interleaved import PAIR_MAX_TOKENS, InterleavedConfig
 from flamingo.data.paths import SHARD_SUFFIXES, expand_paths
+from flamingo.data.remote import RetryPolicy
 from flamingo.data.sft import ChatTemplate, iter_jsonl_samples
 from flamingo.data.shards import FileReadLog, ReadStats, count_checked, iter_tar_samples
 
@@ -57,6 +68,8 @@ from flamingo.forked import ForkedIterator
 ImageTransform = Callable[[Sequence[Image.Image]], torch.Tensor]
 MAX_SEQUENCE = 1 << 20
 """Longest sequence (tokens per row) a source config may ask for."""
+MAX_WORKERS = 256
+"""Most data workers one source may ask for."""
 
 
 @dataclass
@@ -98,6 +111,15 @@ class SourceConfig:
     """Concatenate consecutive samples that open with <image> into rows of pack_max_tokens (batch_size rows)."""
     pack_max_tokens: int | None = field(default=None, metadata=between(2, MAX_SEQUENCE))
     """Length of a packed row; None: max_tokens (set it higher to pack several full-length samples)."""
+    num_workers: int = field(default=1, metadata=between(1, MAX_WORKERS))
+    """Workers (processes or threads, ``data.worker``) building this source's batches side by side, each from
+    every ``num_workers``-th raw sample; their batches are taken in turn. More workers change which samples
+    share a batch, so a run resumes only with the value it was saved with."""
+    retries: int = field(default=3, metadata=between(0, 100))
+    """Remote shards (s3://, gs://, https://, pipe:): reopenings after a transient failure before the shard is
+    skipped (counted as ``read_failed``); a reopened shard resumes after the last sample read."""
+    retry_backoff: float = field(default=1.0, metadata=between(0, 3600))
+    """Seconds before the first retry of a remote shard; each further retry waits twice as long."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("interleaved", "pairs", "sft"):
@@ -111,7 +133,7 @@ class SourceConfig:
             )
         if isinstance(self.shards, str):
             self.shards = [self.shards]
-        for name in ("batch_size", "shuffle_block", "max_images"):
+        for name in ("batch_size", "shuffle_block", "max_images", "num_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"source {self.name!r}: {name} must be at least 1, got {getattr(self, name)}"
@@ -218,10 +240,37 @@ class SourceDataset(torch.utils.data.IterableDataset):
             )
         self.split: Literal["shard", "sample"] = "shard" if len(self.shards) >= world_size else "sample"
         self.settings = sample_settings(config, self.tokenizer, image_token_id, eoc_token_id)
+        self.worker, self.num_workers = 0, 1
+        """This stream is worker ``worker`` of ``num_workers`` (see :meth:`for_worker`)."""
+        self.retry = RetryPolicy(config.retries, config.retry_backoff)
         self.position = Position()
         self.read_stats = ReadStats()
         self.skipped: Counter[str] = Counter()
         """Samples read fine but not trained on, per reason (preprocessing, no supervised token, ...)."""
+
+    def for_worker(self, worker: int, num_workers: int) -> SourceDataset:
+        """The stream of worker ``worker`` of ``num_workers``: the raw samples of this rank whose index in the
+        epoch is ``worker`` modulo ``num_workers``, from the start, with counts of its own.
+
+        File-level counts (files opened, missing, unreadable or truncated files) go to worker 0 alone, which
+        reads every file as the others do: summed over the workers, the counts are those of one stream.
+        """
+        if not 0 <= worker < num_workers:
+            raise ValueError(f"worker must be in [0, {num_workers}), got {worker}")
+        view = copy.copy(self)
+        # Its own tokenizer, as for a source of its own: thread workers must not share one's mutable state.
+        view.tokenizer = copy.deepcopy(self.tokenizer)
+        view.settings = sample_settings(self.config, view.tokenizer, self.image_token_id, self.eoc_token_id)
+        view.worker, view.num_workers = worker, num_workers
+        view.position, view.read_stats, view.skipped = Position(), ReadStats(), Counter()
+        return view
+
+    def _mine(self, epoch_index: int) -> bool:
+        """Whether the raw sample at ``epoch_index`` of the epoch belongs to this rank and worker."""
+        if self.split == "shard":  # the rank's shards are its own: split them among its workers
+            return epoch_index % self.num_workers == self.worker
+        lanes = self.world_size * self.num_workers
+        return epoch_index % lanes == self.rank + self.world_size * self.worker
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -266,13 +315,16 @@ class SourceDataset(torch.utils.data.IterableDataset):
         self, shard: str, epoch: int, start: int
     ) -> Iterator[tuple[int, str, dict, FileReadLog]]:
         """(offset, key, members, log) of a shard's raw samples in block-shuffled order, from ``start``."""
-        log = FileReadLog(Path(shard), self.read_stats)
-        if start:
-            self.read_stats.files -= 1  # the file was already counted before the position was saved
+        log = FileReadLog(shard, self.read_stats)
+        if start or self.worker:
+            # Counted before the position was saved, or counted by worker 0 (see for_worker).
+            self.read_stats.files -= 1
+        # The reading's own problems (a missing, unreadable or truncated file) count once, in worker 0.
+        reading = log if self.worker == 0 else FileReadLog(shard, ReadStats())
         block: list[tuple[str, dict]] = []
         block_index, offset = 0, 0
         jsonl = self.config.kind == "sft" and shard.endswith(".jsonl")
-        raw = iter_jsonl_samples(Path(shard), log) if jsonl else iter_tar_samples(Path(shard), log)
+        raw = iter_jsonl_samples(shard, reading) if jsonl else iter_tar_samples(shard, reading, self.retry)
         while True:
             block = [item for _, item in zip(range(self.config.shuffle_block), raw)]
             if not block:
@@ -289,26 +341,34 @@ class SourceDataset(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------------ samples
     def __iter__(self) -> Iterator[tuple[Sample, dict[str, Any]]]:
-        pos = self.position
         while True:
-            shards = self.epoch_shards(pos.epoch)
-            fresh, yielded = pos == Position(epoch=pos.epoch), False
-            while pos.shard_cursor < len(shards):
-                shard = shards[pos.shard_cursor]
-                for offset, key, members, log in self._raw_members(shard, pos.epoch, pos.offset):
-                    mine = self.split == "shard" or pos.epoch_index % self.world_size == self.rank
-                    pos.offset, pos.epoch_index = offset + 1, pos.epoch_index + 1
-                    sample = self._make_sample(key, members, shard, log, pos.epoch) if mine else None
-                    if sample is not None:
-                        yielded = True
-                        yield sample, self.state_dict()
-                pos.shard_cursor, pos.offset = pos.shard_cursor + 1, 0
-            if fresh and not yielded:  # a resumed epoch may end right after its saved position
-                raise ValueError(
-                    f"source {self.config.name!r}: a whole epoch of {len(shards)} shard(s) gave rank {self.rank} "
-                    f"no usable sample (skipped: {self.counts()}); check the shards with `flamingo data validate`"
-                )
-            self.position = pos = Position(epoch=pos.epoch + 1)
+            yield from self.epoch_samples()
+            self.position = Position(epoch=self.position.epoch + 1)
+
+    def epoch_samples(self) -> Iterator[tuple[Sample, dict[str, Any]]]:
+        """``(sample, state)`` of the rest of the current epoch, from the current position (see ``__iter__``);
+        afterwards :meth:`counts` holds every skip of the epoch."""
+        pos = self.position
+        shards = self.epoch_shards(pos.epoch)
+        fresh, yielded = pos == Position(epoch=pos.epoch), False
+        while pos.shard_cursor < len(shards):
+            shard = shards[pos.shard_cursor]
+            for offset, key, members, log in self._raw_members(shard, pos.epoch, pos.offset):
+                mine = self._mine(pos.epoch_index)
+                pos.offset, pos.epoch_index = offset + 1, pos.epoch_index + 1
+                sample = self._make_sample(key, members, shard, log, pos.epoch) if mine else None
+                if sample is not None:
+                    yielded = True
+                    yield sample, self.state_dict()
+            pos.shard_cursor, pos.offset = pos.shard_cursor + 1, 0
+        if fresh and not yielded:  # a resumed epoch may end right after its saved position
+            worker = f" (data worker {self.worker} of {self.num_workers})" if self.num_workers > 1 else ""
+            fix = "; or lower num_workers" if self.num_workers > 1 else ""
+            raise ValueError(
+                f"source {self.config.name!r}: a whole epoch of {len(shards)} shard(s) gave rank {self.rank}"
+                f"{worker} no usable sample (skipped: {self.counts()}); check the shards with "
+                f"`flamingo data validate`{fix}"
+            )
 
     def _make_sample(
         self, key: str, members: dict, shard: str, log: FileReadLog, epoch: int
@@ -337,13 +397,18 @@ class SourceDataset(torch.utils.data.IterableDataset):
 
 
 class SourceLoader:
-    """Micro-batches of one source, built ahead (``prefetch`` batches deep) by a worker.
+    """Micro-batches of one source, built ahead (``prefetch`` batches deep) by ``config.num_workers`` workers.
 
-    ``worker="process"`` builds them in a forked worker process, ``"thread"`` in a background thread of this
+    ``worker="process"`` builds them in forked worker processes, ``"thread"`` in background threads of this
     process. Reading, decoding and tokenizing is Python code that holds the GIL, so a thread takes its time from
-    the training step's own Python work; a process runs beside it. Both give the same batches in the same order:
-    the worker runs the same generator, and each batch travels with the dataset position after it. Without
-    ``fork`` (Windows, or ``prefetch=0``) the thread or no worker is used.
+    the training step's own Python work (and more threads add no speed); a process runs beside it. Both give the
+    same batches in the same order: the workers run the same generators, and each batch travels with its worker's
+    dataset position after it. Without ``fork`` (Windows) threads are used; with ``prefetch=0`` the batches are
+    built in the training loop, in the same order. Several workers split the work as the module docstring says
+    and take turns: batch ``k`` comes from worker ``k % num_workers``.
+
+    ``pin_memory`` (see :func:`pin_memory_for`): a thread of this process copies each batch into page-locked
+    memory ahead of the step, so that its copy to the GPU (``Batch.to``, non-blocking) runs asynchronously.
     """
 
     def __init__(
@@ -353,64 +418,140 @@ class SourceLoader:
         prefetch: int = 2,
         worker: Literal["process", "thread"] = "thread",
         trim_padding: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         if worker not in ("process", "thread"):
             raise ValueError(f"worker must be 'process' or 'thread', got {worker!r}")
         self.dataset, self.pad_id, self.prefetch, self.worker = dataset, pad_id, prefetch, worker
-        self.trim_padding = trim_padding
+        self.trim_padding, self.pin_memory = trim_padding, pin_memory
         self.config = dataset.config
-        self._iterator: Iterator[tuple[Batch, dict[str, Any]]] | None = None
-        self.state: dict[str, Any] = dataset.state_dict()
+        self.num_workers = self.config.num_workers
+        # One worker reads the dataset itself (the single stream); more read views of it (SourceDataset.for_worker).
+        self.datasets = (
+            [dataset]
+            if self.num_workers == 1
+            else [dataset.for_worker(w, self.num_workers) for w in range(self.num_workers)]
+        )
+        self._producers: list[Any] = []
+        self._iterator: Iterator[tuple[Batch, int, dict[str, Any]]] | None = None
+        self._pinner: _Prefetcher | None = None
+        self.state: dict[str, Any] = self._merged_state([d.state_dict() for d in self.datasets], 0)
 
-    def _rows(self) -> Iterator[tuple[Sample, dict[str, Any]]]:
+    def _merged_state(self, states: list[dict[str, Any]], next_worker: int) -> dict[str, Any]:
+        """The loader's state: one worker's dataset state as it is, or every worker's and whose turn is next."""
+        if self.num_workers == 1:
+            return states[0]
+        return {"num_workers": self.num_workers, "next_worker": next_worker, "workers": states}
+
+    def _rows(self, dataset: SourceDataset) -> Iterator[tuple[Sample, dict[str, Any]]]:
         """The dataset's samples, or packed rows of them (``pack``)."""
         if not self.config.pack:
-            return iter(self.dataset)
-        data = self.dataset
-        bos = getattr(data.tokenizer, "bos_token_id", None)
-        return pack_samples(iter(data), self.config.row_length, self.pad_id, data.image_token_id, bos)
+            return iter(dataset)
+        bos = getattr(dataset.tokenizer, "bos_token_id", None)
+        return pack_samples(iter(dataset), self.config.row_length, self.pad_id, dataset.image_token_id, bos)
 
-    def _batches(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
+    def _batches(self, dataset: SourceDataset | None = None) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        """``(batch, dataset state after it)`` of one worker's stream (the first worker's by default)."""
         samples, state = [], None
-        for sample, state in self._rows():
+        for sample, state in self._rows(dataset or self.datasets[0]):
             samples.append(sample)
             if len(samples) == self.config.batch_size:
                 yield collate(samples, self.pad_id, self.trim_padding), state
                 samples = []
 
+    def _producer(self, index: int) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        dataset = self.datasets[index]
+        if self.prefetch <= 0:
+            return self._batches(dataset)
+        if self.worker == "process" and ForkedIterator.available():
+            # The training step is the critical path; the workers, ``prefetch`` batches ahead each, fill idle
+            # time at a lower priority.
+            name = "data worker" if self.num_workers == 1 else f"data worker {index}"
+            make = functools.partial(self._batches, dataset)
+            return ForkedIterator(make, self.prefetch, name, threads=1, niceness=_WORKER_NICENESS)
+        return _Prefetcher(self._batches(dataset), self.prefetch)
+
+    def _start(self) -> Iterator[tuple[Batch, int, dict[str, Any]]]:
+        # Every worker is forked before the pinning thread starts (a fork copies only the forking thread).
+        self._producers = [self._producer(w) for w in range(self.num_workers)]
+        first = self.state["next_worker"] if self.num_workers > 1 else 0
+        merged: Iterator[tuple[Batch, int, dict[str, Any]]] = _TakeTurns(self._producers, first)
+        if self.pin_memory:
+            pinned = ((_pinned(batch), w, state) for batch, w, state in merged)
+            if self.prefetch <= 0:
+                return pinned
+            self._pinner = _Prefetcher(pinned, self.prefetch)
+            return self._pinner
+        return merged
+
     def next_batch(self) -> Batch:
         if self._iterator is None:
-            if self.prefetch <= 0:
-                self._iterator = self._batches()
-            elif self.worker == "process" and ForkedIterator.available():
-                # The training step is the critical path; the worker, ``prefetch`` batches ahead, fills idle
-                # time at a lower priority.
-                self._iterator = ForkedIterator(
-                    self._batches, self.prefetch, "data worker", threads=1, niceness=_WORKER_NICENESS
-                )
-            else:
-                self._iterator = _Prefetcher(self._batches(), self.prefetch)
-        batch, self.state = next(self._iterator)
+            self._iterator = self._start()
+        batch, worker, state = next(self._iterator)
+        if self.num_workers == 1:
+            self.state = state
+        else:
+            states = list(self.state["workers"])
+            states[worker] = state
+            self.state = self._merged_state(states, (worker + 1) % self.num_workers)
         return batch
 
     def close(self) -> None:
-        """Stop the worker (if any); the loader cannot be used afterwards."""
-        if isinstance(self._iterator, _Prefetcher | ForkedIterator):
-            self._iterator.close()
+        """Stop the workers (if any); the loader cannot be used afterwards."""
+        if self._pinner is not None:
+            self._pinner.stop.set()  # first, so that it stops asking the workers for more
+        for producer in self._producers:
+            if isinstance(producer, _Prefetcher | ForkedIterator):
+                producer.close()
+        if self._pinner is not None:
+            self._pinner.close()
 
     def state_dict(self) -> dict[str, Any]:
-        """The position after the last batch handed out (not after what the prefetcher read ahead)."""
+        """The position after the last batch handed out (not after what the workers read ahead)."""
         return self.state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._iterator is not None:
             raise RuntimeError("load the loader state before drawing the first batch")
-        self.dataset.load_state_dict(state)
+        saved = state.get("num_workers", 1)
+        if saved != self.num_workers:
+            raise ValueError(
+                f"source {self.config.name!r}: the saved position is for num_workers={saved}, the config has "
+                f"{self.num_workers}; resume with num_workers: {saved} (the workers split the samples by it)"
+            )
+        for dataset, worker_state in zip(self.datasets, state["workers"] if saved > 1 else [state]):
+            dataset.load_state_dict(worker_state)
         self.state = state
 
     def counts(self) -> dict[str, int]:
-        """Skip counts up to the last batch handed out."""
+        """Skip counts up to the last batch handed out (summed over the workers)."""
         return skip_counts(self.state)
+
+
+def pin_memory_for(device: torch.device | str) -> bool:
+    """Whether batches for ``device`` should be pinned: only for a CUDA device on a machine with CUDA."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def _pinned(batch: Batch) -> Batch:
+    """``batch`` with its tensors in page-locked memory (needs CUDA)."""
+    return Batch(*(getattr(batch, f).pin_memory() for f in batch.__dataclass_fields__))
+
+
+class _TakeTurns:
+    """``(item, producer index, state)`` from ``producers`` in turn, starting with ``first``."""
+
+    def __init__(self, producers: Sequence[Iterator[tuple[Batch, dict[str, Any]]]], first: int) -> None:
+        self.producers, self.turn = list(producers), first
+
+    def __iter__(self) -> Iterator[tuple[Batch, int, dict[str, Any]]]:
+        return self
+
+    def __next__(self) -> tuple[Batch, int, dict[str, Any]]:
+        index = self.turn
+        batch, state = next(self.producers[index])
+        self.turn = (index + 1) % len(self.producers)
+        return batch, index, state
 
 
 def skip_counts(state: dict[str, Any]) -> dict[str, int]:
@@ -419,6 +560,11 @@ def skip_counts(state: dict[str, Any]) -> dict[str, int]:
     dropped from kept documents as ``image_<reason>``, and what the settings leave out under its own name
     (:data:`flamingo.data.usable.SETTINGS_REASONS`: ``no_supervised_tokens``, ``single_image_dropped``,
     ``no_images``, ``image_past_truncation``, ...)."""
+    if "workers" in state:  # a loader with several workers: the sum of theirs
+        total: Counter[str] = Counter()
+        for worker_state in state["workers"]:
+            total.update(skip_counts(worker_state))
+        return dict(total)
     out = {f"read_{k}": v for k, v in state["read_stats"]["skipped"].items()}
     out |= {f"image_{k}": v for k, v in state["read_stats"]["images_dropped"].items()}
     return out | dict(state["skipped"])

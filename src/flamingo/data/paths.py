@@ -1,4 +1,5 @@
-"""Shard lists: paths, globs, shell-style brace patterns and folders."""
+"""Shard lists: paths, globs, shell-style brace patterns and folders, local or remote (URLs, see
+:mod:`flamingo.data.remote`)."""
 
 from __future__ import annotations
 
@@ -52,16 +53,27 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for option in options for expanded in expand_braces(head + option + tail)]
 
 
-def expand_paths(spec: PathSpec, suffixes: Sequence[str] = SHARD_SUFFIXES) -> list[Path]:
+def expand_paths(spec: PathSpec, suffixes: Sequence[str] = SHARD_SUFFIXES) -> list[Path | str]:
     """Files named by ``spec``: paths, globs, brace patterns and folders (files ending in ``suffixes``).
 
-    Order is the order given, each glob and folder sorted. A path that does not exist is returned as is, so a
-    reader counts it as missing; a glob that matches nothing is logged.
+    Local files come back as ``Path``; URLs (``s3://``, ``gs://``, ``http(s)://``, ``pipe:``) as ``str``, their
+    braces expanded here and their globs and folders (``s3://bucket/prefix/``) listed by the store (see
+    :func:`flamingo.data.remote.expand_url`). Order is the order given, each glob and folder sorted. A path
+    that does not exist is returned as is, so a reader counts it as missing; a glob that matches nothing is
+    logged.
     """
+    from flamingo.data.remote import expand_url, is_url
+
     items = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in items:
         for pattern in expand_braces(os.fspath(item)):
+            if is_url(pattern):
+                found = expand_url(pattern, suffixes)
+                if not found:
+                    logger.warning("%s: the pattern matches no file", pattern)
+                paths.extend(found)
+                continue
             path = Path(pattern)
             if path.is_dir():
                 found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(tuple(suffixes)))

@@ -41,6 +41,7 @@ from PIL import Image
 
 from flamingo.data.interleaved import EOC_TOKEN, IMAGE_TOKEN, TokenizedSample, _token_id
 from flamingo.data.labels import spans_to_token_mask
+from flamingo.data.remote import is_url
 from flamingo.data.schema import (
     IMAGE_EXTENSIONS,
     EncodedImage,
@@ -214,12 +215,18 @@ def attach_images(conversation: Conversation, members: dict[str, bytes], folder:
     return missing
 
 
-def iter_jsonl_samples(path: Path, log: FileReadLog) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_jsonl_samples(path: Path | str, log: FileReadLog) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {"json": line}) for each non-empty line of a JSONL file; keys are ``<stem>-<line number>``.
 
     The raw-sample view of a JSONL file, like :func:`flamingo.data.shards.iter_tar_samples` for tars (the loader
-    shuffles, splits and resumes both alike). A missing or unreadable file counts in ``log``.
+    shuffles, splits and resumes both alike). A missing or unreadable file counts in ``log``. JSONL files are
+    local only (their images are files next to them); a URL counts as ``unreadable_file``.
     """
+    if is_url(path):
+        fix = "copy the file and its images, or write them as tar shards (flamingo.data.sft.SftShardWriter)"
+        log.skip("unreadable_file", f"{path}: JSONL conversations are read from local disk; {fix}")
+        return
+    path = Path(path)
     if not path.is_file():
         log.skip("missing_file", f"{path} does not exist")
         return

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from flamingo.data.mmc4 import check_mmc4_dict, document_from_mmc4, is_mmc4_dict, sniff_image_ext
 from flamingo.data.paths import PathSpec, expand_paths
+from flamingo.data.remote import RetryPolicy, TransientReadError, is_url, local_path, open_stream
 from flamingo.data.schema import (
     IMAGE_EXTENSIONS,
     EncodedImage,
@@ -280,14 +282,25 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), suffix
 
 
-def iter_tar_samples(path: Path, log: FileReadLog) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar_samples(
+    path: Path | str, log: FileReadLog, retry: RetryPolicy | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) for each group of consecutive members with one key; errors go to ``log``.
 
     A file that cannot be opened counts as ``missing_file`` or ``unreadable_file``. A read error part-way (a
     truncated tar) counts once as ``truncated_tar``; the members read before it are still yielded, so the
     sample being read shows up without its lost members and its parser counts it. (A tar cut exactly at a
     member boundary cannot be told from a complete one: tar has no index.)
+
+    A URL (``s3://``, ``gs://``, ``http(s)://``, ``pipe:``) is read as a stream; a transfer that fails is
+    retried as ``retry`` says (default :class:`~flamingo.data.remote.RetryPolicy`) and resumes after the last
+    sample yielded, so no sample comes twice or goes missing. A shard that keeps failing counts once as
+    ``read_failed`` after the samples read before the failure.
     """
+    if is_url(path):
+        yield from _RemoteTar(str(path), log, retry or RetryPolicy()).samples()
+        return
+    path = Path(path)
     if not path.is_file():
         log.skip("missing_file", f"{path} does not exist")
         return
@@ -316,6 +329,79 @@ def iter_tar_samples(path: Path, log: FileReadLog) -> Iterator[tuple[str, dict[s
         yield key, members
 
 
+class _RemoteTar:
+    """The samples of one remote tar shard, read as a stream and resumed after transient failures.
+
+    Samples are counted as they are yielded; a reopened stream passes over that many samples (their members'
+    bytes are read past, not kept) and continues with the next one. The sample being read when the transfer
+    failed is dropped and read again whole.
+    """
+
+    def __init__(self, url: str, log: FileReadLog, retry: RetryPolicy):
+        self.url, self.log, self.retry = url, log, retry
+        self.done = 0
+        """Samples yielded so far."""
+        self.key: str | None = None
+        self.members: dict[str, bytes] = {}
+        self.index = -1
+        """Index in the shard of the sample being read (-1 before the first member)."""
+
+    def samples(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        failures, progress_at_failure = 0, -1
+        while True:
+            self.key, self.members, self.index = None, {}, -1
+            try:
+                yield from self._read_once()
+                return
+            except TransientReadError as error:
+                if self.done > progress_at_failure:  # samples came since the last failure: a fresh budget
+                    failures = 0
+                progress_at_failure = self.done
+                if failures >= self.retry.retries:
+                    tries = failures + 1
+                    self.log.skip(
+                        "read_failed", f"{error} (gave up after {tries} tries, {self.done} samples read)"
+                    )
+                    return
+                delay = self.retry.delay(failures)
+                failures += 1
+                logger.info(
+                    "%s: retry %d in %.1fs after %d samples: %s", self.url, failures, delay, self.done, error
+                )
+                time.sleep(delay)
+            except FileNotFoundError as error:
+                self.log.skip("missing_file", f"{self.url} does not exist ({error})")
+                return
+            except (tarfile.TarError, OSError, EOFError) as error:
+                if self.index < 0:  # nothing of the tar could be read: not a tar, or access refused
+                    self.log.skip("unreadable_file", f"{self.url}: {error}")
+                    return
+                self.log.skip("truncated_tar", f"{self.url}: {error}")
+                # As for a local file: the sample cut short is handed on, for its parser to count.
+                if self.key is not None and self.index >= self.done:
+                    self.done += 1
+                    yield self.key, self.members
+                return
+
+    def _read_once(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        with open_stream(self.url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name_key, suffix = split_member_name(member.name)
+                if name_key != self.key:
+                    if self.key is not None and self.index >= self.done:
+                        self.done += 1
+                        yield self.key, self.members
+                    self.key, self.members, self.index = name_key, {}, self.index + 1
+                if self.index >= self.done:  # samples yielded before a reopening are passed over unread
+                    handle = tar.extractfile(member)
+                    self.members.setdefault(suffix, handle.read() if handle is not None else b"")
+        if self.key is not None and self.index >= self.done:
+            self.done += 1
+            yield self.key, self.members
+
+
 def count_checked(checked: Checked, log: FileReadLog, source: str = "") -> None:
     """Count what :func:`flamingo.data.usable.check_sample` found: the skip reason, or the dropped images."""
     if checked.skipped is not None:
@@ -325,7 +411,7 @@ def count_checked(checked: Checked, log: FileReadLog, source: str = "") -> None:
 
 
 def _read_sample(
-    key: str, members: dict[str, bytes], path: Path, log: FileReadLog, settings: SampleSettings
+    key: str, members: dict[str, bytes], path: Path | str, log: FileReadLog, settings: SampleSettings
 ) -> Any:
     """The parsed sample, or None when it is unusable (counted in ``log``)."""
     from flamingo.data.usable import check_sample
@@ -341,15 +427,18 @@ def read_interleaved(
     stats: ReadStats | None = None,
     verify_images: bool = True,
     drop_bad_images: bool = False,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[InterleavedDocument]:
     """Documents from interleaved tar shards: ours, or OpenFlamingo's MMC4 shards (``image_base64``).
 
     Args:
-        paths: files, globs, brace patterns (``shard-{000000..000009}.tar``) or folders.
+        paths: files, globs, brace patterns (``shard-{000000..000009}.tar``) or folders, local or URLs
+            (``s3://``, ``gs://``, ``https://``, ``pipe:COMMAND``).
         stats: counts of what was read and skipped (per reason); pass one to inspect it afterwards.
         verify_images: decode every image (cached on the document) so corrupt ones are caught here;
             with False, images are decoded lazily by ``EncodedImage.decode``.
         drop_bad_images: keep a document without its missing or corrupt images instead of skipping it.
+        retry: how remote shards are retried after a transient failure (default: 3 retries from 1 s).
     """
     from flamingo.data.usable import SampleSettings
 
@@ -359,7 +448,7 @@ def read_interleaved(
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         log = FileReadLog(path, stats)
-        for key, members in iter_tar_samples(path, log):
+        for key, members in iter_tar_samples(path, log, retry):
             document = _read_sample(key, members, path, log, settings)
             if document is not None:
                 stats.samples += 1
@@ -441,7 +530,8 @@ def read_mmc4_jsonl(
     """
     stats = stats if stats is not None else ReadStats()
     image_root = Path(image_dir)
-    for path in expand_paths(paths, suffixes=(".jsonl", ".jsonl.gz", ".zip")):
+    for location in expand_paths(paths, suffixes=(".jsonl", ".jsonl.gz", ".zip")):
+        path = local_path(location)  # the images are looked up in a local folder: the JSONL is local too
         log = FileReadLog(path, stats)
         if not path.is_file():
             log.skip("missing_file", f"{path} does not exist")
@@ -464,11 +554,16 @@ def read_mmc4_jsonl(
 
 
 def read_pairs(
-    paths: PathSpec, *, stats: ReadStats | None = None, verify_images: bool = True
+    paths: PathSpec,
+    *,
+    stats: ReadStats | None = None,
+    verify_images: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[ImageTextPair]:
     """Image-text pairs from img2dataset tar shards (``<key>.jpg|png|jpeg|webp``, ``.txt``, ``.json``).
 
-    The caption comes from ``.txt``, else from the JSON's ``caption``.
+    The caption comes from ``.txt``, else from the JSON's ``caption``. ``paths`` and ``retry`` are as for
+    :func:`read_interleaved`.
     """
     from flamingo.data.usable import SampleSettings
 
@@ -476,7 +571,7 @@ def read_pairs(
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         log = FileReadLog(path, stats)
-        for key, members in iter_tar_samples(path, log):
+        for key, members in iter_tar_samples(path, log, retry):
             pair = _read_sample(key, members, path, log, settings)
             if pair is not None:
                 stats.samples += 1

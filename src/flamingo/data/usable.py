@@ -64,6 +64,7 @@ REASONS: dict[str, str] = {
     "missing_file": "a shard path names no file",
     "unreadable_file": "the file is not a (gzipped) tar, or cannot be read",
     "truncated_tar": "the tar ends early; the samples before the cut are still read",
+    "read_failed": "a remote shard or pipe kept failing after its retries; the samples before are still read",
     "missing_member": "the sample has no .json (a pair: no image), or an image its JSON names is absent",
     "bad_json": "the .json member is not valid UTF-8 JSON",
     "not_an_object": "the JSON is valid but not an object (null, a list, a string, a number)",

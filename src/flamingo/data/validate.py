@@ -21,6 +21,7 @@ import numpy as np
 
 from flamingo.data.mmc4 import check_mmc4_dict, is_mmc4_dict
 from flamingo.data.paths import SHARD_SUFFIXES, PathSpec, expand_paths
+from flamingo.data.remote import RetryPolicy
 from flamingo.data.schema import (
     IMAGE_EXTENSIONS,
     ImageTextPair,
@@ -36,6 +37,7 @@ _FILE_FIXES = {
     "missing_file": "check the path, glob or brace pattern",
     "unreadable_file": "the file is not a (gzipped) tar; rewrite it with InterleavedShardWriter",
     "truncated_tar": "the tar ends early (interrupted copy or write); copy or rebuild the shard",
+    "read_failed": "the transfer kept failing; check the network, the store or the pipe's command, or raise retries",
 }
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -147,20 +149,22 @@ def _load_json(raw: bytes | None) -> tuple[Any, str | None]:
 
 
 class _Validator:
-    def __init__(self, settings: SampleSettings):
+    def __init__(self, settings: SampleSettings, retry: RetryPolicy | None = None):
         self.report = ValidationReport()
         self.settings = settings
+        self.retry = retry
 
     def issue(self, file: str, key: str, problem: SchemaIssue) -> None:
         self.report.issues.append(
             ValidationIssue(file, key, problem.field, problem.message, problem.fix, problem.reason)
         )
 
-    def file(self, path: Path) -> None:
+    def file(self, path: Path | str) -> None:
         self.report.files.append(str(path))
         stats = ReadStats()
         log = FileReadLog(path, stats)
-        raw = iter_jsonl_samples(path, log) if path.name.endswith(".jsonl") else iter_tar_samples(path, log)
+        jsonl = str(path).endswith(".jsonl")
+        raw = iter_jsonl_samples(path, log) if jsonl else iter_tar_samples(path, log, self.retry)
         for key, members in raw:
             self.sample(str(path), key, members)
         for reason, count in stats.skipped.items():
@@ -195,19 +199,23 @@ class _Validator:
 
 
 def validate_shards(
-    paths: PathSpec, check_images: bool = True, settings: SampleSettings | None = None
+    paths: PathSpec,
+    check_images: bool = True,
+    settings: SampleSettings | None = None,
+    retry: RetryPolicy | None = None,
 ) -> ValidationReport:
     """Check every sample of the shards named by ``paths`` (files, globs, brace patterns, folders).
 
     Each sample goes through :func:`flamingo.data.usable.check_sample` with ``settings`` (default: kind
     guessed per sample, structure only); pass a training data source's settings
     (:func:`flamingo.data.loader.sample_settings`) to count what its loader would skip and leave out. With
-    ``check_images`` every image is decoded. ``.jsonl`` files are read as instruction conversations.
+    ``check_images`` every image is decoded. ``.jsonl`` files are read as instruction conversations. ``retry``:
+    how remote shards are retried after a transient failure (default :class:`~flamingo.data.remote.RetryPolicy`).
     """
     settings = settings if settings is not None else SampleSettings()
     if not check_images:
         settings = replace(settings, verify_images=False)
-    validator = _Validator(settings)
+    validator = _Validator(settings, retry)
     suffixes = (*SHARD_SUFFIXES, ".jsonl") if settings.kind == "sft" else SHARD_SUFFIXES
     for path in expand_paths(paths, suffixes):
         validator.file(path)
@@ -245,13 +253,15 @@ def _count_sample(
         counts["invalid_samples"] += 1
 
 
-def shard_stats(paths: PathSpec, sim_threshold: float = 0.24) -> dict[str, Any]:
+def shard_stats(
+    paths: PathSpec, sim_threshold: float = 0.24, retry: RetryPolicy | None = None
+) -> dict[str, Any]:
     """Counts and distributions of the shards named by ``paths`` (reads the JSON only, no image decoding).
 
     Returns files, documents, images, sentences, characters (of the sentences), images_per_document
     (histogram), similarity_quantiles (of each image's ``matched_sim``), similarity_above_threshold (fraction
     of images at or above ``sim_threshold``), pairs, caption_characters, and skipped (invalid samples, and
-    file-level problems such as ``truncated_tar``).
+    file-level problems such as ``truncated_tar``). ``retry`` is as for :func:`validate_shards`.
     """
     counts: Counter[str] = Counter()
     histogram: Counter[int] = Counter()
@@ -259,7 +269,7 @@ def shard_stats(paths: PathSpec, sim_threshold: float = 0.24) -> dict[str, Any]:
     files = expand_paths(paths)
     stats = ReadStats()
     for path in files:
-        for _, members in iter_tar_samples(path, FileReadLog(path, stats)):
+        for _, members in iter_tar_samples(path, FileReadLog(path, stats), retry):
             _count_sample(members, counts, histogram, sims)
     above = round(sum(s >= sim_threshold for s in sims) / len(sims), 6) if sims else None
     return {

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flamingo.errors import MissingFileError, UsageError
+from flamingo.model.devices import add_device_arguments, device_options
 
 FIRST_SEED = 42
 
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'prompts' section (a config.json); default: those the checkpoint recorded",
     )
     ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--device", default="cpu")
+    add_device_arguments(ev)
     ev.add_argument(
         "--quantize",
         choices=["int8", "int4"],
@@ -121,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         out_dir=args.out,
         rices_cache_dir=args.rices_cache,
-        device=args.device,
+        **device_options(args),
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
         quantization=args.quantize,

@@ -47,6 +47,7 @@ from flamingo.eval.models import EvalModel, FlamingoEvalModel, GenerateRequest, 
 from flamingo.eval.postprocess import get_postprocessor
 from flamingo.eval.results import PredictionRecord, write_results
 from flamingo.eval.tasks import TaskSpec, load_task
+from flamingo.model.devices import resolve_device
 from flamingo.prompts import PromptConfig
 
 DEMO_MODES = ("random", "rices")
@@ -341,14 +342,18 @@ def _resolve_model(
     batch_size: int,
     info: DistInfo,
     trust_remote_code: bool = False,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, int | str] | None = None,
     quantization: Any = None,
 ) -> EvalModel:
     if isinstance(model, str):
-        if device == "cuda" and info.world_size > 1:  # one GPU per torchrun process
+        if device == "cuda" and info.world_size > 1 and device_map is None:  # one GPU per torchrun process
             device = f"cuda:{info.local_rank}"
         return FlamingoEvalModel.from_pretrained(
             model,
             device=device,
+            dtype=dtype,
+            device_map=device_map,
             batch_size=batch_size,
             trust_remote_code=trust_remote_code,
             quantization=quantization,
@@ -408,6 +413,8 @@ def evaluate(
     progress: bool = True,
     trust_remote_code: bool = False,
     prompts: PromptConfig | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, int | str] | None = None,
     quantization: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (an ``EvalModel`` or a checkpoint directory) on ``tasks`` (names or YAML paths).
@@ -420,17 +427,23 @@ def evaluate(
     caption``) comes from ``prompts`` when given, else from the model's own (``model.prompts``: the templates
     a checkpoint recorded). Writes ``<out_dir>/<task>/`` and
     returns ``{task: results}`` (the content of each ``results.json``) on every rank. ``trust_remote_code=True``
-    lets a checkpoint whose LM needs its repository's own code run it; ``quantization`` (``"int8"`` /
-    ``"int4"``) loads its frozen backbones in low-bit form (recorded in the results' options).
+    lets a checkpoint whose LM needs its repository's own code run it. A checkpoint is loaded onto ``device``
+    (``"auto"``: CUDA when present) in ``dtype`` (default float32 on the CPU, the checkpoint's own on a GPU), or
+    split over devices by ``device_map`` (see :func:`flamingo.model.checkpoint.from_pretrained`);
+    ``quantization`` (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form (recorded in the
+    results' options).
     """
     if demo_mode not in DEMO_MODES:
         raise ValueError(f"demo_mode must be one of {DEMO_MODES}, not {demo_mode!r}.")
     if prompt_ensembles < 1:
         raise ValueError(f"prompt_ensembles must be >= 1, not {prompt_ensembles}.")
     started = time.perf_counter()
+    device = str(resolve_device(device))
     info = init_distributed(device)
     try:
-        eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code, quantization)
+        eval_model = _resolve_model(
+            model, device, batch_size, info, trust_remote_code, dtype, device_map, quantization
+        )
         templates = prompts if prompts is not None else getattr(eval_model, "prompts", EvalModel.prompts)
         specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos, templates) for t in tasks]
         options = {

@@ -203,12 +203,16 @@ class FlamingoEvalModel(EvalModel):
     def from_pretrained(
         cls,
         path: str,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict[str, int | str] | None = None,
         quantization: Any = None,
         **kwargs: Any,
     ) -> FlamingoEvalModel:
-        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``.
+        """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``, each weight read
+        straight onto ``device`` (``"auto"``: CUDA when present) in ``dtype``, or split by ``device_map`` (see
+        :func:`flamingo.model.checkpoint.from_pretrained`).
 
         ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it;
         ``quantization`` (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form.
@@ -216,13 +220,21 @@ class FlamingoEvalModel(EvalModel):
         from flamingo.model.flamingo import Flamingo
 
         model = Flamingo.from_pretrained(
-            path, device=device, trust_remote_code=trust_remote_code, quantization=quantization
+            path,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            quantization=quantization,
         )
         return cls(model, name=kwargs.pop("name", path), **kwargs)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device the vision encoder runs on (the first device of a split model)."""
+        from flamingo.model.dispatch import input_device
+
+        return input_device(self.model)
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from flamingo.errors import MissingFileError, UsageError
+from flamingo.model.devices import add_device_arguments, device_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", required=True, help='text with one "<image>" per --image, in order')
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--num-beams", type=int, default=1)
-    gen.add_argument("--device", default="cpu")
+    add_device_arguments(gen)
     gen.add_argument(
         "--quantize",
         choices=["int8", "int4"],
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from flamingo.model.dispatch import input_device
     from flamingo.model.flamingo import Flamingo
     from flamingo.processing import FlamingoProcessor
 
@@ -93,11 +95,15 @@ def _generate(args: argparse.Namespace) -> int:
             raise MissingFileError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
     model = Flamingo.from_pretrained(
-        args.model, device=args.device, trust_remote_code=args.trust_remote_code, quantization=args.quantize
+        args.model,
+        trust_remote_code=args.trust_remote_code,
+        quantization=args.quantize,
+        **device_options(args),
     )
     processor = FlamingoProcessor.from_model(model)
     batch = processor([(args.prompt, images)])
-    batch = {k: (v.to(args.device) if v is not None else None) for k, v in batch.items()}
+    device = input_device(model)  # where the vision encoder runs (the first device of a split model)
+    batch = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
     out = model.generate(
         batch["images"],
         batch["input_ids"],

@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from flamingo.model.devices import MAP_STRATEGIES
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import _get_path
 
 DeviceMap = dict[str, int | str]
-STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+STRATEGIES = MAP_STRATEGIES
 _OFFLOADED = ("cpu", "disk")
 _ROW_PARAMS = ("new_token_embeddings", "new_token_output")
 
@@ -161,6 +162,26 @@ def complete_device_map(model: Flamingo, device_map: Mapping[str, int | str]) ->
     return full
 
 
+def plan_device_map(
+    model: Flamingo,
+    device_map: str | Mapping[str, int | str],
+    max_memory: Mapping[int | str, int | str] | None = None,
+) -> DeviceMap:
+    """The complete device map for ``device_map`` (a strategy, planned by :func:`infer_device_map`, or a dict,
+    completed by :func:`complete_device_map`). ``model`` may live on the meta device: planning reads only the
+    shapes and dtypes of its tensors, so a checkpoint is planned before any weight is read."""
+    if isinstance(device_map, str):
+        return infer_device_map(model, max_memory, device_map)
+    return complete_device_map(model, device_map)
+
+
+def tensor_device(device_map: Mapping[str, int | str], name: str) -> torch.device:
+    """The device a tensor of module or parameter ``name`` is loaded onto under ``device_map``: its GPU, or the
+    CPU for modules offloaded to ``"cpu"`` or ``"disk"`` (:func:`dispatch` moves those afterwards)."""
+    device = _lookup(device_map, name)
+    return torch.device("cpu") if device is None or device in _OFFLOADED else _as_device(device)
+
+
 def _lookup(device_map: Mapping[str, int | str], name: str) -> int | str | None:
     """The device of module or parameter ``name``: its own key or that of its closest listed ancestor."""
     parts = name.split(".")
@@ -177,18 +198,18 @@ def dispatch(
     max_memory: Mapping[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
 ) -> DeviceMap:
-    """Place ``model`` (loaded on the CPU) over devices and return the device map used.
+    """Place ``model`` over devices, add the hooks that move tensors between them, and return the device map
+    used (also kept as ``model.device_map``).
 
-    ``device_map`` is a strategy (see :func:`infer_device_map`) or a dict over module names. Modules mapped to
-    ``"disk"`` need ``offload_folder``; with GPUs present, modules mapped to ``"cpu"`` are kept in RAM and run
-    on the first GPU. Do not call ``model.to`` afterwards.
+    ``device_map`` is a strategy (see :func:`infer_device_map`) or a dict over module names. ``model`` may be
+    loaded on the CPU, or already in place (``flamingo.model.checkpoint.from_pretrained`` reads each tensor
+    straight onto the device :func:`tensor_device` names): tensors already where they belong are not copied.
+    Modules mapped to ``"disk"`` need ``offload_folder``; with GPUs present, modules mapped to ``"cpu"`` are kept
+    in RAM and run on the first GPU. Do not call ``model.to`` afterwards.
     """
     from accelerate import dispatch_model
 
-    if isinstance(device_map, str):
-        planned = infer_device_map(model, max_memory, device_map)
-    else:
-        planned = complete_device_map(model, device_map)
+    planned = plan_device_map(model, device_map, max_memory)
     if "disk" in planned.values() and offload_folder is None:
         raise ValueError(
             "the device map offloads modules to 'disk': pass offload_folder= (an empty directory)"
@@ -206,6 +227,7 @@ def dispatch(
         )
     _place_rows(model, tensor_map)
     _add_input_movers(model)
+    model.device_map = planned
     return planned
 
 
@@ -326,4 +348,6 @@ __all__ = [
     "infer_device_map",
     "input_device",
     "move_to",
+    "plan_device_map",
+    "tensor_device",
 ]

@@ -8,6 +8,7 @@ use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,71 @@ def load_weights_file(path: str | Path) -> Any:
             f"{path}: refused to load, it is not a plain tensor file (loading it would run pickled code, which "
             f"flamingo-vlm never does; a TorchScript archive is one): {str(error).splitlines()[0]}"
         ) from error
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file: name -> ``{"dtype", "shape", "data_offsets"}`` (``__metadata__``
+    dropped). Reads only the header; a damaged one raises :class:`ModelFileError` naming ``path``."""
+    import json
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(size))
+    except (OSError, ValueError) as error:
+        raise _damaged(path, error) from error
+    header.pop("__metadata__", None)
+    return header
+
+
+def read_safetensors(
+    path: str | Path,
+    names: Iterable[str],
+    device_of: Callable[[str], torch.device],
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` of a safetensors file, each read straight onto ``device_of(name)``, floating ones
+    cast to ``dtype`` (None: as stored).
+
+    Each tensor is read with plain file reads into memory allocated for it, not through a memory map: mapped file
+    pages count in a process's resident memory until the map closes, so a memory-mapped read of a large file
+    holds the file and the tensors at once. Here the only extra memory is one tensor's staging buffer (for a
+    GPU target or a cast). Call :func:`check_safetensors` first to name a damaged file.
+    """
+    path = Path(path)
+    header = safetensors_header(path)
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as file:
+        start = 8 + int.from_bytes(file.read(8), "little")
+        for name in names:
+            entry = header[name]
+            begin, end = entry["data_offsets"]
+            tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+            file.seek(start + begin)
+            if (
+                tensor.numel()
+                and file.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != end - begin
+            ):
+                raise _damaged(path, EOFError(f"tensor {name} is cut short"))
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            out[name] = tensor.to(device_of(name))
+    return out
 
 
 def check_safetensors(path: str | Path) -> None:

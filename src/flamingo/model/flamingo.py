@@ -140,6 +140,8 @@ class Flamingo(nn.Module):
         head = lm.get_output_embeddings()
         untied = head is not None and not config.tokens.tied_output
         self.new_token_output = nn.Parameter(head.weight[self._new].detach().clone()) if untied else None
+        self.device_map: dict[str, int | str] | None = None
+        """Where each module lives when the model was split over devices (``flamingo.model.dispatch``)."""
         self.segmented_attention: bool | None = None
         """Cross-attention plan under policy ``previous``: None picks per call (see ``plan_routing``; one-token
         decode steps gather each query's own keys); True or False force segmented or dense attention on every
@@ -488,8 +490,8 @@ class Flamingo(nn.Module):
         ``trust_remote_code=True`` lets a checkpoint whose LM is defined by its repository's own code run it;
         without it such a checkpoint is refused before any of that code is imported (a ``trust_remote_code``
         written in the checkpoint's ``config.json`` is never taken as permission). Other keywords: ``revision``,
-        ``dtype``, ``device``, ``quantization`` (``"int8"`` / ``"int4"``: low-bit frozen backbones, see
-        :mod:`flamingo.model.quantize`).
+        ``dtype``, ``device``, ``device_map``, ``max_memory``, ``offload_folder``, ``quantization`` (see
+        :func:`flamingo.model.checkpoint.from_pretrained`: the weights are read straight onto their devices).
         """
         from flamingo.model.checkpoint import from_pretrained
 

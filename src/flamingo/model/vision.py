@@ -386,11 +386,22 @@ class HFVisionAdapter(VisionAdapter):
         self.transform = _clip_transform(self.image_size, mean, std)
 
     @classmethod
-    def from_config(cls, config: VisionConfig) -> HFVisionAdapter:
+    def from_config(
+        cls, config: VisionConfig, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> HFVisionAdapter:
+        """Load the tower ``config.name`` names; with ``device``/``dtype``, ``transformers`` reads each weight
+        straight onto ``device`` in ``dtype`` (no full-precision copy on the CPU first)."""
         from transformers import AutoImageProcessor, AutoModel
 
+        placement: dict[str, Any] = {}
+        if dtype is not None:
+            placement["dtype"] = dtype
+        if device is not None:
+            placement["device_map"] = {"": device}
         # A vision tower never runs code from its repository: one that would need it fails in transformers.
-        model = AutoModel.from_pretrained(config.name, revision=config.revision, trust_remote_code=False)
+        model = AutoModel.from_pretrained(
+            config.name, revision=config.revision, trust_remote_code=False, **placement
+        )
         if hasattr(model, "vision_model") and not hasattr(model.config, "image_size"):
             model = model.vision_model  # a full CLIP/SigLIP checkpoint: keep the vision tower only
         try:
@@ -421,3 +432,75 @@ def build_vision_adapter(config: VisionConfig) -> VisionAdapter:
         "hf": HFVisionAdapter.from_config,
     }
     return builders[config.kind](config)
+
+
+def empty_vision_adapter(config: VisionConfig) -> VisionAdapter:
+    """The adapter ``config`` describes with every tensor on the meta device (no memory, no weights read): for
+    planning where a model goes before loading it. Hugging Face towers read only their ``config.json``."""
+    if config.kind == "hf":
+        from transformers import AutoConfig, AutoModel
+
+        tower_config = AutoConfig.from_pretrained(
+            config.name, revision=config.revision, trust_remote_code=False
+        )
+        with torch.device("meta"):
+            model = AutoModel.from_config(tower_config)
+        if hasattr(model, "vision_model") and not hasattr(model.config, "image_size"):
+            model = model.vision_model
+        return HFVisionAdapter(model)
+    return _empty_open_clip(config)
+
+
+def _empty_open_clip(config: VisionConfig) -> OpenClipAdapter:
+    import open_clip
+
+    if config.model_cfg is not None:
+        _register_open_clip_config(config.name, config.model_cfg)
+    # Built under the meta device: open_clip's random initialisation allocates nothing and costs no time.
+    with quiet_random_init_warning(config.name), torch.device("meta"):
+        model, _, transform = open_clip.create_model_and_transforms(
+            config.name, pretrained=None, device="meta"
+        )
+    return OpenClipAdapter(model.visual, config, transform)
+
+
+def load_vision_adapter(
+    config: VisionConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> VisionAdapter:
+    """The adapter with its weights read straight onto ``device`` in ``dtype`` (None: as stored).
+
+    Hugging Face towers load through ``transformers``; an open_clip tower whose weights are a ``.safetensors``
+    file in flamingo-vlm's layout (keys ``visual.*``, as :meth:`OpenClipAdapter.save_backbone` writes) or a bare
+    tower is built on the meta device and each tensor read from the file onto ``device``. Other open_clip
+    weights (a pretrained tag, a ``.pt`` file, a whole CLIP state dict) are loaded as open_clip loads them, then
+    moved.
+    """
+    device = torch.device(device)
+    if config.kind == "hf":
+        return HFVisionAdapter.from_config(config, device=device, dtype=dtype)
+    path = Path(config.pretrained) if config.pretrained else None
+    if path is not None and path.suffix == ".safetensors" and path.is_file():
+        adapter = _empty_open_clip(config)
+        state = _read_tower_safetensors(path, set(adapter.visual.state_dict()), device, dtype)
+        if state is not None:
+            adapter.visual.load_state_dict(state, strict=True, assign=True)
+            return adapter
+    adapter = build_vision_adapter(config)
+    return adapter.to(device=device, dtype=dtype) if dtype is not None else adapter.to(device)
+
+
+def _read_tower_safetensors(
+    path: Path, wanted: set[str], device: torch.device, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor] | None:
+    """The tensors of a vision tower file, each read onto ``device`` (floating ones cast to ``dtype``); None when
+    the file's keys are not exactly the tower's (``visual.`` prefixed or bare), so the caller loads it the way
+    open_clip does instead."""
+    from flamingo.model.files import check_safetensors, read_safetensors, safetensors_header
+
+    check_safetensors(path)
+    keys = list(safetensors_header(path))
+    prefix = "visual." if keys and all(k.startswith("visual.") for k in keys) else ""
+    if {k.removeprefix(prefix) for k in keys} != wanted:
+        return None
+    state = read_safetensors(path, keys, lambda _: device, dtype)
+    return {k.removeprefix(prefix): v for k, v in state.items()}

@@ -51,12 +51,19 @@ def build_shards(
     """Run the dataset builder on the WARC files and validate its shards."""
     from flamingo.corpus import BuildConfig, FetchConfig, FilterConfig, InterleaveConfig, run_pipeline
     from flamingo.corpus.clip import ClipEmbedder
+    from flamingo.corpus.config import ReadConfig, TextConfig
     from flamingo.data import validate_shards
 
     embedder = ClipEmbedder.from_open_clip(
         CLIP_NAME, pretrained=str(clip_weights), model_cfg=CLIP_CONFIG, device="cpu", batch_size=256
     )
     config = BuildConfig(
+        read=ReadConfig(splitter="rules"),
+        # The world's pages are short, drawn English, and share their intros and outros by design: web text
+        # rules (language, per-site repeated lines, Gopher and C4) are for crawled pages, not these.
+        text=TextConfig(
+            languages=[], line_dedup_min_pages=0, gopher_quality=False, gopher_repetition=False, c4=False
+        ),
         fetch=FetchConfig(local_root=str(images_root.resolve()), threads=4),
         # 32 px pictures of a few hundred bytes: MMC4's size floors would drop them all. Perceptual dedup is
         # off because pHashes of small shapes on dark backgrounds collide; exact dedup stays on.

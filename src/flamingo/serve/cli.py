@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from flamingo.model.devices import add_device_arguments, device_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve a web demo and an HTTP API for a checkpoint")
     p.add_argument("--model", required=True, help="checkpoint directory, hub id or OpenFlamingo preset")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
-    p.add_argument(
-        "--device-map",
-        default=None,
-        help="'auto': split a model too large for one GPU over the visible GPUs (instead of --device)",
-    )
+    add_device_arguments(p)
     p.add_argument(
         "--quantize",
         choices=["int8", "int4"],
@@ -84,9 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
         limits=limits,
         log_level=args.log_level,
         demo=args.demo,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
+        **device_options(args),
         quantization=args.quantize,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,

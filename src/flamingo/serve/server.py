@@ -24,9 +24,9 @@ def _is_loopback(host: str) -> bool:
 
 def load_server_pipeline(
     model: str,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict[str, int | str] | None = None,
     allow_urls: bool = False,
     allow_private_urls: bool = False,
     url_timeout_s: float = 10.0,
@@ -36,9 +36,10 @@ def load_server_pipeline(
     trust_remote_code: bool = False,
     quantization: str | None = None,
 ) -> FlamingoPipeline:
-    """The pipeline a server uses: it never reads local paths, whatever a request says. ``device_map="auto"``
-    splits a model too large for one GPU (see :meth:`FlamingoPipeline.from_pretrained`);
-    ``trust_remote_code=True`` lets a model whose LM needs its repository's own code run it; ``quantization``
+    """The pipeline a server uses: it never reads local paths, whatever a request says. ``device="auto"`` is CUDA
+    when present, else the CPU; ``device_map="auto"`` splits a model too large for one GPU (see
+    :meth:`FlamingoPipeline.from_pretrained`);
+    ``trust_remote_code=True`` lets a model whose LM needs its repository's own code run it. ``quantization``
     (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form."""
     return FlamingoPipeline.from_pretrained(
         model,

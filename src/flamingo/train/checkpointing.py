@@ -1,16 +1,30 @@
-"""Resumable checkpoints, written atomically: ``<run_dir>/checkpoints/step-000100/``::
+"""Resumable checkpoints, written atomically: ``<run_dir>/checkpoints/step-000100/``.
+
+Two formats (``checkpoint.format``). ``full``, gathered on rank 0::
 
     model/             the trained weights in Flamingo.save_pretrained's layout (Flamingo.from_pretrained loads it)
     model/lora/        the LM's LoRA when it has one (a PEFT adapter directory; flamingo.model.lora loads it)
     lora/              instead, with model.lora.merge_on_save: model/lm/ holds the LM with the LoRA folded in,
                        and the unmerged LoRA stays here for resuming
     optimizer.pt       full (unsharded) optimizer state, keyed by parameter name
-    rank-00000.pt      each rank's data position and RNG states
-    state.json         step, counters, world size: written last
+
+``sharded``, written by every rank in parallel with ``torch.distributed.checkpoint`` (no gather)::
+
+    state/             the trained tensors (``model.*``) and the optimizer state (``optim.*``), keyed by parameter
+                       name: ``.metadata`` and one ``__<rank>_0.distcp`` file per rank with that rank's shards
+
+and, in both::
+
+    rank-00000.pt      each rank's data streams' positions (see flamingo.train.data_streams) and RNG states
+    config.yaml        the run's configuration (what ``flamingo export`` rebuilds the model from)
+    state.json         step, counters, world size, number of data streams, format
 
 Everything goes to a hidden temporary folder first, flushed to disk (every file, then every folder) and renamed
 into place when complete, then the rename itself is flushed: a run killed at any moment, or a machine that loses
-power, leaves either the whole checkpoint or none. The last ``keep_last`` are kept.
+power, leaves either the whole checkpoint or none. A sharded checkpoint can be written in the background
+(``checkpoint.async_save``); it is renamed into place once every rank has finished writing. The last
+``keep_last`` are kept. Both formats resume on any number of ranks: the optimizer state is keyed by parameter
+name (``torch.distributed.checkpoint`` reshards ``state/`` on loading) and the data position by stream.
 """
 
 from __future__ import annotations
@@ -33,8 +47,11 @@ from flamingo.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_adapter_st
 from flamingo.model.files import fsync_dir, fsync_tree, load_safetensors, load_torch_file
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import LORA_DIR, has_lora, lm_without_lora, load_lora, lora_state_dict, save_lora
+from flamingo.train.config import RunConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+SHARDED_DIR = "state"
+"""Folder of a sharded checkpoint written by torch.distributed.checkpoint."""
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -143,6 +160,45 @@ def _optimizer_state(train_model: nn.Module, optimizer: torch.optim.Optimizer) -
     return get_optimizer_state_dict(train_model, optimizer, options=options)
 
 
+def _begin(run_dir: str | Path, step: int, info: DistInfo) -> tuple[Path, Path]:
+    """(final directory, fresh temporary directory) of checkpoint ``step``; collective."""
+    final = checkpoints_dir(run_dir) / f"step-{step:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(info)
+    return final, tmp
+
+
+def _write_small_files(
+    tmp: Path,
+    shared: dict[str, Any],
+    per_rank: dict[str, Any],
+    info: DistInfo,
+    run_config: RunConfig | None,
+) -> None:
+    """This rank's file (data positions and RNG states); on rank 0 also state.json and config.yaml."""
+    torch.save({**per_rank, "rng": rng_state()}, tmp / f"rank-{info.rank:05d}.pt")
+    if info.is_main:
+        if run_config is not None:
+            run_config.save(tmp / "config.yaml")
+        (tmp / "state.json").write_text(json.dumps({**shared, "world_size": info.world_size}, indent=2))
+
+
+def _publish(final: Path, tmp: Path, run_dir: str | Path, info: DistInfo, keep_last: int) -> None:
+    """Rename the finished temporary folder into place (collective: every rank has written its files)."""
+    barrier(info)
+    if info.is_main:
+        fsync_tree(tmp)  # the data must be on disk before the name that says "complete" is
+        shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
+        tmp.rename(final)
+        fsync_dir(final.parent)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(info)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -155,35 +211,119 @@ def save_checkpoint(
     keep_last: int,
     save_backbones: bool,
     merge_lora: bool = False,
+    run_config: RunConfig | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` (collective: every rank calls it); returns its directory."""
-    final = checkpoints_dir(run_dir) / f"step-{step:06d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(info)
+    """Write checkpoint ``step`` in the ``full`` format (collective: every rank calls it); returns its directory."""
+    final, tmp = _begin(run_dir, step, info)
     adapters = gather_adapter_state(model)
     lora = gather_lora_state(model)
     optim_state = _optimizer_state(train_model, optimizer)
-    torch.save({**per_rank, "rng": rng_state()}, tmp / f"rank-{info.rank:05d}.pt")
+    _write_small_files(tmp, {**shared, "step": step, "format": "full"}, per_rank, info, run_config)
     if info.is_main:
         write_model_dir(model, adapters, tmp / "model", save_backbones, lora, merge_lora)
         if lora and merge_lora:  # model/ has it folded in; resuming needs the factors
             save_lora(model, tmp, lora)
         torch.save(optim_state, tmp / "optimizer.pt")
-        state = {**shared, "step": step, "world_size": info.world_size}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    barrier(info)
-    if info.is_main:
-        fsync_tree(tmp)  # the data must be on disk before the name that says "complete" is
-        shutil.rmtree(final, ignore_errors=True)  # the same step saved again after a resume
-        tmp.rename(final)
-        fsync_dir(final.parent)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier(info)
+    _publish(final, tmp, run_dir, info, keep_last)
     return final
+
+
+def trained_state(train_model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """``{"model": trained tensors[, "optim": optimizer state]}`` keyed by parameter name, each rank's shards
+    as DTensors under FSDP2 (nothing gathered): what ``state/`` of a sharded checkpoint holds."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    state = {"model": get_model_state_dict(train_model, options=options)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(train_model, optimizer, options=options)
+    return state
+
+
+class PendingCheckpoint:
+    """A sharded checkpoint being written (in the background with ``checkpoint.async_save``).
+
+    :meth:`done` says whether this rank's writing has finished; :meth:`publish` (collective) waits for it and
+    renames the checkpoint into place.
+    """
+
+    def __init__(
+        self, final: Path, tmp: Path, future: Any, run_dir: str | Path, info: DistInfo, keep_last: int
+    ):
+        self.path, self.tmp, self.future = final, tmp, future
+        self.run_dir, self.info, self.keep_last = run_dir, info, keep_last
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def publish(self) -> Path:
+        if self.future is not None:
+            self.future.result()  # re-raises a failed write
+            self.future = None
+        _publish(self.path, self.tmp, self.run_dir, self.info, self.keep_last)
+        return self.path
+
+
+def save_sharded_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    train_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shared: dict[str, Any],
+    per_rank: dict[str, Any],
+    info: DistInfo,
+    keep_last: int,
+    run_config: RunConfig | None = None,
+    background_group: Any = None,
+    asynchronous: bool = False,
+) -> PendingCheckpoint:
+    """Write checkpoint ``step`` in the ``sharded`` format (collective); published on return unless
+    ``asynchronous``, in which case the caller publishes the returned :class:`PendingCheckpoint` later.
+
+    ``background_group``: a gloo process group used only by the background writer, so that its collectives
+    never interleave with the training step's on the default group.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    final, tmp = _begin(run_dir, step, info)
+    _write_small_files(tmp, {**shared, "step": step, "format": "sharded"}, per_rank, info, run_config)
+    state = trained_state(train_model, optimizer)
+    if asynchronous:
+        # Staging copies the tensors before async_save returns: the next optimizer step cannot change them.
+        future = dcp.async_save(state, checkpoint_id=str(tmp / SHARDED_DIR), process_group=background_group)
+        return PendingCheckpoint(final, tmp, future, run_dir, info, keep_last)
+    dcp.save(state, checkpoint_id=str(tmp / SHARDED_DIR))
+    pending = PendingCheckpoint(final, tmp, None, run_dir, info, keep_last)
+    pending.publish()
+    return pending
+
+
+def checkpoint_format(checkpoint: Path) -> str:
+    """``full`` or ``sharded`` (checkpoints from before the sharded format are ``full``)."""
+    return "sharded" if (checkpoint / SHARDED_DIR / ".metadata").is_file() else "full"
+
+
+def load_sharded_state(
+    checkpoint: Path, train_model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> None:
+    """Load ``state/`` into ``train_model`` (sharded or not, any number of ranks) and ``optimizer``; collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = trained_state(train_model, optimizer)
+    dcp.load(state, checkpoint_id=str(checkpoint / SHARDED_DIR))
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
+    set_model_state_dict(train_model, state["model"], options=options)
+    if optimizer is not None:
+        set_optimizer_state_dict(train_model, optimizer, state["optim"], options=options)
 
 
 def load_model_weights(model: Flamingo, checkpoint: Path) -> None:
@@ -207,22 +347,42 @@ def check_resume_lora(checkpoint: Path, lora_enabled: bool) -> None:
         )
 
 
+def read_data_streams(checkpoint: Path, world_size: int) -> dict[int, dict[str, Any]]:
+    """``{stream: {source: position}}`` of every data stream, from all ranks' files.
+
+    Checkpoints written before data streams hold each rank's positions as ``data``: stream ``rank``.
+    """
+    streams: dict[int, dict[str, Any]] = {}
+    for rank in range(world_size):
+        saved = load_torch_file(checkpoint / f"rank-{rank:05d}.pt")
+        if "streams" in saved:
+            for stream, state in saved["streams"].items():
+                streams.setdefault(int(stream), {}).update(state)
+        else:
+            streams[rank] = saved["data"]
+    return streams
+
+
 def load_training_state(
     checkpoint: Path, train_model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore the optimizer and this rank's RNG states; returns (shared state, this rank's state)."""
+) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Restore the optimizer (and, for a sharded checkpoint, the trained tensors) and this rank's RNG states.
+
+    Returns (shared state, every data stream's position). Any number of ranks may resume: the tensors are keyed
+    by parameter name, the data position by stream. A rank the saving run did not have keeps the RNG state the
+    seed gave it.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     shared = json.loads((checkpoint / "state.json").read_text())
-    if shared["world_size"] != info.world_size:
-        raise ValueError(
-            f"{checkpoint} was written by {shared['world_size']} rank(s), this run has {info.world_size}: "
-            "resume with the same number of ranks (the data position is per rank)"
+    shared.setdefault("data_streams", shared["world_size"])
+    if checkpoint_format(checkpoint) == "sharded":
+        load_sharded_state(checkpoint, train_model, optimizer)
+    else:
+        optim_state = load_torch_file(checkpoint / "optimizer.pt")
+        set_optimizer_state_dict(
+            train_model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
         )
-    optim_state = load_torch_file(checkpoint / "optimizer.pt")
-    set_optimizer_state_dict(
-        train_model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
-    )
-    per_rank = load_torch_file(checkpoint / f"rank-{info.rank:05d}.pt")
-    set_rng_state(per_rank.pop("rng"))
-    return shared, per_rank
+    if info.rank < shared["world_size"]:
+        set_rng_state(load_torch_file(checkpoint / f"rank-{info.rank:05d}.pt")["rng"])
+    return shared, read_data_streams(checkpoint, shared["world_size"])

@@ -233,10 +233,23 @@ class CheckpointConfig:
     """``auto``: continue from the latest checkpoint of run_dir if any; or a checkpoint directory."""
     save_backbones: bool | None = None
     """Store the frozen backbones in each checkpoint; None: for tiny models (no other home), not under FSDP."""
+    format: Literal["full", "sharded"] = "full"
+    """``full``: rank 0 gathers and writes model/ (loadable as is) and optimizer.pt; ``sharded``: every rank writes
+    its own shards with torch.distributed.checkpoint (``flamingo export`` makes a model of it)."""
+    async_save: bool = False
+    """With format=sharded: write checkpoints in the background while training goes on."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 0, "checkpoint.every must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last must be at least 1")
+        _check(
+            self.format in ("full", "sharded"),
+            f"checkpoint.format must be full or sharded, got {self.format!r}",
+        )
+        _check(
+            not self.async_save or self.format == "sharded",
+            "checkpoint.async_save needs checkpoint.format=sharded",
+        )
 
 
 @dataclass
@@ -255,6 +268,9 @@ class LoggingConfig:
     """W&B project."""
     peak_flops: float | None = field(default=None, metadata=between(0, 1e21, above=True))
     """Device peak FLOP/s for MFU; None: 989e12 (H100 bf16) on GPU, 70e9 on CPU."""
+    loader_warn_share: float = field(default=0.25, metadata=between(0, 1))
+    """Warn (once, then rarely) when a step spends more than this share of its time waiting for batches: the
+    data workers cannot keep up (the share is logged as ``loader_wait_share`` either way)."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "logging.every must be at least 1")

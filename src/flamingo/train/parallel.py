@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from flamingo.distributed import DistInfo
+from flamingo.model.devices import resolve_device
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import _get_path
 from flamingo.train.config import ParallelConfig
@@ -37,7 +38,7 @@ def init_distributed(config: ParallelConfig, device: str = "auto") -> DistInfo:
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = resolve_device("auto").type == "cuda" if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise ValueError("train.device is cuda but no CUDA device is visible; set train.device=cpu")
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

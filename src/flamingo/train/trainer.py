@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from flamingo.data.loader import (
     SourceDataset,
     SourceLoader,
     check_packing,
+    pin_memory_for,
 )
 from flamingo.distributed import DistInfo, barrier
 from flamingo.errors import FlamingoError
@@ -45,6 +47,7 @@ from flamingo.model.lora import add_lora, lora_config, lora_modules
 from flamingo.model.quantize import is_quantized
 from flamingo.train import checkpointing as ckpt
 from flamingo.train.config import LoraConfig, ModelConfig, RunConfig
+from flamingo.train.data_streams import StreamLoader, load_mixture_stream_states, mixture_stream_states
 from flamingo.train.flops import default_peak_flops, flop_counter
 from flamingo.train.freeze import freeze_backbones
 from flamingo.train.metrics import MetricsLogger
@@ -55,6 +58,8 @@ from flamingo.train.parallel import (
     parallelize,
     strategy_for,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(FlamingoError, ValueError):
@@ -100,7 +105,8 @@ class TrainResult:
 
     @property
     def model_dir(self) -> Path | None:
-        return self.checkpoint / "model" if self.checkpoint else None
+        """The last checkpoint's loadable model (None for a sharded checkpoint: ``flamingo export`` makes one)."""
+        return self.checkpoint / "model" if self.checkpoint and (self.checkpoint / "model").is_dir() else None
 
 
 def build_model(
@@ -192,30 +198,58 @@ def prepare_sources(config: RunConfig, info: DistInfo) -> list[SourceConfig]:
     return sources
 
 
-def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo) -> Mixture:
+def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo, streams: int | None = None) -> Mixture:
+    """The sources' loaders for this rank; ``streams``: the number of data streams of the run (the number of
+    ranks it started on, see :mod:`flamingo.train.data_streams`), None for this run's number of ranks."""
     tokens = model.config.tokens
     sources = prepare_sources(config, info)
     try:
         check_packing(sources, model.config.cross_attn.media_policy)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    loaders = []
+    streams = streams or info.world_size
+    loaders: list[Any] = []
+    pin = pin_memory_for(info.device)  # page-locked batches copy to the GPU asynchronously
     for source in sources:
-        dataset = SourceDataset(
-            source,
-            model.tokenizer,
-            model.vision.preprocess,
-            tokens.image_id,
-            tokens.eoc_id,
-            seed=config.train.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-        )
-        loaders.append(
-            SourceLoader(
-                dataset, tokens.pad_id, config.data.prefetch, config.data.worker, config.data.trim_padding
+
+        def dataset(stream: int, source: SourceConfig = source, world: int = streams) -> SourceDataset:
+            return SourceDataset(
+                source,
+                model.tokenizer,
+                model.vision.preprocess,
+                tokens.image_id,
+                tokens.eoc_id,
+                seed=config.train.seed,
+                rank=stream,
+                world_size=world,
             )
-        )
+
+        data = config.data
+        if streams == info.world_size:
+            loaders.append(
+                SourceLoader(
+                    dataset(info.rank),
+                    tokens.pad_id,
+                    data.prefetch,
+                    data.worker,
+                    data.trim_padding,
+                    pin_memory=pin,
+                )
+            )
+        else:
+            loaders.append(
+                StreamLoader(
+                    source,
+                    dataset,
+                    tokens.pad_id,
+                    info.rank,
+                    info.world_size,
+                    streams,
+                    data.prefetch,
+                    data.worker,
+                    data.trim_padding,
+                )
+            )
     return Mixture(loaders, config.data.mixing, config.train.seed)
 
 
@@ -238,7 +272,8 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
         if self.resume_from is not None:
             ckpt.check_resume_lora(self.resume_from, lora.enabled)
-            ckpt.load_model_weights(model, self.resume_from)
+            if ckpt.checkpoint_format(self.resume_from) == "full":  # a sharded one loads after parallelize
+                ckpt.load_model_weights(model, self.resume_from)
         freeze_backbones(model, config.model.train_new_token_rows, train_lora=lora.enabled)
         torch.manual_seed(config.train.seed)
         self.model = model
@@ -254,16 +289,23 @@ class Trainer:
         self.optimizer = build_optimizer(self.train_model, config.train, lora.weight_decay)
         self.trainable = [p for p in self.train_model.parameters() if p.requires_grad]
         self.step, self.skipped_steps, self.skipped_in_row = 0, 0, 0
-        self.data_state: dict[str, Any] | None = None
+        self.data_state: dict[int, dict[str, Any]] | None = None
+        self.data_streams = self.info.world_size
+        """Data streams of the run: the number of ranks it started on (flamingo.train.data_streams)."""
         if self.resume_from is not None:
-            shared, per_rank = ckpt.load_training_state(
+            shared, self.data_state = ckpt.load_training_state(
                 self.resume_from, self.train_model, self.optimizer, self.info
             )
             self.step, self.skipped_steps = shared["step"], shared["skipped_steps"]
-            self.skipped_in_row, self.data_state = shared["skipped_in_row"], per_rank["data"]
+            self.skipped_in_row, self.data_streams = shared["skipped_in_row"], shared["data_streams"]
+        self.pending: ckpt.PendingCheckpoint | None = None
+        """A checkpoint being written in the background (checkpoint.async_save), published when complete."""
+        self._background_group: Any = None
         self.step_flops: tuple[float, int] | None = None
         """(FLOPs this rank counted in its first step, that step's token slots): what MFU is measured from."""
         self.vision_cache = self._vision_cache()
+        self.loader_bound_steps = 0
+        """Steps of this run (its first excepted) that waited for data longer than ``logging.loader_warn_share``."""
 
     def _vision_cache(self) -> VisionFeatureCache | None:
         """The frozen encoder's feature cache that ``train.vision_cache_mb`` asks for, set on the model."""
@@ -443,23 +485,70 @@ class Trainer:
                 "sharded here): use ddp or one device"
             )
 
-    def save(self, mixture: Mixture) -> Path:
+    def save(self, mixture: Mixture) -> Path | None:
+        """Write a checkpoint of this step; its directory, or None while it is written in the background."""
         config = self.config
+        self.publish_pending(wait=True)  # one background checkpoint at a time
         shared = {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row}
         shared["lora_trained"] = config.model.lora.enabled
-        return ckpt.save_checkpoint(
+        shared["data_streams"] = self.data_streams
+        per_rank = {"streams": mixture_stream_states(mixture, self.info)}
+        if config.checkpoint.format == "full":
+            return ckpt.save_checkpoint(
+                config.run_dir,
+                self.step,
+                self.model,
+                self.train_model,
+                self.optimizer,
+                shared,
+                per_rank,
+                self.info,
+                config.checkpoint.keep_last,
+                self.save_backbones,
+                merge_lora=config.model.lora.merge_on_save,
+                run_config=config,
+            )
+        if config.model.lora.merge_on_save and config.model.lora.enabled:
+            raise TrainingError(
+                "model.lora.merge_on_save needs checkpoint.format=full; with sharded checkpoints, "
+                "`flamingo export` writes the model"
+            )
+        asynchronous = config.checkpoint.async_save
+        if asynchronous and self.info.distributed and self._background_group is None:
+            import torch.distributed as dist
+
+            self._background_group = dist.new_group(backend="gloo")
+        pending = ckpt.save_sharded_checkpoint(
             config.run_dir,
             self.step,
-            self.model,
             self.train_model,
             self.optimizer,
             shared,
-            {"data": mixture.state_dict()},
+            per_rank,
             self.info,
             config.checkpoint.keep_last,
-            self.save_backbones,
-            merge_lora=config.model.lora.merge_on_save,
+            run_config=config,
+            background_group=self._background_group,
+            asynchronous=asynchronous,
         )
+        if asynchronous:
+            self.pending = pending
+            return None
+        return pending.path
+
+    def publish_pending(self, wait: bool) -> Path | None:
+        """Publish the background checkpoint if every rank has finished writing it (``wait``: wait for that).
+
+        Collective: every rank calls it at the same point. Returns the published directory, or None.
+        """
+        if self.pending is None:
+            return None
+        if not wait:
+            finished = torch.tensor([float(self.pending.done())], dtype=torch.float64)
+            if float(all_reduce_sum(finished, self.info)) < self.info.world_size:
+                return None
+        path, self.pending = self.pending.publish(), None
+        return path
 
     def fit(self, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
         """Train up to ``train.steps`` optimizer steps, logging and checkpointing on the way; ``on_log`` (main rank
@@ -471,9 +560,9 @@ class Trainer:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / "config.yaml")
-        mixture = build_mixture(config, self.model, info)
+        mixture = build_mixture(config, self.model, info, self.data_streams)
         if self.data_state is not None:
-            mixture.load_state_dict(self.data_state)
+            load_mixture_stream_states(mixture, self.data_state, info)
         logger = MetricsLogger(
             run_dir,
             info.is_main,
@@ -492,8 +581,12 @@ class Trainer:
         try:
             while self.step < config.train.steps:
                 started = time.perf_counter()
-                stats = self._counted_step(mixture.next_step(self.step, config.train.grad_accum))
-                record = self._record(stats, time.perf_counter() - started, mixture)
+                sources = mixture.next_step(self.step, config.train.grad_accum)
+                waited = time.perf_counter() - started  # the step's time spent waiting for its batches
+                stats = self._counted_step(sources)
+                record = self._record(stats, time.perf_counter() - started, mixture, waited)
+                if info.is_main and stats.step > result.step + 1:  # the first step also starts the workers
+                    self._watch_loader(record)
                 result.losses[stats.step] = stats.loss
                 if stats.step % config.logging.every == 0 or stats.step == config.train.steps:
                     logger.log(record)
@@ -501,11 +594,17 @@ class Trainer:
                         on_log(record)
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+                    loss=f"{stats.loss:.4f}",
+                    lr=f"{stats.lr:.2e}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                    mfu=f"{record['mfu']:.1%}",
+                    data_wait=f"{record['loader_wait_share']:.0%}",
                 )
+                result.checkpoint = self.publish_pending(wait=False) or result.checkpoint
                 every = config.checkpoint.every
                 if (every and stats.step % every == 0) or stats.step == config.train.steps:
-                    result.checkpoint = self.save(mixture)
+                    result.checkpoint = self.save(mixture) or result.checkpoint
+            result.checkpoint = self.publish_pending(wait=True) or result.checkpoint
         finally:
             bar.close()
             mixture.close()
@@ -538,11 +637,36 @@ class Trainer:
             self.step_flops = (float(counter.get_total_flops()), max(positions, 1))
         return self.train_step(sources)
 
-    def _record(self, stats: StepStats, seconds: float, mixture: Mixture) -> dict[str, Any]:
-        """The JSONL record of a step: losses, lr, norms, throughput, MFU and skip counts.
+    def _watch_loader(self, record: dict[str, Any]) -> None:
+        """Warn when the step waited for data longer than ``logging.loader_warn_share`` of its time: on the
+        first such step, then on the 10th, 100th, 1000th, ... (once, then rarely)."""
+        share = record["loader_wait_share"]
+        if share <= self.config.logging.loader_warn_share:
+            return
+        self.loader_bound_steps += 1
+        count = self.loader_bound_steps
+        if count == 10 ** (len(str(count)) - 1):  # 1, 10, 100, ...
+            workers = {source.name: source.num_workers for source in self.config.data.sources}
+            logger.warning(
+                "step %d waited %.0f%% of its %.3f s for data (the loader is the bottleneck; %d such step(s) "
+                "so far): raise data.sources.N.num_workers (now %s), use data.worker=process, or give the job "
+                "more CPU cores",
+                record["step"],
+                100 * share,
+                record["step_seconds"],
+                count,
+                workers,
+            )
+
+    def _record(
+        self, stats: StepStats, seconds: float, mixture: Mixture, waited: float = 0.0
+    ) -> dict[str, Any]:
+        """The JSONL record of a step: losses, lr, norms, throughput, MFU, the loader's share and skip counts.
 
         MFU: the first step's counted FLOPs, scaled to this step's token slots (a step's arithmetic grows with
         them), over the step's time and this rank's peak (every rank does its share of the same step).
+        ``loader_wait_share``: the part of the step (``waited`` of ``seconds``) this rank spent waiting for its
+        batches; near 0 when the workers keep ahead, near 1 when the step is starved for data.
         """
         seconds = max(seconds, 1e-9)
         counted, counted_positions = self.step_flops or (0.0, 1)
@@ -558,6 +682,8 @@ class Trainer:
             "tokens_per_s": stats.tokens / seconds,
             "mfu": flops / seconds / peak,
             "step_seconds": seconds,
+            "loader_wait_s": waited,
+            "loader_wait_share": min(waited / seconds, 1.0),
         }
         tokens = max(stats.tokens, 1)
         record["supervised_fraction"] = sum(stats.supervised.values()) / tokens
