@@ -6,7 +6,9 @@ Measures (each in its own subprocess, so peak memory is per measurement):
   * 32-shot generation: 32 demonstration images + the query image, 20 new tokens, greedy and 3 beams;
   * what bounds the speed-ups: the 33 images' encoding alone, ours' prompt and per-token cost, and the training
     step's arithmetic (FLOPs of each implementation, their GFLOP/s and the machine's matmul peak in the
-    precision the steps ran in).
+    precision the steps ran in);
+  * ours with int8 and int4 frozen backbones (flamingo.model.quantize): the bytes of the model's parameters and
+    buffers as stored, and the greedy 32-shot time, beside full precision.
 
     .venv/bin/python bench/bench_model.py                 # CPU, adds a run to bench/results/model_cpu_small.json
     .venv/bin/python bench/bench_model.py --device cuda   # GPU (bf16 autocast off: both run fp32 unless --bf16)
@@ -275,6 +277,41 @@ def measure_times(args) -> list[dict]:
     rows += measure_encoding(ref, ours, tok, size, args)
     rows += measure_decode_phases(ours, tok, size, args)
     rows += measure_train_arithmetic(train_steps, args)
+    rows += measure_quantized(ours, tok, size, args)
+    return rows
+
+
+def measure_quantized(ours, tok, size: dict, args) -> list[dict]:
+    """Ours' greedy 32-shot generation with full-precision, int8 and int4 LM linear layers (weight-only): the
+    model's stored bytes and the best time of ``iters`` runs. The weights are random, so the tokens of the
+    quantized models are reported, not required to match (the docs measure agreement on a trained model)."""
+    import copy
+
+    from flamingo.model.quantize import quantize_backbones, stored_bytes
+
+    rows = []
+    for mode in ("full", "int8", "int4"):
+        model = copy.deepcopy(ours).to(args.device)
+        if mode != "full":
+            quantize_backbones(model, mode)
+        generate, tokens = _setup("ours", "generate", 1, None, model, tok, size, args.device, args.bf16)
+        generate()  # warm-up
+        times = []
+        for _ in range(args.iters):
+            _sync(args.device)
+            start = time.perf_counter()
+            generate()
+            _sync(args.device)
+            times.append(time.perf_counter() - start)
+        rows.append(
+            {"impl": f"ours_{mode}", "task": "quantized_greedy", "seconds": min(times), "tokens": tokens(),
+             "weight_bytes": stored_bytes(model), "lm_bytes": stored_bytes(model.lm)}
+        )  # fmt: skip
+        print(
+            f"  ours {mode:4s} greedy 32-shot {min(times):.3f}s, {stored_bytes(model) / 2**20:.1f} MiB",
+            flush=True,
+        )
+        del model
     return rows
 
 
@@ -449,7 +486,9 @@ def main() -> None:
     rows = measure_times(args)
     if args.device == "cpu":  # peak RSS needs one process per measurement
         for row in rows:
-            if row["task"] in ("encode_33_images", "decode_phases", "train_flops", "matmul_peak"):
+            if row["task"] in (
+                "encode_33_images", "decode_phases", "train_flops", "matmul_peak", "quantized_greedy"
+            ):  # fmt: skip
                 continue
             task, beams = ("train", 1) if row["task"] == "train" else ("generate", int(row["task"][-1]))
             cmd = [
@@ -534,6 +573,16 @@ def report(rows: list[dict], args) -> None:
         f"{peak:.0f}); equal arithmetic speed would give {arithmetic['equal_speed_ratio']:.2f}x, and 1.5x "
         f"needs ours at {needed:.0f} GFLOP/s over the whole step ({needed / peak:.0%} of the matmul peak)"
     )
+    quantized = [r for r in rows if r["task"] == "quantized_greedy"]
+    full = quantized[0]
+    print("\n| ours, frozen backbones | weights MiB | LM MiB | greedy 32-shot s | tokens as full precision |")
+    print("|---|---|---|---|---|")
+    for row in quantized:
+        same = sum(a == b for a, b in zip(row["tokens"], full["tokens"]))
+        print(
+            f"| {row['impl'].removeprefix('ours_')} | {row['weight_bytes'] / 2**20:.1f} | "
+            f"{row['lm_bytes'] / 2**20:.1f} | {row['seconds']:.3f} | {same}/{len(full['tokens'])} |"
+        )
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     out = Path(args.out or f"bench/results/model_{args.device}_{args.size}.json")
     results_log.record(
@@ -548,6 +597,9 @@ def report(rows: list[dict], args) -> None:
             "greedy_speedup_bound": bound,
             "ours_greedy_phases_s": {"prompt": phases["prompt_s"], "per_token": phases["per_token_s"]},
             "train_arithmetic": arithmetic,
+            "quantized": [
+                {k: r[k] for k in ("impl", "seconds", "weight_bytes", "lm_bytes")} for r in quantized
+            ],
             "raw": rows,
         },
         gpu=device if args.device == "cuda" else None,

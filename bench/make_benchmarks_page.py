@@ -170,6 +170,18 @@ def render_model(run: Run) -> list[str]:
             f"{speed['reference']:.0f} GFLOP/s, ours {gflop['ours']:.1f} GFLOP at {speed['ours']:.0f} GFLOP/s; "
             f"a 2048 x 2048 matmul ran at {arithmetic['matmul_peak_gflops_per_s']:.0f} GFLOP/s in the same run."
         )
+    quantized = run.get("quantized")
+    if quantized:  # ours with low-bit frozen LM layers (weight-only), beside full precision
+        rows = [
+            [
+                r["impl"].removeprefix("ours_").replace("full", "full precision"),
+                f"{r['weight_bytes'] / 2**20:.1f} MiB",
+                f"{r['lm_bytes'] / 2**20:.1f} MiB",
+                f"{fmt(r['seconds'])} s",
+            ]
+            for r in quantized
+        ]
+        lines += ["", *table(["ours, frozen LM", "weights stored", "of which LM", "32-shot greedy"], rows)]
     return lines
 
 

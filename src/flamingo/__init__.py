@@ -4,9 +4,19 @@
 module of the package (the command line's parsers, ``flamingo.errors``) does not load torch.
 """
 
+import logging
 from typing import TYPE_CHECKING
 
 from flamingo._lazy import lazy_attributes
+
+
+def _drop_torchao_enum_notice(record: logging.LogRecord) -> bool:
+    """False for the notice torch logs once per enum that torchao registers at import (transformers imports
+    torchao whenever it is installed, the ``quantize`` extra): it is meant for torchao's authors, not users."""
+    return "Enum subclass and is now natively supported" not in str(record.msg)
+
+
+logging.getLogger("torch.utils._pytree").addFilter(_drop_torchao_enum_notice)
 
 if TYPE_CHECKING:
     from flamingo.model import Flamingo, FlamingoConfig

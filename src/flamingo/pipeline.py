@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from flamingo.errors import UsageError
 from flamingo.io.inputs import (
     IMAGE_SUFFIXES,
     ImagePolicy,
@@ -131,7 +132,9 @@ class FlamingoPipeline:
 
         ``policy`` holds :class:`~flamingo.io.inputs.ImagePolicy` fields (``allow_paths``, ``allow_urls``,
         ``allow_private_urls``, ``max_image_bytes``, ...) and ``max_prompt_tokens``.
-        ``prompts`` replaces the templates the checkpoint recorded.
+        ``prompts`` replaces the templates the checkpoint recorded. ``quantization`` (``"int8"`` / ``"int4"`` or
+        a :class:`~flamingo.model.quantize.QuantizationConfig`) loads the frozen backbones in low-bit form (one
+        device only, not with a split ``device_map``).
         """
         from flamingo.model.presets import OPENFLAMINGO_PRESETS
 
@@ -145,6 +148,7 @@ class FlamingoPipeline:
                 max_memory,
                 offload_folder,
                 trust_remote_code,
+                quantization,
             )
         else:
             loaded = Flamingo.from_pretrained(
@@ -462,17 +466,28 @@ def _load_preset(
     max_memory: dict[int | str, int | str] | None,
     offload_folder: str | Path | None,
     trust_remote_code: bool,
+    quantization: Any = None,
 ) -> Flamingo:
-    """An OpenFlamingo release converted from its ``checkpoint.pt`` (read on the CPU), then placed."""
+    """An OpenFlamingo release converted from its ``checkpoint.pt`` (read on the CPU), then placed (and its
+    frozen backbones quantized layer by layer onto the device, for ``quantization``)."""
     from flamingo.model.convert import load_openflamingo
 
     split = is_split_map(device_map)
     if device_map is not None and not split:
         device = device_map  # one device, named the transformers way
+    if quantization is not None and split:
+        raise UsageError(
+            f"quantization={quantization!r} with device_map={device_map!r}: a quantized model runs on one "
+            "device (int4 fits the 9B model on one 24 GB GPU); pass device= instead"
+        )
     target = None if split else resolve_device(device)
     dtype = resolve_dtype(dtype, target if target is not None else "auto")
     loaded = load_openflamingo(name, checkpoint=checkpoint, dtype=dtype, trust_remote_code=trust_remote_code)
     loaded = loaded.eval()
+    if quantization is not None:
+        from flamingo.model.quantize import quantize_backbones
+
+        quantize_backbones(loaded, quantization, target)
     if split:
         dispatch(loaded, device_map, max_memory, offload_folder)
         return loaded

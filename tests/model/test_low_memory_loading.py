@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import flamingo.model.checkpoint as checkpoint
+from flamingo.configs import ConfigError
 from flamingo.errors import UsageError
 from flamingo.model.config import FlamingoConfig
 from flamingo.model.devices import (
@@ -187,11 +188,12 @@ def test_one_device_named_as_a_device_map_is_that_device(saved):
     assert {t.device.type for t in loaded.state_dict().values()} == {"cpu"}
 
 
-def test_quantization_is_refused_in_one_place(saved):
+def test_quantization_is_checked_before_reading_and_refused_with_a_split_map(saved):
     directory, _ = saved
-    assert checkpoint._quantization_kwargs(None) == {}
-    with pytest.raises(UsageError, match=r"quantization needs flamingo\.model\.quantize"):
-        Flamingo.from_pretrained(str(directory), quantization="int8")
+    with pytest.raises(ConfigError, match="int3"):
+        Flamingo.from_pretrained(str(directory), quantization="int3")
+    with pytest.raises(UsageError, match="one device"):
+        Flamingo.from_pretrained(str(directory), quantization="int8", device_map="sequential")
 
 
 def test_the_reader_names_a_cut_file_and_casts_on_read(saved, tmp_path):

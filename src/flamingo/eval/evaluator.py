@@ -344,6 +344,7 @@ def _resolve_model(
     trust_remote_code: bool = False,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, int | str] | None = None,
+    quantization: Any = None,
 ) -> EvalModel:
     if isinstance(model, str):
         if device == "cuda" and info.world_size > 1 and device_map is None:  # one GPU per torchrun process
@@ -355,10 +356,25 @@ def _resolve_model(
             device_map=device_map,
             batch_size=batch_size,
             trust_remote_code=trust_remote_code,
+            quantization=quantization,
+        )
+    if quantization is not None:
+        raise ValueError(
+            "quantization applies when evaluate() loads a checkpoint: pass its path, or quantize the model "
+            "yourself (flamingo.model.quantize.quantize_backbones) before wrapping it"
         )
     if hasattr(model, "batch_size"):
         model.batch_size = batch_size
     return model
+
+
+def _quantization_record(quantization: Any) -> dict[str, Any] | None:
+    """How the backbones were quantized, as plain values for results.json (None: as stored)."""
+    if quantization is None:
+        return None
+    from flamingo.model.quantize import parse_quantization
+
+    return dataclasses.asdict(parse_quantization(quantization, "quantization"))
 
 
 def _task_spec(
@@ -399,6 +415,7 @@ def evaluate(
     prompts: PromptConfig | None = None,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, int | str] | None = None,
+    quantization: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (an ``EvalModel`` or a checkpoint directory) on ``tasks`` (names or YAML paths).
 
@@ -412,7 +429,9 @@ def evaluate(
     returns ``{task: results}`` (the content of each ``results.json``) on every rank. ``trust_remote_code=True``
     lets a checkpoint whose LM needs its repository's own code run it. A checkpoint is loaded onto ``device``
     (``"auto"``: CUDA when present) in ``dtype`` (default float32 on the CPU, the checkpoint's own on a GPU), or
-    split over devices by ``device_map`` (see :func:`flamingo.model.checkpoint.from_pretrained`).
+    split over devices by ``device_map`` (see :func:`flamingo.model.checkpoint.from_pretrained`);
+    ``quantization`` (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form (recorded in the
+    results' options).
     """
     if demo_mode not in DEMO_MODES:
         raise ValueError(f"demo_mode must be one of {DEMO_MODES}, not {demo_mode!r}.")
@@ -422,7 +441,9 @@ def evaluate(
     device = str(resolve_device(device))
     info = init_distributed(device)
     try:
-        eval_model = _resolve_model(model, device, batch_size, info, trust_remote_code, dtype, device_map)
+        eval_model = _resolve_model(
+            model, device, batch_size, info, trust_remote_code, dtype, device_map, quantization
+        )
         templates = prompts if prompts is not None else getattr(eval_model, "prompts", EvalModel.prompts)
         specs = [_task_spec(t, shots, seeds, query_set_size, zero_shot_text_demos, templates) for t in tasks]
         options = {
@@ -434,6 +455,7 @@ def evaluate(
             "batch_size": int(batch_size),
             "world_size": info.world_size,
             "rices_encoder": None,
+            "quantization": _quantization_record(quantization),
         }
         runs, timings = _prepare(
             eval_model,

@@ -207,18 +207,25 @@ class FlamingoEvalModel(EvalModel):
         trust_remote_code: bool = False,
         dtype: torch.dtype | str | None = None,
         device_map: str | dict[str, int | str] | None = None,
+        quantization: Any = None,
         **kwargs: Any,
     ) -> FlamingoEvalModel:
         """Load a checkpoint directory (or hub id) written by ``Flamingo.save_pretrained``, each weight read
         straight onto ``device`` (``"auto"``: CUDA when present) in ``dtype``, or split by ``device_map`` (see
         :func:`flamingo.model.checkpoint.from_pretrained`).
 
-        ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it.
+        ``trust_remote_code=True`` lets a checkpoint whose LM needs its repository's own code run it;
+        ``quantization`` (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form.
         """
         from flamingo.model.flamingo import Flamingo
 
         model = Flamingo.from_pretrained(
-            path, device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+            path,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            quantization=quantization,
         )
         return cls(model, name=kwargs.pop("name", path), **kwargs)
 

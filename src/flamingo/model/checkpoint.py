@@ -154,7 +154,12 @@ def build_flamingo(
 
 
 def save_pretrained(model: Flamingo, directory: str | Path, save_backbones: bool = False) -> Path:
-    """Write the checkpoint directory; ``save_backbones`` also stores the frozen LM and vision encoder."""
+    """Write the checkpoint directory; ``save_backbones`` also stores the frozen LM and vision encoder (refused
+    for a quantized model: its low-bit backbones must never stand in for the originals)."""
+    if save_backbones:
+        from flamingo.model.quantize import refuse_quantized_backbones
+
+        refuse_quantized_backbones(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(model.config)
@@ -221,7 +226,10 @@ def from_pretrained(
     name -> device (names as in :mod:`flamingo.model.dispatch`); one device name is the same as ``device=``.
     Modules mapped to ``"disk"`` need ``offload_folder``. ``dtype``: ``float32``/``bfloat16``/``float16`` (a
     name or a torch dtype); None or ``"auto"`` is float32 on the CPU and the checkpoint's own dtype elsewhere.
-    ``quantization`` asks for a low-bit LM (see :func:`_quantization_kwargs`).
+    ``quantization`` (``"int8"``, ``"int4"`` or a :class:`~flamingo.model.quantize.QuantizationConfig`) stores
+    the frozen LM's linear layers in low-bit form (see :mod:`flamingo.model.quantize`), before the checkpoint's
+    LoRA, if any, is added on top of them. A quantized model is read into CPU memory and each layer is moved to
+    ``device`` as it is quantized, so the device never holds the full-precision LM; it runs on one device.
 
     A checkpoint whose LM needs code from its repository is refused unless ``trust_remote_code=True``; a
     ``trust_remote_code`` saved in its ``config.json`` only says that it needs it. A damaged weights file raises
@@ -236,11 +244,21 @@ def from_pretrained(
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such weights file")
     check_safetensors(weights)  # a damaged file is named before anything is built
-    extra = _quantization_kwargs(quantization)
     split = is_split_map(device_map)
     if device_map is not None and not split:
         device = device_map  # one device, named the transformers way
-    target = None if split else resolve_device(device if device is not None else "cpu")
+    if quantization is not None:
+        from flamingo.model.quantize import parse_quantization
+
+        quantization = parse_quantization(quantization)  # a bad spec is refused before anything is read
+        if split:
+            raise UsageError(
+                f"quantization with device_map={device_map!r}: a quantized model runs on one device (int4 fits "
+                "the 9B model on one 24 GB GPU); pass device= instead"
+            )
+    final = None if split else resolve_device(device if device is not None else "cpu")
+    # A quantized LM is read on the CPU and moved layer by layer as it is quantized (below).
+    target = torch.device("cpu") if quantization is not None else final
     config = FlamingoConfig.load(directory / CONFIG_NAME)
     lm_dir = str(directory / "lm") if config.backbones_included else None
     tokenizer_dir = str(directory / "tokenizer") if (directory / "tokenizer").is_dir() else None
@@ -251,7 +269,7 @@ def from_pretrained(
     lm_config = AutoConfig.from_pretrained(
         source.lm, revision=source.revision, trust_remote_code=source.remote
     )
-    dtype = resolve_dtype(dtype, target if target is not None else "auto") or _config_dtype(lm_config)
+    dtype = resolve_dtype(dtype, final if final is not None else "auto") or _config_dtype(lm_config)
 
     placement: dict[str, int | str] | None = None
     if split:
@@ -271,7 +289,6 @@ def from_pretrained(
         trust_remote_code=source.remote,
         dtype=dtype,
         device_map=_lm_device_map(placement) if placement is not None else {"": target},
-        **extra,
     )
     _remove_accelerate_hooks(lm)  # a split LM is placed again with the whole model below
     if lm.get_input_embeddings().weight.shape[0] != len(tokenizer):  # a hub LM without the added tokens
@@ -290,6 +307,10 @@ def from_pretrained(
         return _tensor_device(placement, name) if placement is not None else target
 
     _read_adapters(model, weights, device_of, dtype)
+    if quantization is not None:  # before the LoRA, which then wraps the quantized layers
+        from flamingo.model.quantize import quantize_loaded
+
+        quantize_loaded(model, quantization, directory, final)
     if (directory / "lora").is_dir():  # a LoRA on the LM, trained with model.lora (needs peft)
         from flamingo.model.lora import load_lora
 
@@ -301,16 +322,6 @@ def from_pretrained(
 
         dispatch(model, placement, offload_folder=offload_folder)
     return model
-
-
-def _quantization_kwargs(quantization: Any) -> dict[str, Any]:
-    """Keyword arguments for ``transformers``' ``from_pretrained`` that load the LM quantized; {} for None.
-
-    The one place a quantized load is wired: this build has no quantization backend.
-    """
-    if quantization is None:
-        return {}
-    raise UsageError("quantization needs flamingo.model.quantize")
 
 
 def _stored_vision_config(directory: Path, config: FlamingoConfig) -> Any:

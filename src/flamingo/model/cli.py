@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--num-beams", type=int, default=1)
     add_device_arguments(gen)
     gen.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
+    )
+    gen.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let a model whose LM is defined by Python files in its repository run them (off by default; "
@@ -89,7 +95,10 @@ def _generate(args: argparse.Namespace) -> int:
             raise MissingFileError(f"--image {path}: no such file")
         images.append(Image.open(path).convert("RGB"))
     model = Flamingo.from_pretrained(
-        args.model, trust_remote_code=args.trust_remote_code, **device_options(args)
+        args.model,
+        trust_remote_code=args.trust_remote_code,
+        quantization=args.quantize,
+        **device_options(args),
     )
     processor = FlamingoProcessor.from_model(model)
     batch = processor([(args.prompt, images)])

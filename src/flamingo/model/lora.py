@@ -20,6 +20,7 @@ injection, and the trainer applies its own freezing policy afterwards.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import nn
 from flamingo.model.files import load_safetensors
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lm import _get_path
+from flamingo.model.quantize import QuantizationError, is_quantized_tensor
 
 LORA_DIR = "lora"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -160,7 +162,10 @@ def _inject(model: Flamingo, config: Any) -> None:
 
     lm = model.lm
     hooked = [lm, *_get_path(lm, model.layers_path), lm.get_input_embeddings(), lm.get_output_embeddings()]
-    inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
+    with warnings.catch_warnings():
+        # PEFT warns that LoRA on a quantized layer cannot be merged; merged_linear refuses that anyway.
+        warnings.filterwarnings("ignore", message=".*get_apply_tensor_subclass")
+        inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
     after = [lm, *_get_path(lm, model.layers_path), lm.get_input_embeddings(), lm.get_output_embeddings()]
     if any(a is not b for a, b in zip(hooked, after)):
         raise RuntimeError("LoRA injection replaced a module that Flamingo hooks; its hooks would not fire")
@@ -233,6 +238,10 @@ def merged_linear(layer: nn.Module) -> nn.Module:
     import copy
 
     base = layer.get_base_layer()
+    if is_quantized_tensor(base.weight):  # W + BA in low bits would lose the update; never done silently
+        raise QuantizationError(
+            "cannot fold LoRA into a quantized layer: load the model unquantized, load the LoRA, then merge"
+        )
     merged = copy.deepcopy(base)
     with torch.no_grad():
         delta = layer.get_delta_weight(ADAPTER_NAME)  # (out, in), or (in, out) for Conv1D

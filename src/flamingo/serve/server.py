@@ -34,11 +34,13 @@ def load_server_pipeline(
     max_image_pixels: int = 4096 * 4096,
     max_prompt_tokens: int = 2048,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
 ) -> FlamingoPipeline:
     """The pipeline a server uses: it never reads local paths, whatever a request says. ``device="auto"`` is CUDA
     when present, else the CPU; ``device_map="auto"`` splits a model too large for one GPU (see
     :meth:`FlamingoPipeline.from_pretrained`);
-    ``trust_remote_code=True`` lets a model whose LM needs its repository's own code run it."""
+    ``trust_remote_code=True`` lets a model whose LM needs its repository's own code run it. ``quantization``
+    (``"int8"`` / ``"int4"``) loads its frozen backbones in low-bit form."""
     return FlamingoPipeline.from_pretrained(
         model,
         device=device,
@@ -52,6 +54,7 @@ def load_server_pipeline(
         max_image_pixels=max_image_pixels,
         max_prompt_tokens=max_prompt_tokens,
         trust_remote_code=trust_remote_code,
+        quantization=quantization,
     )
 
 

@@ -23,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", help="'auto' (latest checkpoint of run_dir, if any) or a checkpoint dir")
     train.add_argument("--run-dir", help="shortcut for run_dir=...")
     train.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="QLoRA: store the frozen LM's linear layers in int8 or int4 (shortcut for "
+        "model.quantization.mode=...; torchao, the quantize extra)",
+    )
+    train.add_argument(
         "--help-config", action="store_true", help="list every config key with its doc and exit"
     )
     # The same flags as the other commands, as shortcuts for train.device / train.precision; unset, the config
@@ -83,6 +90,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.quantize:
+        overrides.append(f"model.quantization.mode={args.quantize}")
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
     overrides.extend(device_overrides(args.device, args.dtype))

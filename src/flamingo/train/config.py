@@ -21,6 +21,7 @@ import yaml
 from flamingo.configs import MAX_SEED, ConfigError, between, bounds_text, from_mapping, read_mapping
 from flamingo.data.loader import SourceConfig
 from flamingo.errors import MissingFileError
+from flamingo.model.quantize import QuantizationConfig
 
 MAX_STEPS = 100_000_000
 """Largest number of steps (optimizer steps, warm-up, checkpoint and logging intervals)."""
@@ -91,6 +92,8 @@ class ModelConfig:
     """Train the embedding rows of <image>, <|endofchunk|> and pad."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA on the language model."""
+    quantization: QuantizationConfig | None = None
+    """QLoRA: the frozen LM's linear layers in int8 or int4, e.g. ``{mode: int4}`` (flamingo.model.quantize)."""
 
     def __post_init__(self) -> None:
         _check(

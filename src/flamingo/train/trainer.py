@@ -44,6 +44,7 @@ from flamingo.errors import FlamingoError
 from flamingo.model.feature_cache import VisionFeatureCache
 from flamingo.model.flamingo import Flamingo
 from flamingo.model.lora import add_lora, lora_config, lora_modules
+from flamingo.model.quantize import is_quantized
 from flamingo.train import checkpointing as ckpt
 from flamingo.train.config import LoraConfig, ModelConfig, RunConfig
 from flamingo.train.data_streams import StreamLoader, load_mixture_stream_states, mixture_stream_states
@@ -108,12 +109,29 @@ class TrainResult:
         return self.checkpoint / "model" if self.checkpoint and (self.checkpoint / "model").is_dir() else None
 
 
-def build_model(config: ModelConfig, trust_remote_code: bool = False) -> Flamingo:
+def build_model(
+    config: ModelConfig, trust_remote_code: bool = False, device: torch.device | None = None
+) -> Flamingo:
     """The model to train, with new or (``pretrained``) loaded adapters; backbones not yet frozen.
 
     ``trust_remote_code`` (the ``--trust-remote-code`` flag, never a config key) lets an LM defined by its
-    repository's own code run it.
+    repository's own code run it. With ``config.quantization`` the frozen LM comes quantized (QLoRA), each
+    layer quantized on ``device`` (None: where it was loaded).
     """
+    if config.kind == "pretrained":  # with the checkpoint's LoRA, if it has one, on the quantized layers
+        return Flamingo.from_pretrained(
+            config.name, trust_remote_code=trust_remote_code, quantization=config.quantization, device=device
+        )
+    model = _build_new(config, trust_remote_code)
+    if config.quantization is not None:
+        from flamingo.model.quantize import quantize_backbones
+
+        quantize_backbones(model, config.quantization, device)
+    return model
+
+
+def _build_new(config: ModelConfig, trust_remote_code: bool) -> Flamingo:
+    """A tiny model or an OpenFlamingo architecture with freshly initialised adapters."""
     if config.kind == "tiny":
         from flamingo.model.tiny import build_tiny_flamingo
 
@@ -130,8 +148,7 @@ def build_model(config: ModelConfig, trust_remote_code: bool = False) -> Flaming
         from flamingo.model.convert.openflamingo import openflamingo_config
 
         return Flamingo.from_config(openflamingo_config(config.name), trust_remote_code=trust_remote_code)
-    # with the checkpoint's LoRA, if it has one
-    return Flamingo.from_pretrained(config.name, trust_remote_code=trust_remote_code)
+    raise ValueError(f"model.kind={config.kind!r}: use tiny, openflamingo or pretrained")
 
 
 def prepare_lora(model: Flamingo, config: LoraConfig, seed: int = 0) -> None:
@@ -248,7 +265,8 @@ class Trainer:
     ) -> None:
         self.config = config
         self.info = info or init_distributed(config.parallel, config.train.device)
-        model = model if model is not None else build_model(config.model, trust_remote_code)
+        quantized_on = self.info.device if config.model.quantization is not None else None
+        model = model if model is not None else build_model(config.model, trust_remote_code, quantized_on)
         lora = config.model.lora
         prepare_lora(model, lora, config.train.seed)
         self.resume_from = ckpt.resolve_resume(config.checkpoint.resume, config.run_dir)
@@ -261,6 +279,7 @@ class Trainer:
         self.model = model
         self.strategy = strategy_for(config.parallel, self.info)
         self.save_backbones = self._save_backbones()
+        self._check_quantized()
         if lora.merge_on_save and lora.enabled and not self.save_backbones:
             raise TrainingError(
                 "model.lora.merge_on_save folds the LoRA into a saved copy of the LM, so the checkpoints must "
@@ -441,10 +460,30 @@ class Trainer:
     def _save_backbones(self) -> bool:
         backbones = self.config.checkpoint.save_backbones
         if backbones is None:  # tiny backbones (or a checkpoint's own copies) have no other home;
-            # sharded ones cannot be written whole
+            # sharded ones cannot be written whole; quantized ones are never written (QLoRA saves adapters+LoRA)
             own = self.config.model.kind == "tiny" or self.model.config.backbones_included
-            backbones = own and self.strategy != "fsdp"
+            backbones = own and self.strategy != "fsdp" and not is_quantized(self.model)
         return backbones
+
+    def _check_quantized(self) -> None:
+        """A quantized (QLoRA) run saves adapters and LoRA only, and runs on one device or under DDP."""
+        if not is_quantized(self.model):
+            return
+        if self.save_backbones:
+            raise TrainingError(
+                "checkpoint.save_backbones=true with model.quantization: the low-bit backbones must not replace "
+                "the originals; leave checkpoint.save_backbones unset (adapters and LoRA are saved)"
+            )
+        if self.config.model.lora.merge_on_save:
+            raise TrainingError(
+                "model.lora.merge_on_save with model.quantization: LoRA cannot be folded into quantized layers; "
+                "set model.lora.merge_on_save=false and merge later on the unquantized model"
+            )
+        if self.strategy == "fsdp":
+            raise TrainingError(
+                "model.quantization does not work with parallel.strategy=fsdp (quantized weights cannot be "
+                "sharded here): use ddp or one device"
+            )
 
     def save(self, mixture: Mixture) -> Path | None:
         """Write a checkpoint of this step; its directory, or None while it is written in the background."""
