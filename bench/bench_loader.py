@@ -120,16 +120,19 @@ def sentence(rng: random.Random) -> str:
     return " ".join(words).capitalize() + "."
 
 
-def build_shards(folder: Path, docs: int, per_shard: int, seed: int = 0) -> list[Path]:
-    """MMC4-like shards of ``docs`` documents: 2-10 JPEGs each and a few hundred words of text."""
+def build_shards(
+    folder: Path, docs: int, per_shard: int, seed: int = 0, sentences: tuple[int, int] = (15, 35)
+) -> list[Path]:
+    """MMC4-like shards of ``docs`` documents: 2-10 JPEGs each and ``sentences`` (fewest, most) sentences of 8-24
+    words (the default: a few hundred words)."""
     from flamingo.data.schema import EncodedImage, ImageInfo, InterleavedDocument
     from flamingo.data.synthetic import write_mmc4_tar
 
     rng, photos = random.Random(seed), photographs()
     documents = []
     for index in range(docs):
-        num_sentences = rng.randint(15, 35)  # about 250-550 words
-        num_images = rng.randint(2, 10)
+        num_sentences = rng.randint(*sentences)
+        num_images = rng.randint(2, min(10, num_sentences))
         matched = rng.sample(range(num_sentences), num_images)
         infos, images, matrix = [], [], []
         for image_index, sentence_index in enumerate(matched):
@@ -230,9 +233,10 @@ def ours(shards: list[Path], workers: int, args) -> dict[str, float]:
         loader.close()
 
 
-def reference(shards: list[Path], workers: int, args) -> dict[str, float]:
-    """open_flamingo.train.data.get_mmc4_dataset as its train.py builds it (its ``data_utils`` is imported as a
-    top-level module, so the package's folder goes on ``sys.path``)."""
+def reference_loader(shards: list[Path], workers: int, args, transform=None):
+    """open_flamingo.train.data.get_mmc4_dataset's ``DataInfo`` as its train.py builds it (its ``data_utils`` is
+    imported as a top-level module, so the package's folder goes on ``sys.path``); ``transform`` defaults to the
+    224 px CLIP transform at ``args.image_size``."""
     import open_flamingo
 
     sys.path.insert(0, str(Path(open_flamingo.__file__).parent / "train"))
@@ -264,7 +268,12 @@ def reference(shards: list[Path], workers: int, args) -> dict[str, float]:
         "rank": 0,
     }
     namespace = types.SimpleNamespace(**names)
-    data = get_mmc4_dataset(namespace, clip_transform(args.image_size), reference_tokenizer())
+    return get_mmc4_dataset(namespace, transform or clip_transform(args.image_size), reference_tokenizer())
+
+
+def reference(shards: list[Path], workers: int, args) -> dict[str, float]:
+    """The reference's loader (:func:`reference_loader`), timed."""
+    data = reference_loader(shards, workers, args)
 
     image_id = make_tokenizer().convert_tokens_to_ids(IMAGE)
 

@@ -77,8 +77,9 @@ def make_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>")
 
 
-def build_models(size: dict, workdir: Path):
-    """The reference and ours with the same weights (the reference's, imported through the converter)."""
+def build_models(size: dict, workdir: Path, tokenizer=None):
+    """The reference and ours with the same weights (the reference's, imported through the converter);
+    ``tokenizer`` (default: :func:`make_tokenizer` with the size's vocabulary) sets the LM's vocabulary."""
     import torch
     from open_flamingo import create_model_and_transforms
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -88,7 +89,7 @@ def build_models(size: dict, workdir: Path):
     from flamingo.model.flamingo import Flamingo
     from flamingo.model.vision import _register_open_clip_config
 
-    tokenizer = make_tokenizer(size["vocab"])
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer(size["vocab"])
     lm_cfg = LlamaConfig(
         hidden_size=size["lm_width"],
         intermediate_size=4 * size["lm_width"],

@@ -3,6 +3,12 @@
     .venv/bin/python bench/bench_train.py                      # CPU: ours vs reference, same config and weights
     .venv/bin/python bench/bench_train.py --device cuda        # GPU: also an OF-3B-sized model (random weights)
                                                                #      in bf16 with FSDP2 on one GPU, batch sweep
+    .venv/bin/python bench/bench_train.py --e2e only           # only the end-to-end rows (loader included)
+
+End to end (``--e2e``, on by default): both training loops read the same MMC4-like tar shards (built by
+``bench_loader.build_shards`` from scikit-image photographs) with one data worker, and train the same model
+(same weights, batch size, 256 tokens); after a warm-up, real (non-pad: ``attention_mask == 1``) input tokens
+trained on per second of wall time, waiting for data included. See :func:`end_to_end`.
 
 Model FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real step (forward and
 backward, frozen vision encoder included; ``flamingo.train.flops.flop_counter`` adds the formulas of the CPU's
@@ -18,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,6 +67,175 @@ def compare_with_reference(args) -> list[dict]:
         rows.append(_row(impl, args.size, batch, images, tokens, seconds, flops, args.device))
         model.to("cpu")
     return rows
+
+
+def end_to_end(args, workdir: Path | None = None) -> list[dict]:
+    """Training throughput with the loader in the loop, ours against the reference, on the same shards and model.
+
+    - ours: :class:`flamingo.train.trainer.Trainer`'s own loop (``fit``) with a :class:`RunConfig` whose one
+      interleaved source reads the shards with one worker process, ``trim_padding`` on (the default) and packing
+      on (``pack: true``, rows of 256 tokens), fp32, given the bench model (``bench_model.build_models``).
+    - the reference: its ``get_mmc4_dataset`` WebDataset loader (``bench_loader.reference_loader``, one worker) and
+      the body of its ``train_one_epoch`` MMC4 half, written out here: that function zips a LAION loader with the
+      MMC4 one and trains on both every step, so it cannot run on MMC4 alone. The body: its label masking (pad,
+      text before the first ``<image>`` and after each ``<|endofchunk|>``, ``<image>`` itself), forward, backward,
+      the embedding gradient masked to the two new rows, gradient clipping at 1.0, an AdamW step. Its batches are
+      padded to 256 tokens.
+
+    Each runs ``args.e2e_warmup`` steps (worker start-up, our first step's FLOP count) and then
+    ``args.e2e_steps`` timed steps; real tokens are the ``attention_mask == 1`` input positions of the timed steps,
+    padded tokens every position (rows x row length), over the wall time of those steps.
+    """
+    import bench_loader
+    import torch
+
+    from flamingo.data.loader import SourceConfig
+    from flamingo.train.config import (
+        CheckpointConfig,
+        DataConfig,
+        LoggingConfig,
+        ParallelConfig,
+        RunConfig,
+        TrainConfig,
+    )
+    from flamingo.train.trainer import Trainer
+
+    torch.set_num_threads(args.threads)
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="flamingo-bench-e2e-"))
+    size = bench_model.SIZES[args.size]
+    batch, warmup, steps = args.e2e_batch, args.e2e_warmup, args.e2e_steps
+    shards = sorted((workdir / "shards").glob("mmc4-*.tar")) or bench_loader.build_shards(
+        workdir / "shards", args.e2e_docs, 16, sentences=tuple(args.e2e_sentences)
+    )
+    tokenizer = bench_loader.make_tokenizer()
+    ref, ours, ref_tok = bench_model.build_models(size, workdir / "models", tokenizer=tokenizer)
+    for token in (bench_loader.IMAGE, bench_loader.EOC, bench_loader.PAD):
+        if ref_tok.convert_tokens_to_ids(token) != tokenizer.convert_tokens_to_ids(token):
+            raise RuntimeError(f"the reference tokenizer moved {token}: the two loaders would disagree")
+    rows = []
+
+    # Ours: the trainer's loop; on_log runs after every step, so the clock reads between the warm-up's last
+    # step and the run's last step cover exactly the timed steps (their data waits included).
+    source = SourceConfig(
+        name="mmc4",
+        shards=[str(p) for p in shards],
+        batch_size=batch,
+        max_tokens=256,
+        max_images=6,
+        min_image_bytes=11_000,  # the reference keeps images above 10 kB
+        sim_threshold=0.24,
+        pack=True,
+        pack_max_tokens=256,
+        num_workers=1,
+    )
+    config = RunConfig(
+        run_dir=str(workdir / "run"),
+        data=DataConfig(sources=[source]),
+        train=TrainConfig(steps=warmup + steps, lr=1e-5, device=args.device, precision="fp32"),
+        parallel=ParallelConfig(strategy="none"),
+        checkpoint=CheckpointConfig(save_backbones=False),
+        logging=LoggingConfig(progress=False),
+    )
+    marks: dict[int, float] = {}
+    real = padded = samples = 0
+
+    def on_log(record: dict) -> None:
+        nonlocal real, padded, samples
+        marks[record["step"]] = time.perf_counter()
+        if record["step"] > warmup:
+            tokens = record["tokens_per_s"] * record["step_seconds"]
+            real += round(tokens)
+            padded += round(tokens / record["packing_efficiency"])
+            samples += round(record["samples_per_s"] * record["step_seconds"])
+
+    ours.to(args.device)
+    Trainer(config, model=ours).fit(on_log)
+    rows.append(_e2e_row("ours", steps, batch, samples, real, padded, marks[warmup + steps] - marks[warmup]))
+    ours.to("cpu")
+
+    # The reference: its loader and the MMC4 half of its train_one_epoch.
+    ref.to(args.device).train()
+    ref.vision_encoder.eval()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    embedding = ref.lang_encoder.get_input_embeddings()
+    media_id = ref_tok.convert_tokens_to_ids(bench_loader.IMAGE)
+    eoc_id = ref_tok.convert_tokens_to_ids(bench_loader.EOC)
+    loader_args = types.SimpleNamespace(seed=0, batch_size=batch, image_size=size["image"])
+    data = bench_loader.reference_loader(shards, 1, loader_args)
+    batches = iter(data.dataloader)
+
+    def reference_step(batches) -> tuple[int, int, int]:
+        images, texts = next(batches)
+        images = images.to(args.device).unsqueeze(2)  # (b, t, c, h, w) -> (b, t, f=1, c, h, w)
+        input_ids = torch.stack([x[0] for x in texts]).squeeze(1)
+        attention_mask = torch.stack([x[1] for x in texts]).squeeze(1)
+        labels = input_ids.clone()
+        labels[labels == ref_tok.pad_token_id] = -100
+        for i in range(labels.shape[0]):  # its per-row Python loops, as it runs them
+            j = 0
+            while j < labels.shape[1] and labels[i][j] != media_id:
+                labels[i][j] = -100
+                j += 1
+            for eoc in torch.where(labels[i] == eoc_id)[0]:
+                j = eoc + 1
+                while j < labels.shape[1] and labels[i][j] != media_id:
+                    labels[i][j] = -100
+                    j += 1
+        labels[labels == media_id] = -100
+        loss = ref(
+            vision_x=images,
+            lang_x=input_ids.to(args.device),
+            attention_mask=attention_mask.to(args.device),
+            labels=labels.to(args.device),
+        )[0]
+        loss.backward()
+        keep = torch.zeros_like(embedding.weight.grad)
+        keep[media_id] = 1
+        keep[eoc_id] = 1
+        embedding.weight.grad = embedding.weight.grad * keep
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return len(input_ids), int(attention_mask.sum()), attention_mask.numel()
+
+    try:
+        for _ in range(warmup):
+            reference_step(batches)
+        real = padded = samples = 0
+        started = time.perf_counter()
+        for _ in range(steps):
+            rows_in, real_in, padded_in = reference_step(batches)
+            samples, real, padded = samples + rows_in, real + real_in, padded + padded_in
+        seconds = time.perf_counter() - started
+    finally:
+        del batches  # ends its worker process
+    rows.insert(0, _e2e_row("reference", steps, batch, samples, real, padded, seconds))
+    ref.to("cpu")
+    return rows
+
+
+def _e2e_row(impl, steps, batch, samples, real, padded, seconds) -> dict:
+    seconds = max(seconds, 1e-9)
+    row = {
+        "impl": impl,
+        "steps": steps,
+        "batch": batch,
+        "seconds": seconds,
+        "samples": samples,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "samples_per_s": samples / seconds,
+        "real_tokens_per_s": real / seconds,
+        "padded_tokens_per_s": padded / seconds,
+        "padding_share": 1 - real / max(padded, 1),
+    }
+    print(
+        f"  {impl:9s} e2e {steps} steps: {row['samples_per_s']:.2f} samples/s, "
+        f"{row['real_tokens_per_s']:.0f} real tok/s, padding {100 * row['padding_share']:.0f}%",
+        flush=True,
+    )
+    return row
 
 
 def _row(impl, config, batch, images, tokens, seconds, flops, device, **extra) -> dict:
@@ -213,6 +389,22 @@ def profile_step(step, args) -> None:
         prof.export_chrome_trace(args.trace)
 
 
+def print_e2e(rows: list[dict]) -> float:
+    """The end-to-end table; returns ours / reference in real tokens per second."""
+    print(
+        "\n| impl | steps | samples/s | real tokens/s | padded tokens/s | padding |\n|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['impl']} | {r['steps']} | {r['samples_per_s']:.2f} | {r['real_tokens_per_s']:.0f} | "
+            f"{r['padded_tokens_per_s']:.0f} | {100 * r['padding_share']:.1f}% |"
+        )
+    by = {r["impl"]: r for r in rows}
+    ratio = by["ours"]["real_tokens_per_s"] / max(by["reference"]["real_tokens_per_s"], 1e-9)
+    print(f"ours / reference, end to end: {ratio:.2f}x real tokens/s")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,6 +422,21 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="OF-3B sweep: torch.compile the layers")
     parser.add_argument("--profile-batch", type=int, default=0, help="OF-3B sweep: profile one step here")
     parser.add_argument("--trace", default=None, help="with --profile-batch: write a Chrome trace here")
+    parser.add_argument(
+        "--e2e", default="on", choices=["on", "off", "only"], help="end-to-end rows, loader included"
+    )
+    parser.add_argument("--e2e-steps", type=int, default=8, help="end to end: timed steps, after the warm-up")
+    parser.add_argument("--e2e-warmup", type=int, default=2, help="end to end: untimed first steps")
+    parser.add_argument("--e2e-batch", type=int, default=4, help="end to end: samples (rows) per step")
+    parser.add_argument("--e2e-docs", type=int, default=128, help="end to end: documents in the shards")
+    parser.add_argument(
+        "--e2e-sentences",
+        type=int,
+        nargs=2,
+        default=[15, 35],
+        metavar=("FEWEST", "MOST"),
+        help="end to end: sentences per document (8-24 words each); the default fills 256 tokens",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     import torch
@@ -238,7 +445,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads",
         "peak_flops": PEAK[args.device],
     }
-    if not args.skip_compare:
+    if not args.skip_compare and args.e2e != "only":
         rows = compare_with_reference(args)
         result["compare"] = rows
         ratio = rows[0]["step_s"] / rows[1]["step_s"]
@@ -252,7 +459,10 @@ def main() -> None:
             )
         print(f"ours / reference throughput: {ratio:.2f}x")
         result["speedup"] = ratio
-    if args.device == "cuda":
+    if args.e2e != "off":
+        result["e2e"] = end_to_end(args)
+        result["e2e_speedup"] = print_e2e(result["e2e"])
+    if args.device == "cuda" and args.e2e != "only":
         result["of3b"] = of3b_sweep(args)
     out = Path(args.out or f"bench/results/train_{args.device}.json")
     results_log.record(out, result, gpu=result["device"] if args.device == "cuda" else None)

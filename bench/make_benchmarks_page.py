@@ -58,7 +58,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "implementation's own step (`torch.utils.flop_counter`, with the CPU's fused attention kernels counted) "
         "divided by the step time and the peak given in the run (for CPUs a nominal 70 GFLOP/s, which a "
         "2048 x 2048 matmul can exceed: MFU above 100% is possible there). On a GPU: OpenFlamingo-3B shapes with "
-        "random weights, bf16 through FSDP2.",
+        "random weights, bf16 through FSDP2. End to end: each implementation's training loop with its own loader "
+        "(one worker) on the same MMC4-like shards, model and batch size; real tokens are the non-pad input "
+        "tokens (`attention_mask == 1`) trained on, per second of wall time, waiting for data included.",
     ),
     "eval": (
         "Evaluation",
@@ -206,6 +208,23 @@ def render_train(run: Run) -> list[str]:
             ["impl", "config", "batch", "s/step", "samples/s", "tokens/s", f"MFU ({peak_text})"], rows
         )
         lines += ["", f"Ours / reference throughput: {run['speedup']:.2f}x."]
+    if "e2e" in run:
+        rows = [
+            [
+                r["impl"],
+                str(r["steps"]),
+                f"{r['samples_per_s']:.2f}",
+                f"{r['real_tokens_per_s']:.0f}",
+                f"{r['padded_tokens_per_s']:.0f}",
+                f"{100 * r['padding_share']:.1f}%",
+            ]
+            for r in run["e2e"]
+        ]
+        if lines:
+            lines.append("")
+        lines += ["End to end, loader included:", ""]
+        lines += table(["impl", "steps", "samples/s", "real tokens/s", "padded tokens/s", "padding"], rows)
+        lines += ["", f"Ours / reference, real tokens per second: {run['e2e_speedup']:.2f}x."]
     if "of3b" in run:
         rows = [
             [
