@@ -9,6 +9,7 @@ is a pure function of its inputs and can run in a worker process or a Ray task u
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,3 +108,18 @@ def count(docs: list[WebDocument]) -> dict[str, int]:
         "images": sum(len(d.alive_images) for d in docs),
         "sentences": sum(len(d.sentences) for d in docs),
     }
+
+
+def partition(
+    docs: list[WebDocument], reason: Callable[[WebDocument], str | None]
+) -> tuple[list[WebDocument], list[tuple[WebDocument, str]]]:
+    """The documents ``reason`` has nothing against, and the others with its reason, each in input order."""
+    kept: list[WebDocument] = []
+    dropped: list[tuple[WebDocument, str]] = []
+    for doc in docs:
+        why = reason(doc)
+        if why is None:
+            kept.append(doc)
+        else:
+            dropped.append((doc, why))
+    return kept, dropped

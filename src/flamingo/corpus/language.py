@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from flamingo.corpus.config import TextConfig
-from flamingo.corpus.document import WebDocument
+from flamingo.corpus.document import WebDocument, partition
 
 # The identifier's time grows with the text; a page's first characters say its language as well as all of it.
 _MAX_CHARS = 20_000
@@ -50,12 +50,4 @@ def filter_language(
     docs: list[WebDocument], config: TextConfig
 ) -> tuple[list[WebDocument], list[tuple[WebDocument, str]]]:
     """The documents kept, and the ones dropped with their reasons, in input order."""
-    kept: list[WebDocument] = []
-    dropped: list[tuple[WebDocument, str]] = []
-    for doc in docs:
-        reason = language_reason(doc, config)
-        if reason is None:
-            kept.append(doc)
-        else:
-            dropped.append((doc, reason))
-    return kept, dropped
+    return partition(docs, lambda doc: language_reason(doc, config))

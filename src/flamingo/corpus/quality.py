@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from flamingo.corpus.config import TextConfig
-from flamingo.corpus.document import WebDocument
+from flamingo.corpus.document import WebDocument, partition
 
 
 def prose(doc: WebDocument) -> list[str]:
@@ -95,12 +95,4 @@ def filter_quality(
     docs: list[WebDocument], config: TextConfig
 ) -> tuple[list[WebDocument], list[tuple[WebDocument, str]]]:
     """The documents that pass every enabled rule, and the others with the first rule they fail."""
-    kept: list[WebDocument] = []
-    dropped: list[tuple[WebDocument, str]] = []
-    for doc in docs:
-        reason = quality_reason(doc, config)
-        if reason is None:
-            kept.append(doc)
-        else:
-            dropped.append((doc, reason))
-    return kept, dropped
+    return partition(docs, lambda doc: quality_reason(doc, config))

@@ -94,15 +94,11 @@ class BuildStats:
     images_per_document: Counter[int] = field(default_factory=Counter, metadata=_COUNT)
     shards: int = field(default=0, metadata=_COUNT)
 
-    def record(
-        self,
-        stage: str,
-        before: list[WebDocument],
-        after: list[WebDocument],
-        doc_reason: str = "",
-        seconds: float = 0.0,
-    ) -> None:
-        """Count what ``stage`` did, going from ``before`` to ``after`` in ``seconds``."""
+    def _flow(
+        self, stage: str, before: list[WebDocument], after: list[WebDocument], seconds: float
+    ) -> tuple[StageStats, dict[str, int], dict[str, int]]:
+        """Add a stage's time and its documents, images and sentences in and out; the stage's stats and the
+        counts before and after."""
         s = self.stages.setdefault(stage, StageStats())
         s.seconds += seconds
         n_before, n_after = count(before), count(after)
@@ -112,6 +108,18 @@ class BuildStats:
         s.images_out += n_after["images"]
         s.sentences_in += n_before["sentences"]
         s.sentences_out += n_after["sentences"]
+        return s, n_before, n_after
+
+    def record(
+        self,
+        stage: str,
+        before: list[WebDocument],
+        after: list[WebDocument],
+        doc_reason: str = "",
+        seconds: float = 0.0,
+    ) -> None:
+        """Count what ``stage`` did, going from ``before`` to ``after`` in ``seconds``."""
+        s, n_before, n_after = self._flow(stage, before, after, seconds)
         kept = {doc.id for doc in after}
         newly = _failures(after) - _failures([doc for doc in before if doc.id in kept])
         s.images_dropped.update(newly)
@@ -131,15 +139,7 @@ class BuildStats:
         seconds: float = 0.0,
     ) -> None:
         """Count a stage that drops documents for several reasons: ``dropped`` pairs each one with its reason."""
-        s = self.stages.setdefault(stage, StageStats())
-        s.seconds += seconds
-        n_before, n_after = count(before), count(after)
-        s.documents_in += n_before["documents"]
-        s.documents_out += n_after["documents"]
-        s.images_in += n_before["images"]
-        s.images_out += n_after["images"]
-        s.sentences_in += n_before["sentences"]
-        s.sentences_out += n_after["sentences"]
+        s, _, _ = self._flow(stage, before, after, seconds)
         for doc, reason in dropped:
             s.documents_dropped[reason] += 1
             if doc.alive_images:

@@ -56,13 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'prompts' section (a config.json); default: those the checkpoint recorded",
     )
     ev.add_argument("--batch-size", type=int, default=8)
-    add_device_arguments(ev)
-    ev.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        default=None,
-        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
-    )
+    add_device_arguments(ev, quantize=True)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument(
         "--trust-remote-code",
@@ -125,7 +119,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         **device_options(args),
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
-        quantization=args.quantize,
         prompts=None if args.prompts is None else load_prompt_config(args.prompts),
     )
     if results:  # every rank returns them; print once

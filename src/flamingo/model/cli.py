@@ -18,13 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", required=True, help='text with one "<image>" per --image, in order')
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--num-beams", type=int, default=1)
-    add_device_arguments(gen)
-    gen.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        default=None,
-        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
-    )
+    add_device_arguments(gen, quantize=True)
     gen.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -97,7 +91,6 @@ def _generate(args: argparse.Namespace) -> int:
     model = Flamingo.from_pretrained(
         args.model,
         trust_remote_code=args.trust_remote_code,
-        quantization=args.quantize,
         **device_options(args),
     )
     processor = FlamingoProcessor.from_model(model)

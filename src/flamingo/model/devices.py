@@ -104,8 +104,10 @@ def add_device_arguments(
     dtype: bool = True,
     device_default: str | None = "auto",
     dtype_default: str | None = "auto",
+    quantize: bool = False,
 ) -> None:
-    """Add ``--device`` (and ``--dtype``, ``--device-map``) with the same names, defaults and help everywhere."""
+    """Add ``--device`` (and ``--dtype``, ``--device-map``, ``--quantize``) with the same names, defaults and help
+    everywhere."""
     parser.add_argument(
         "--device",
         default=device_default,
@@ -127,14 +129,23 @@ def add_device_arguments(
             "over the visible GPUs, then CPU RAM), or a JSON object / .json file of module name -> device "
             "(instead of --device)",
         )
+    if quantize:
+        parser.add_argument(
+            "--quantize",
+            choices=["int8", "int4"],
+            default=None,
+            help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
+        )
 
 
 def device_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``device``, ``dtype`` and ``device_map`` keywords for the loaders from parsed :func:`add_device_arguments`."""
+    """``device``, ``dtype``, ``device_map`` and ``quantization`` keywords for the loaders from parsed
+    :func:`add_device_arguments`."""
     return {
         "device": args.device,
         "dtype": getattr(args, "dtype", None),
         "device_map": parse_device_map(getattr(args, "device_map", None)),
+        "quantization": getattr(args, "quantize", None),
     }
 
 

@@ -12,13 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory, hub id or OpenFlamingo preset")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
-    add_device_arguments(p)
-    p.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        default=None,
-        help="store the frozen LM's linear layers in int8 or int4 (weight-only, torchao; the quantize extra)",
-    )
+    add_device_arguments(p, quantize=True)
     p.add_argument(
         "--allow-urls", action="store_true", help="fetch http(s) image URLs (public addresses only)"
     )
@@ -81,7 +75,6 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         demo=args.demo,
         **device_options(args),
-        quantization=args.quantize,
         allow_urls=args.allow_urls,
         allow_private_urls=args.allow_private_urls,
         url_timeout_s=args.url_timeout,
