@@ -100,7 +100,8 @@ def test_ray_clip_actors_load_once_and_match_the_local_engine(tmp_path) -> None:
     loads = Counter(pid for what, pid in events if what == "load")
     embedding = {pid for what, pid in events if what == "embed"}
     assert 1 <= len(loads) <= 2 and set(loads.values()) == {1}  # at most two actors, one construction each
-    assert embedding == set(loads) and str(os.getpid()) not in loads  # all embedding in the actors
+    # All embedding happens in the actors (Ray may hand every batch to one of them), none in this process.
+    assert embedding and embedding <= set(loads) and str(os.getpid()) not in set(loads) | embedding
     local, remote = _shards(tmp_path / "local"), _shards(tmp_path / "ray")
     assert len(local) == 8 and sum(len(d["images"]) for d in local) == 16
     assert local == remote  # the same placements and similarities (to 6 decimals)

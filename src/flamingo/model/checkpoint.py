@@ -240,9 +240,12 @@ def from_pretrained(
     directory = resolve_checkpoint_dir(path_or_id, revision)
     if not (directory / CONFIG_NAME).is_file():
         raise MissingFileError(f"{directory}: no {CONFIG_NAME}; is this a flamingo-vlm checkpoint directory?")
+    config = FlamingoConfig.load(
+        directory / CONFIG_NAME
+    )  # a bad config is named before the weights are looked at
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no such weights file")
+        raise MissingFileError(f"{weights}: no such weights file")
     check_safetensors(weights)  # a damaged file is named before anything is built
     split = is_split_map(device_map)
     if device_map is not None and not split:
@@ -259,7 +262,6 @@ def from_pretrained(
     final = None if split else resolve_device(device if device is not None else "cpu")
     # A quantized LM is read on the CPU and moved layer by layer as it is quantized (below).
     target = torch.device("cpu") if quantization is not None else final
-    config = FlamingoConfig.load(directory / CONFIG_NAME)
     lm_dir = str(directory / "lm") if config.backbones_included else None
     tokenizer_dir = str(directory / "tokenizer") if (directory / "tokenizer").is_dir() else None
     source = _lm_source(config, lm_dir, tokenizer_dir, trust_remote_code, str(directory))
