@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import struct
 import threading
 import time
@@ -231,3 +232,16 @@ def page(title: str, paragraphs: list[str], images: list[str]) -> str:
         f"<article><h1>{title}</h1>{''.join(body)}</article>"
         "<footer>Copyright 2024 Example Inc. All rights reserved.</footer></body></html>"
     )
+
+
+def check_stage_accounting(stages: dict[str, dict]) -> None:
+    """``stats.json``'s stages add up: each stage's drops explain what went in and did not come out, and each
+    stage takes in what the one before it (in :data:`flamingo.corpus.stats.STAGES` order) put out."""
+    from flamingo.corpus.stats import STAGES
+
+    for name, s in stages.items():
+        assert s["documents_in"] - s["documents_out"] == sum(s["documents_dropped"].values()), name
+        assert s["images_in"] - s["images_out"] == sum(s["images_dropped"].values()), name
+    chain = [stages[name] for name in STAGES if name in stages]
+    for before, after in itertools.pairwise(chain):
+        assert (before["documents_out"], before["images_out"]) == (after["documents_in"], after["images_in"])
