@@ -160,6 +160,35 @@ def test_yaml_aliases_cannot_blow_up_a_free_form_field(tmp_path: Path) -> None:
     assert "field 'train.a" in message and "more than 100000 values" in message
 
 
+def test_surrogate_escapes_become_the_character_or_are_refused(tmp_path: Path) -> None:
+    """YAML keeps ``"\\ud800\\udc00"`` as two code points where JSON reads one character: both read as the
+    character (so the config saves and reloads as itself), and a lone surrogate, which is no text, is refused."""
+    path = tmp_path / "build.yaml"
+    path.write_text(json.dumps({"fetch": {"user_agent": "\ud800\udc00"}}))  # json.dumps writes the escapes
+    config = load_build_config(str(path))
+    assert config.fetch.user_agent == "\U00010000"
+    assert BuildConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    path.write_text('fetch: {user_agent: "agent \\udfff"}\n')
+    with pytest.raises(ConfigError, match="lone UTF-16 surrogate") as err:
+        load_build_config(str(path))
+    expect_one_line_error(err.value, path)
+    preset = ROOT / "configs" / "train" / "tiny-cpu.yaml"
+    with pytest.raises(ConfigError, match="lone UTF-16 surrogate") as err:
+        load_config(preset, ['run_name="\\ud800"'])
+    assert str(err.value).startswith("override 'run_name=\"\\ud800\"': ")
+    laughs = ['a0: &a0 ["\\ud800\\udc00", x, x, x, x, x, x, x, x, x]']
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    start = time.perf_counter()
+    assert read_mapping_text("\n".join(laughs), tmp_path)["a0"][0] == "\U00010000"
+    assert time.perf_counter() - start < 5.0  # aliases are walked once
+
+
+def read_mapping_text(text: str, tmp_path: Path) -> dict:
+    path = tmp_path / "text.yaml"
+    path.write_text(text + "\n")
+    return read_mapping(path)
+
+
 def test_nested_values_are_bounded_and_typed() -> None:
     """Bounds reach into lists, tuples and mappings; the error path points at the item."""
     with pytest.raises(

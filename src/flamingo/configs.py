@@ -164,7 +164,54 @@ def parse_mapping(text: str, source: str, *, json_only: bool = False, what: str 
         raise ConfigError(
             f"{source}: the top level must be a mapping of fields, got {show(data)}", source=source
         )
-    return data
+    return valid_text(data, source) if _SURROGATE_ESCAPE.search(text) else data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\(u[dD][89a-fA-F]|U0000[dD][89a-fA-F])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(data: Any, source: str) -> Any:
+    """``data`` with every string (keys too) made valid Unicode: a UTF-16 surrogate pair written as two escapes
+    (``"\\ud800\\udc00"``, which YAML keeps as two code points) becomes the one character it spells; a lone
+    surrogate, which no file can hold as UTF-8, is a ConfigError naming ``source`` and the field.
+    """
+    done: dict[int, Any] = {}
+
+    def text(item: str, where: str) -> str:
+        if not _SURROGATE.search(item):
+            return item
+        try:
+            return item.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            problem = (
+                f"{show(item)} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff), which is not a "
+                "character; write the character itself"
+            )
+            field = where or None
+            prefix = f"{source}: field '{where}': " if where else f"{source}: "
+            raise ConfigError(prefix + problem, source=source, field=field) from None
+
+    def fix(item: Any, where: str, depth: int) -> Any:
+        if isinstance(item, str):
+            return text(item, where)
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)", source=source)
+        if isinstance(item, list | dict) and id(item) in done:  # a YAML alias: fixed once
+            return done[id(item)]
+        if isinstance(item, list):
+            done[id(item)] = fixed = [fix(v, _join(where, str(i)), depth + 1) for i, v in enumerate(item)]
+            return fixed
+        if isinstance(item, dict):
+            fixed = {}
+            for key, value in item.items():
+                name = text(key, _join(where, key)) if isinstance(key, str) else key
+                fixed[name] = fix(value, _join(where, str(name)), depth + 1)
+            done[id(item)] = fixed
+            return fixed
+        return item
+
+    return fix(data, "", 0)
 
 
 def _yaml_problem(err: Exception) -> str:

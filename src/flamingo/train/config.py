@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 import yaml
 
-from flamingo.configs import MAX_SEED, ConfigError, between, bounds_text, from_mapping, read_mapping
+from flamingo.configs import (
+    MAX_SEED,
+    ConfigError,
+    between,
+    bounds_text,
+    from_mapping,
+    read_mapping,
+    valid_text,
+)
 from flamingo.data.loader import SourceConfig
 from flamingo.errors import MissingFileError
 from flamingo.model.quantize import QuantizationConfig
@@ -364,6 +372,7 @@ def apply_override(data: dict[str, Any], override: str) -> str:
     except (yaml.YAMLError, ValueError, RecursionError) as error:
         problem = getattr(error, "problem", None) or (str(error).splitlines() or [type(error).__name__])[0]
         raise ConfigError(f"{source}: the value is not valid YAML ({problem})", source=source) from None
+    parsed = valid_text(parsed, source)
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

@@ -237,5 +237,5 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     except TaskSpecError:
         raise
     except ConfigError as err:
-        raise TaskSpecError(str(err), source=source) from None
+        raise TaskSpecError(str(err), source=source, field=err.field) from None
     return task_from_dict(data, source)
