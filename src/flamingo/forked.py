@@ -2,21 +2,91 @@
 
 The training loop's data workers (``data.worker: process``) and the quickstart's second process (world and LM
 beside the CLIP) both run this way: the child inherits everything it needs through ``fork``, so only the items
-travel, as plain pickles through a queue (a copy per item, no shared-memory file descriptors to run out of).
+travel, as pickles through a queue.
+
+Large tensors (a batch's pixels: tens of MB) do not go through the pickle. The child writes each one into an
+anonymous memory file (``memfd_create``) and passes the file's descriptor over a Unix socket; the parent maps it,
+closes the descriptor, and the tensor lives in that mapping until it is freed. That is one copy per tensor (the
+child's write) instead of five (pickle, queue pickle, pipe write, pipe read, unpickle), and nothing is named in
+``/dev/shm`` (no size limit to hit there, and nothing left behind by a killed run: a descriptor in flight is
+freed with the socket). Where memory files or descriptor passing are missing (not Linux), everything travels in
+the pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
 import pickle
 import queue
+import socket
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 _DONE = "__flamingo_forked_done__"
+_INLINE_BYTES = 1 << 16
+"""Tensors smaller than this travel inside the pickle; larger ones in memory files (see the module docstring)."""
+
+
+def _fd_transport() -> bool:
+    """Whether tensors can travel in memory files: ``memfd_create``, descriptor passing and ``/proc/self/fd``."""
+    return hasattr(os, "memfd_create") and hasattr(socket, "send_fds") and os.path.isdir("/proc/self/fd")
+
+
+class _TensorPickler(pickle.Pickler):
+    """Pickles ``obj`` with every large CPU tensor written to a memory file of its own (collected in ``fds``)."""
+
+    def __init__(self, file: io.BytesIO, fds: list[int]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.fds = fds
+
+    def persistent_id(self, obj: Any) -> Any:
+        import torch
+
+        if (
+            type(obj) is not torch.Tensor
+            or obj.device.type != "cpu"
+            or obj.layout != torch.strided
+            or obj.requires_grad
+            or obj.is_conj()
+            or obj.is_neg()
+            or obj.is_quantized
+            or obj.nbytes < _INLINE_BYTES
+        ):
+            return None
+        data = obj.contiguous().reshape(-1).view(torch.uint8).numpy()
+        fd = os.memfd_create("flamingo-tensor", os.MFD_CLOEXEC)
+        try:
+            view, written = memoryview(data), 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fds.append(fd)
+        return ("memfd", len(self.fds) - 1, obj.dtype, tuple(obj.shape), obj.nbytes)
+
+
+class _TensorUnpickler(pickle.Unpickler):
+    """Loads what :class:`_TensorPickler` wrote, mapping each memory file (``fds``, in order) as a tensor."""
+
+    def __init__(self, file: io.BytesIO, fds: list[int]) -> None:
+        super().__init__(file)
+        self.fds = fds
+
+    def persistent_load(self, pid: Any) -> Any:
+        import torch
+
+        kind, index, dtype, shape, nbytes = pid
+        if kind != "memfd" or not 0 <= index < len(self.fds):
+            raise pickle.UnpicklingError(f"unknown tensor reference {pid!r}")
+        flat = torch.from_file(
+            f"/proc/self/fd/{self.fds[index]}", shared=True, size=nbytes, dtype=torch.uint8
+        )
+        return flat.view(dtype).view(shape)
 
 
 class ForkedIterator:
@@ -48,13 +118,19 @@ class ForkedIterator:
         self.name = name
         self.items = context.Queue(maxsize=depth)
         self.stop = context.Event()
+        # Memory files travel over one end of this socket pair (the child's), read at the other.
+        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if _fd_transport() else (None, None)
+        self.fd_socket, child_socket = pair
         self.process = context.Process(
             target=ForkedIterator._produce,
-            args=(make_iterator, self.items, self.stop, os.getpid(), name, threads, niceness),
+            args=(make_iterator, self.items, self.stop, os.getpid(), name, threads, niceness, child_socket),
             name=name,
             daemon=True,
         )
         self.process.start()
+        if child_socket is not None:
+            child_socket.close()  # the child has its own copy
+            self.fd_socket.settimeout(60.0)  # sent before their payload: they are there when it is
         self.finished = False
 
     @staticmethod
@@ -66,10 +142,13 @@ class ForkedIterator:
         name: str,
         threads: int,
         niceness: int,
+        fd_socket: socket.socket | None,
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
+        if fd_socket is not None:
+            fd_socket.settimeout(0.2)
         items.cancel_join_thread()  # exiting must not wait for a reader of what is still buffered
         if niceness:
             with contextlib.suppress(OSError):
@@ -79,7 +158,25 @@ class ForkedIterator:
             return not stop.is_set() and os.getppid() == parent
 
         def put(item: Any, error: BaseException | None = None) -> bool:
-            payload = pickle.dumps((item, error), protocol=pickle.HIGHEST_PROTOCOL)
+            fds: list[int] = []
+            buffer = io.BytesIO()
+            try:
+                if fd_socket is None:
+                    pickle.dump((item, error), buffer, protocol=pickle.HIGHEST_PROTOCOL)
+                else:
+                    _TensorPickler(buffer, fds).dump((item, error))
+                payload = (len(fds), buffer.getvalue())
+                # The descriptors go first, so that they wait in the socket when the parent reads the payload;
+                # once sent, the socket holds the files and the child's descriptors can close.
+                while fds and wanted():
+                    try:
+                        socket.send_fds(fd_socket, [len(fds).to_bytes(4, "little")], fds)
+                        break
+                    except TimeoutError:
+                        continue
+            finally:
+                for fd in fds:
+                    os.close(fd)
             while wanted():
                 try:
                     items.put(payload, timeout=0.2)
@@ -112,7 +209,7 @@ class ForkedIterator:
             raise StopIteration
         while True:
             try:
-                item, error = pickle.loads(self.items.get(timeout=1.0))
+                count, payload = self.items.get(timeout=1.0)
                 break
             except queue.Empty:
                 if not self.process.is_alive():
@@ -121,6 +218,7 @@ class ForkedIterator:
                         f"the {self.name} process died (exit code {self.process.exitcode}) without an error; "
                         "it may have run out of memory"
                     ) from None
+        item, error = self._load(count, payload)
         if error is not None:
             self.finished = True
             raise error
@@ -128,6 +226,24 @@ class ForkedIterator:
             self.finished = True
             raise StopIteration
         return item
+
+    def _load(self, count: int, payload: bytes) -> tuple[Any, BaseException | None]:
+        """Unpickle one payload, mapping its ``count`` memory files (waiting in the socket) as tensors."""
+        if not count:
+            return pickle.loads(payload)
+        if self.fd_socket is None:
+            raise RuntimeError(f"the {self.name} process sent tensors in memory files, which were not set up")
+        _, fds, flags, _ = socket.recv_fds(self.fd_socket, 16, count)
+        try:
+            if len(fds) != count or flags & socket.MSG_CTRUNC:
+                raise RuntimeError(
+                    f"the {self.name} process sent {count} memory file(s), {len(fds)} arrived (is the limit on "
+                    "open files, ulimit -n, too low?)"
+                )
+            return _TensorUnpickler(io.BytesIO(payload), fds).load()
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def close(self, kill: bool = False) -> None:
         """Stop the child (at once with ``kill``, else after its current item, killing it after 10 s)."""
@@ -139,3 +255,5 @@ class ForkedIterator:
         self.process.join(timeout=10)
         self.items.cancel_join_thread()
         self.items.close()
+        if self.fd_socket is not None:
+            self.fd_socket.close()  # frees the memory files still in flight

@@ -135,6 +135,10 @@ def test_the_trainer_pins_batches_for_its_device(tmp_path, monkeypatch):
     assert [loader.num_workers for loader in mixture.loaders] == [2, 1]
     monkeypatch.setattr("flamingo.train.trainer.pin_memory_for", lambda device: True)
     assert all(loader.pin_memory for loader in build_mixture(config, model, info).loaders)
+    # A run resumed on another number of ranks reads V streams through StreamLoaders: pinned too.
+    streamed = build_mixture(config, model, info, streams=2).loaders
+    assert [type(loader).__name__ for loader in streamed] == ["StreamLoader", "StreamLoader"]
+    assert all(loader.pin_memory for loader in streamed)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")

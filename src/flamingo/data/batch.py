@@ -74,7 +74,7 @@ def collate(samples: Sequence[Sample], pad_id: int, trim_padding: bool = False) 
     if chw is None:
         raise ValueError("collate: no sample in the batch has an image")
     b = len(samples)
-    images = torch.zeros(b, slots, 1, *chw)
+    images = torch.empty(b, slots, 1, *chw)  # every slot is written below: real pixels or zeros
     image_mask = torch.zeros(b, slots, dtype=torch.bool)
     input_ids = torch.full((b, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(b, length, dtype=torch.long)
@@ -82,6 +82,7 @@ def collate(samples: Sequence[Sample], pad_id: int, trim_padding: bool = False) 
     for row, sample in enumerate(samples):
         t, s = sample.pixels.shape[0], min(length, sample.input_ids.shape[0])
         images[row, :t, 0] = sample.pixels
+        images[row, t:] = 0
         image_mask[row, :t] = True
         input_ids[row, :s], attention_mask[row, :s], labels[row, :s] = (
             sample.input_ids[:s],

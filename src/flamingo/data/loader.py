@@ -477,7 +477,7 @@ class SourceLoader:
         first = self.state["next_worker"] if self.num_workers > 1 else 0
         merged: Iterator[tuple[Batch, int, dict[str, Any]]] = _TakeTurns(self._producers, first)
         if self.pin_memory:
-            pinned = ((_pinned(batch), w, state) for batch, w, state in merged)
+            pinned = ((pinned(batch), w, state) for batch, w, state in merged)
             if self.prefetch <= 0:
                 return pinned
             self._pinner = _Prefetcher(pinned, self.prefetch)
@@ -533,7 +533,7 @@ def pin_memory_for(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
-def _pinned(batch: Batch) -> Batch:
+def pinned(batch: Batch) -> Batch:
     """``batch`` with its tensors in page-locked memory (needs CUDA)."""
     return Batch(*(getattr(batch, f).pin_memory() for f in batch.__dataclass_fields__))
 

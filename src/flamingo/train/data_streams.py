@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 
-from flamingo.data.loader import Batch, Mixture, SourceConfig, SourceDataset, SourceLoader, skip_counts
+from flamingo.data.loader import (
+    Batch,
+    Mixture,
+    SourceConfig,
+    SourceDataset,
+    SourceLoader,
+    pinned,
+    skip_counts,
+)
 from flamingo.distributed import DistInfo
 from flamingo.errors import UsageError
 from flamingo.model.loss import IGNORE_INDEX
@@ -104,8 +112,10 @@ class StreamLoader:
         prefetch: int = 2,
         worker: str = "thread",
         trim_padding: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         self.config, self.pad_id, self.trim_padding = config, pad_id, trim_padding
+        self.pin_memory = pin_memory
         self.parts = stream_parts(config.batch_size, rank, world_size, streams)
         per_stream = config.batch_size * world_size // streams
         self.loaders: dict[int, SourceLoader] = {}
@@ -117,7 +127,9 @@ class StreamLoader:
 
     def next_batch(self) -> Batch:
         pieces = [_rows(self.loaders[stream].next_batch(), low, high) for stream, low, high in self.parts]
-        return concat_batches(pieces, self.pad_id, self.trim_padding)
+        batch = concat_batches(pieces, self.pad_id, self.trim_padding)
+        # Pinned after the rows are joined (the join makes new tensors), for an asynchronous copy to the GPU.
+        return pinned(batch) if self.pin_memory else batch
 
     def stream_states(self) -> dict[int, dict[str, Any]]:
         """Each stream's position after the last micro-batch handed out."""

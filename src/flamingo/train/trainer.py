@@ -248,6 +248,7 @@ def build_mixture(config: RunConfig, model: Flamingo, info: DistInfo, streams: i
                     data.prefetch,
                     data.worker,
                     data.trim_padding,
+                    pin_memory=pin,
                 )
             )
     return Mixture(loaders, config.data.mixing, config.train.seed)
