@@ -212,7 +212,7 @@ def preprocess_interleaved(
     text = build_interleaved_text(
         document.text_list, sentences, eos_token, config.image_token, config.eoc_token
     )
-    images = [document.images[index].decode().convert("RGB") for index, _, _ in matches]
+    images = [document.images[index].rgb() for index, _, _ in matches]
     return InterleavedSample(document.id, text, images, [index for index, _, _ in matches], sentences)
 
 

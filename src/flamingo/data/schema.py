@@ -77,6 +77,7 @@ class EncodedImage:
     data: bytes
     ext: str
     _decoded: Image.Image | None = field(default=None, repr=False, compare=False)
+    _sha256: tuple[bytes, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_decoded(cls, image: Image.Image) -> EncodedImage:
@@ -90,7 +91,10 @@ class EncodedImage:
         return len(self.data)
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        """Hex SHA-256 of ``data`` (computed once for the bytes object that ``data`` holds)."""
+        if self._sha256 is None or self._sha256[0] is not self.data:
+            self._sha256 = (self.data, hashlib.sha256(self.data).hexdigest())
+        return self._sha256[1]
 
     def decode(self) -> Image.Image:
         """The decoded PIL image (fully loaded, original mode); decoded once and cached."""
@@ -99,6 +103,12 @@ class EncodedImage:
             image.load()
             self._decoded = image
         return self._decoded
+
+    def rgb(self) -> Image.Image:
+        """The decoded image in RGB: the cached decode itself when it is RGB already (no copy), else a converted
+        copy. Treat it as read-only."""
+        image = self.decode()
+        return image if image.mode == "RGB" else image.convert("RGB")
 
 
 @dataclass

@@ -363,4 +363,4 @@ class SftShardWriter(_TarShardWriter):
 
 def decode_images(conversation: Conversation, order: list[int]) -> list[Image.Image]:
     """The RGB images for the ``<image>`` tokens, in token order (each decoded once)."""
-    return [conversation.images[i].decode().convert("RGB") for i in order]
+    return [conversation.images[i].rgb() for i in order]

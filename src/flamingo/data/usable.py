@@ -490,7 +490,7 @@ def _prepare(
             return
         sentences = [sentence for _, sentence, _ in matches]
         text = build_interleaved_text(sample.text_list, sentences, eos, config.image_token, config.eoc_token)
-        images = [sample.images[index].decode().convert("RGB") for index, _, _ in matches]
+        images = [sample.images[index].rgb() for index, _, _ in matches]
         tokenized = tokenize_interleaved(text, images, tokenizer, settings.max_tokens, config.image_token)
         if not _truncation(checked, len(images), len(tokenized.images), counts):
             return
