@@ -29,7 +29,7 @@ def items() -> Iterator[dict]:
             "step": step,
             "big": big,
             "view": big[:, ::2, 1:],  # not contiguous: sent as its own contiguous copy
-            "shared_a": big[0],  # two views of one tensor arrive as two tensors with the right values
+            "row": big[1],  # a view at an offset into its storage: only its own bytes travel
             "bf16": torch.randn(256, 256, generator=generator).to(torch.bfloat16),
             "mask": torch.rand(300, 300, generator=generator) > 0.5,
             "ids": torch.arange(70_000, dtype=torch.long).view(700, 100),
