@@ -93,6 +93,32 @@ def test_without_memory_files_everything_travels_in_the_pickle(monkeypatch: pyte
         assert all(torch.equal(received[k], v) for k, v in sent.items() if isinstance(v, torch.Tensor))
 
 
+@pytest.mark.skipif(not forked._fd_transport(), reason="no memory files here")
+@pytest.mark.parametrize("failing", ["memfd_create", "send_fds"])
+def test_out_of_descriptors_an_item_travels_in_the_pickle(
+    monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A child that cannot make a memory file (EMFILE) or send one (ETOOMANYREFS: too many in flight for the
+    user's open-file limit) sends that item in the pickle instead."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EMFILE if failing == "memfd_create" else errno.ETOOMANYREFS, "refused")
+
+    counts: list[int] = []
+    load = ForkedIterator._load
+    monkeypatch.setattr(ForkedIterator, "_load", lambda self, n, p: counts.append(n) or load(self, n, p))
+    monkeypatch.setattr(os if failing == "memfd_create" else socket, failing, refuse)
+    iterator = ForkedIterator(items, depth=2, name="test worker")
+    try:
+        got = list(iterator)
+    finally:
+        iterator.close()
+    for sent, received in zip(items(), got, strict=True):
+        assert all(torch.equal(received[k], v) for k, v in sent.items() if isinstance(v, torch.Tensor))
+    assert counts and set(counts) == {0}  # no memory file came
+
+
 def test_closing_early_frees_what_is_in_flight() -> None:
     """Items the child made ahead (their memory files in the socket) are freed when the iterator closes."""
     before = open_fds()

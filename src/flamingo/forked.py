@@ -157,26 +157,31 @@ class ForkedIterator:
         def wanted() -> bool:
             return not stop.is_set() and os.getppid() == parent
 
-        def put(item: Any, error: BaseException | None = None) -> bool:
-            fds: list[int] = []
-            buffer = io.BytesIO()
-            try:
-                if fd_socket is None:
-                    pickle.dump((item, error), buffer, protocol=pickle.HIGHEST_PROTOCOL)
-                else:
+        def encode(item: Any, error: BaseException | None) -> tuple[int, bytes]:
+            """``(number of memory files sent, pickle)`` of one item (see the module docstring)."""
+            if fd_socket is not None:
+                fds: list[int] = []
+                buffer = io.BytesIO()
+                try:
                     _TensorPickler(buffer, fds).dump((item, error))
-                payload = (len(fds), buffer.getvalue())
-                # The descriptors go first, so that they wait in the socket when the parent reads the payload;
-                # once sent, the socket holds the files and the child's descriptors can close.
-                while fds and wanted():
-                    try:
-                        socket.send_fds(fd_socket, [len(fds).to_bytes(4, "little")], fds)
-                        break
-                    except TimeoutError:
-                        continue
-            finally:
-                for fd in fds:
-                    os.close(fd)
+                    # The descriptors go first, so that they wait in the socket when the parent reads the
+                    # payload; once sent, the socket holds the files and the child's descriptors can close.
+                    while fds and wanted():
+                        try:
+                            socket.send_fds(fd_socket, [len(fds).to_bytes(4, "little")], fds)
+                            break
+                        except TimeoutError:
+                            continue
+                    return len(fds), buffer.getvalue()
+                except OSError:
+                    pass  # out of descriptors or memory (EMFILE, ETOOMANYREFS, ...): this item is pickled
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+            return 0, pickle.dumps((item, error), protocol=pickle.HIGHEST_PROTOCOL)
+
+        def put(item: Any, error: BaseException | None = None) -> bool:
+            payload = encode(item, error)
             while wanted():
                 try:
                     items.put(payload, timeout=0.2)
