@@ -9,6 +9,7 @@ import logging
 
 import pytest
 import torch
+from tiny_outputs import assert_same_outputs, tiny_inputs, tiny_outputs
 
 import flamingo.model.checkpoint as checkpoint
 from flamingo.configs import ConfigError
@@ -74,22 +75,6 @@ def _where(device_map, name):
     )
 
 
-def _inputs(model):
-    torch.manual_seed(1)
-    images = torch.randn(2, 2, 1, 3, 32, 32)
-    ids = torch.randint(3, 200, (2, 12))
-    ids[:, 0] = ids[:, 6] = model.config.tokens.image_id
-    return images, ids, torch.ones_like(ids)
-
-
-def _outputs(model, images, ids, mask):
-    with torch.no_grad():
-        return (
-            model(images, ids, mask).logits,
-            model.generate(images, ids, mask, max_new_tokens=6, do_sample=False),
-        )
-
-
 def test_weights_are_read_into_an_empty_model_and_match_the_eager_path(saved, monkeypatch):
     directory, _ = saved
     seen: dict[str, object] = {}
@@ -114,9 +99,8 @@ def test_weights_are_read_into_an_empty_model_and_match_the_eager_path(saved, mo
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert not any(t.is_meta for t in got.values())
-    inputs = _inputs(eager)
-    (logits_want, gen_want), (logits_got, gen_got) = _outputs(eager, *inputs), _outputs(loaded, *inputs)
-    assert torch.equal(logits_want, logits_got) and torch.equal(gen_want, gen_got)
+    inputs = tiny_inputs(eager)
+    assert_same_outputs(tiny_outputs(loaded, *inputs), tiny_outputs(eager, *inputs), exact=True)
     assert not loaded.training and loaded.device_map is None
 
 
@@ -156,10 +140,9 @@ def test_a_device_map_dict_with_cpu_and_disk_loads_into_place(saved, tmp_path, q
     split = Flamingo.from_pretrained(str(directory), device_map=given, offload_folder=tmp_path)
     assert split.device_map["cross_attn.3"] == "disk" and split.device_map["vision"] == "cpu"
     assert all(p.is_meta for p in split.cross_attn["3"].parameters())  # offloaded: read from the folder
-    inputs = _inputs(eager)
-    got, want = _outputs(split, *inputs), _outputs(eager, *inputs)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
-    assert torch.equal(got[1], want[1])
+    inputs = tiny_inputs(eager)
+    got, want = tiny_outputs(split, *inputs), tiny_outputs(eager, *inputs)
+    assert_same_outputs(got, want)
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "auto"])
@@ -175,10 +158,9 @@ def test_a_planned_map_offloads_what_does_not_fit(saved, tmp_path, strategy, qui
     assert _where(placed, "vision") == _where(placed, "perceiver") == "cpu"  # planned first, in order
     assert _where(placed, "cross_attn.3") == _where(placed, f"{LAYERS}.3") == "disk"
     assert all(p.is_meta for p in split.cross_attn["3"].parameters())
-    inputs = _inputs(eager)
-    got, want = _outputs(split, *inputs), _outputs(eager, *inputs)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
-    assert torch.equal(got[1], want[1])
+    inputs = tiny_inputs(eager)
+    got, want = tiny_outputs(split, *inputs), tiny_outputs(eager, *inputs)
+    assert_same_outputs(got, want)
 
 
 def test_one_device_named_as_a_device_map_is_that_device(saved):

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from tiny_outputs import assert_same_outputs, tiny_inputs, tiny_outputs
 
 from flamingo.model.cross_attention import plan_routing
 from flamingo.model.dispatch import complete_device_map, dispatch, infer_device_map, move_to
@@ -30,38 +31,20 @@ def quiet_accelerate():
     logger.setLevel(level)
 
 
-def _inputs(model):
-    torch.manual_seed(1)
-    images = torch.randn(2, 2, 1, 3, 32, 32)
-    ids = torch.randint(3, 200, (2, 12))
-    ids[:, 0] = ids[:, 6] = model.config.tokens.image_id
-    return images, ids, torch.ones_like(ids)
-
-
-def _outputs(model, images, ids, mask):
-    with torch.no_grad():
-        return (
-            model(images, ids, mask).logits,
-            model.generate(images, ids, mask, max_new_tokens=6, do_sample=False),
-            model.generate(images, ids, mask, max_new_tokens=6, num_beams=3, do_sample=False),
-        )
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # untied and tied output head
 def test_offloaded_model_equals_the_plain_model(family, tmp_path, quiet_accelerate):
     plain = build_tiny_flamingo(family, gate_init=0.5, seed=0).eval()
     split = build_tiny_flamingo(family, gate_init=0.5, seed=0).eval()
-    inputs = _inputs(plain)
-    want = _outputs(plain, *inputs)
+    inputs = tiny_inputs(plain)
+    want = tiny_outputs(plain, *inputs)
     budget = {"cpu": int(_bytes(split) * 0.7), "disk": 10**10}  # the CPU holds the first part only
     device_map = dispatch(split, "auto", max_memory=budget, offload_folder=tmp_path)
     on_disk = [k for k, v in device_map.items() if v == "disk"]
     assert any(k.startswith("cross_attn.") for k in on_disk) and any(k.startswith("lm.") for k in on_disk)
     assert device_map["vision"] == device_map["perceiver"] == "cpu"
     assert all(p.device.type == "meta" for p in split.cross_attn[on_disk[-1].split(".")[1]].parameters())
-    got = _outputs(split, *inputs)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
-    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    got = tiny_outputs(split, *inputs)
+    assert_same_outputs(got, want)
 
 
 def test_a_given_device_map_is_completed_and_checked(tmp_path, quiet_accelerate):
@@ -80,11 +63,10 @@ def test_a_given_device_map_is_completed_and_checked(tmp_path, quiet_accelerate)
         complete_device_map(split, {k: v for k, v in given.items() if k != "lm.lm_head"})
     with pytest.raises(ValueError, match="offload_folder"):
         dispatch(split, given)
-    inputs = _inputs(plain)
+    inputs = tiny_inputs(plain)
     dispatch(split, given, offload_folder=tmp_path)
-    got, want = _outputs(split, *inputs), _outputs(plain, *inputs)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
-    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    got, want = tiny_outputs(split, *inputs), tiny_outputs(plain, *inputs)
+    assert_same_outputs(got, want)
 
 
 def test_auto_map_balances_layers_over_gpus_with_their_blocks(quiet_accelerate):
@@ -141,7 +123,6 @@ def test_two_gpus_give_what_one_gives(quiet_accelerate):
     device_map = dispatch(split, "auto", max_memory={0: total, 1: total})
     assert {device_map[f"{LAYERS}.{i}"] for i in range(6)} == {0, 1}
     assert all(p.device == torch.device("cuda", 1) for p in split.cross_attn["5"].parameters())
-    inputs = [t.to("cuda:0") for t in _inputs(plain)]
-    got, want = _outputs(split, *inputs), _outputs(plain, *inputs)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
-    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    inputs = [t.to("cuda:0") for t in tiny_inputs(plain)]
+    got, want = tiny_outputs(split, *inputs), tiny_outputs(plain, *inputs)
+    assert_same_outputs(got, want)
